@@ -1,0 +1,7 @@
+"""lightning_infomem: see whether a network memorizes, and which kind, while it trains."""
+
+from lightning_infomem import functional
+from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
+
+__version__ = "0.1.0"
+__all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError", "functional"]

@@ -1,0 +1,156 @@
+"""Per-neuron histograms and their plug-in entropy."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
+
+__all__ = ["count_codes", "entropy_from_counts", "histogram_counts", "neuron_entropy", "plugin_terms"]
+
+
+def count_codes(codes: Tensor, size: int) -> Tensor:
+    """Occurrences of each integer code in ``[0, size)``: ``[size]`` int64.
+
+    ``torch.bincount`` is the fastest on CPU; on other devices a ``scatter_add_`` into a preallocated
+    tensor avoids the host synchronisation that ``bincount`` needs to size its output.
+    """
+    codes = codes.reshape(-1)
+    if codes.device.type == "cpu":
+        return torch.bincount(codes, minlength=size)
+    out = torch.zeros(size, dtype=torch.int64, device=codes.device)
+    return out.scatter_add_(0, codes.long(), torch.ones_like(codes, dtype=torch.int64))
+
+
+def histogram_counts(bins: Tensor, num_bins: int) -> Tensor:
+    """Histogram of each neuron from bin indices: ``[S, N]`` -> ``[N, num_bins]`` int64.
+
+    Indices equal to ``num_bins`` (non-finite values, see :func:`bin_indices`) are not counted.
+
+    Example:
+        >>> import torch
+        >>> histogram_counts(torch.tensor([[0, 1], [0, 2], [1, 3]]), num_bins=3)
+        tensor([[2, 1, 0],
+                [0, 1, 1]])
+    """
+    check_num_bins(num_bins)
+    if bins.ndim != 2:
+        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    num_neurons = bins.shape[1]
+    offsets = torch.arange(num_neurons, device=bins.device, dtype=bins.dtype) * (num_bins + 1)
+    counts = count_codes(bins + offsets, num_neurons * (num_bins + 1))
+    return counts.view(num_neurons, num_bins + 1)[:, :num_bins]
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+_NLOGN_TABLE_MAX = 2**20  # integer counts up to this use a lookup table for n log n
+
+
+def plugin_terms(
+    counts: Tensor, dim: tuple[int, ...] = (-1,), occupied: bool = True
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(total, sum of n log n, number of non-empty cells or None)`` of counts over ``dim``, as floats.
+
+    Integer counts read ``n log n`` from a lookup table, which is several times faster than
+    evaluating the logarithm on every cell of a large joint histogram.
+    """
+    dtype = _float_dtype(counts.device)
+    if counts.dtype.is_floating_point or counts.numel() == 0:
+        n = counts.to(dtype)
+        nlogn = torch.special.xlogy(n, n).sum(dim=dim)
+    else:
+        largest = int(counts.max())
+        if 0 <= largest <= _NLOGN_TABLE_MAX:
+            values = torch.arange(largest + 1, dtype=dtype, device=counts.device)
+            table = torch.special.xlogy(values, values)
+            nlogn = table[counts].sum(dim=dim)
+        else:
+            n = counts.to(dtype)
+            nlogn = torch.special.xlogy(n, n).sum(dim=dim)
+    total = counts.sum(dim=dim).to(dtype)
+    num_occupied = (counts > 0).sum(dim=dim).to(dtype) if occupied else None
+    return total, nlogn, num_occupied
+
+
+def _entropy_from_terms(total: Tensor, nlogn: Tensor) -> Tensor:
+    safe = total.clamp_min(1)
+    return torch.where(total > 0, torch.log(safe) - nlogn / safe, torch.zeros_like(total)).clamp_min(0)
+
+
+def entropy_from_counts(
+    counts: Tensor,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+) -> Tensor:
+    """Plug-in entropy of histograms along the last dimension: ``[..., B]`` counts -> ``[...]``.
+
+    ``H = log S - sum(n log n) / S`` with ``S`` the histogram's total. An empty histogram has entropy 0.
+
+    Args:
+        counts: non-negative counts, any integer or float dtype.
+        base: logarithm base (``None``: nats, ``2``: bits). Ignored when ``normalized``.
+        miller_madow: add the Miller-Madow bias correction ``(m - 1) / (2 S)``, ``m`` the number of
+            non-empty bins (plug-in entropy is biased low when bins are many and samples few).
+        normalized: divide by ``log B`` so that a uniform histogram scores 1 (0 when ``B == 1``).
+
+    Example:
+        >>> import torch
+        >>> entropy_from_counts(torch.tensor([[5, 5], [10, 0]]), base=2).round(decimals=6)
+        tensor([1., 0.], dtype=torch.float64)
+    """
+    total, nlogn, occupied = plugin_terms(counts, occupied=miller_madow)
+    entropy = _entropy_from_terms(total, nlogn)
+    if miller_madow:
+        entropy = entropy + torch.where(total > 0, (occupied - 1).clamp_min(0) / (2 * total.clamp_min(1)), 0.0)
+    return _rescale(entropy, counts.shape[-1], base, normalized)
+
+
+def _rescale(value: Tensor, num_bins: int, base: Optional[float], normalized: bool) -> Tensor:
+    if normalized:
+        return value / math.log(num_bins) if num_bins > 1 else torch.zeros_like(value)
+    if base is not None:
+        if base <= 0 or base == 1:
+            raise ValueError(f"base must be positive and not 1, received {base}")
+        return value / math.log(base)
+    return value
+
+
+def neuron_entropy(
+    activations: Tensor,
+    num_bins: int = 100,
+    value_range: ValueRange = None,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+) -> Tensor:
+    """Plug-in entropy of each neuron's activation histogram: ``[S, N]`` -> ``[N]`` (nats by default).
+
+    Args:
+        activations: ``[S, N]`` floating tensor, S samples of N neurons.
+        num_bins: equal-width bins (the paper uses 100).
+        value_range: ``None`` for one global range over the whole input (the paper's binning), a
+            ``(low, high)`` pair of floats for a fixed range, or a pair of ``[N]`` tensors for one
+            range per neuron. See :func:`bin_indices` for the binning rule.
+        base: logarithm base; ``None`` gives nats, ``2`` bits.
+        miller_madow: add the Miller-Madow bias correction.
+        normalized: divide by ``log(num_bins)``, giving values in ``[0, 1]``.
+
+    Non-finite values are left out of their neuron's histogram. A constant neuron has entropy 0.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
+        >>> neuron_entropy(x, num_bins=4, value_range=(0.0, 3.0), base=2)
+        tensor([2., 0.], dtype=torch.float64)
+    """
+    check_activations(activations)
+    counts = histogram_counts(bin_indices(activations, num_bins, value_range), num_bins)
+    return entropy_from_counts(counts, base=base, miller_madow=miller_madow, normalized=normalized)

@@ -1,0 +1,269 @@
+"""Joint histograms of neuron pairs and their plug-in mutual information, for all pairs at once.
+
+Counting is batched over pairs: on CPU every pair's joint bin code ``a * (B + 1) + b`` is offset into
+its own block and one ``bincount`` counts a whole block of pairs; on GPUs the joint histograms of a
+block of neurons against all later ones are one matrix product of one-hot codes (exact: 0/1
+products accumulated in fp32, sample chunks kept under 2**24). Neither loops over pairs in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal, Optional
+
+import torch
+from torch import Tensor
+
+from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
+from lightning_infomem.functional.entropy import (
+    _entropy_from_terms,
+    _rescale,
+    count_codes,
+    entropy_from_counts,
+    histogram_counts,
+    plugin_terms,
+)
+
+__all__ = [
+    "CountingMethod",
+    "iter_joint_histogram_counts",
+    "joint_histogram_counts",
+    "mean_off_diagonal",
+    "mutual_information_from_joint_counts",
+    "pair_indices",
+    "pairs_to_matrix",
+    "pairwise_mutual_information",
+    "resolve_counting_method",
+]
+
+CountingMethod = Literal["auto", "bincount", "matmul"]
+
+_CODES_PER_BLOCK = 2**20  # bincount path: codes per call; the block's histograms stay in cache
+_GRAM_ELEMENTS_PER_BLOCK = 2**24  # matmul path: entries of one block of the one-hot Gram matrix
+_ONE_HOT_BYTES = 2**28  # matmul path: bytes of one-hot operand per sample chunk
+_EXACT_FP32_SAMPLES = 2**24  # fp32 accumulation of 0/1 products is exact below this
+
+
+def pair_indices(num_neurons: int, device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
+    """Row and column indices of the ``N (N - 1) / 2`` pairs ``i < j``, in row-major order.
+
+    Example:
+        >>> pair_indices(3)
+        (tensor([0, 0, 1]), tensor([1, 2, 2]))
+    """
+    rows, cols = torch.triu_indices(num_neurons, num_neurons, offset=1, device=device)
+    return rows, cols
+
+
+def resolve_counting_method(method: CountingMethod, device: torch.device) -> str:
+    """``"auto"`` becomes ``"bincount"`` on CPU and ``"matmul"`` elsewhere; other values are checked."""
+    if method == "auto":
+        return "bincount" if device.type == "cpu" else "matmul"
+    if method not in ("bincount", "matmul"):
+        raise ValueError(f"method must be 'auto', 'bincount' or 'matmul', received {method!r}")
+    return method
+
+
+def _row_blocks(num_neurons: int, pair_cost: int, budget: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges ``[i0, i1)`` whose pairs ``(i, j > i)`` cost at most ``budget`` (one row at least)."""
+    i0 = 0
+    while i0 < num_neurons - 1:
+        i1, cost = i0, 0
+        while i1 < num_neurons - 1 and (i1 == i0 or cost + (num_neurons - 1 - i1) * pair_cost <= budget):
+            cost += (num_neurons - 1 - i1) * pair_cost
+            i1 += 1
+        yield i0, i1
+        i0 = i1
+
+
+def _first_pair(row: int, num_neurons: int) -> int:
+    return row * (num_neurons - 1) - row * (row - 1) // 2
+
+
+def _blocks_bincount(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
+    num_samples, num_neurons = bins.shape
+    width = num_bins + 1
+    per_pair = width * width
+    budget = min(_CODES_PER_BLOCK, 2**31 // per_pair * max(1, num_samples))
+    transposed = bins.T.contiguous().to(torch.int32)  # [N, S]: rows are contiguous per neuron
+    for i0, i1 in _row_blocks(num_neurons, max(1, num_samples), budget):
+        codes = torch.cat([transposed[i + 1 :] + transposed[i] * width for i in range(i0, i1)])
+        num_pairs = codes.shape[0]
+        code_dtype = torch.int32 if num_pairs * per_pair < 2**31 else torch.int64
+        offsets = torch.arange(num_pairs, device=bins.device, dtype=code_dtype).unsqueeze(1) * per_pair
+        counts = count_codes(codes.to(code_dtype) + offsets, num_pairs * per_pair)
+        yield _first_pair(i0, num_neurons), counts.view(num_pairs, width, width)[:, :num_bins, :num_bins]
+
+
+def _blocks_matmul(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
+    num_samples, num_neurons = bins.shape
+    width = num_bins + 1
+    sample_chunk = max(1, min(_EXACT_FP32_SAMPLES, _ONE_HOT_BYTES // (num_neurons * width * 4)))
+    for i0, i1 in _row_blocks(num_neurons, width * width, _GRAM_ELEMENTS_PER_BLOCK):
+        gram = torch.zeros((i1 - i0) * width, (num_neurons - i0) * width, dtype=torch.int64, device=bins.device)
+        for s0 in range(0, num_samples, sample_chunk):
+            one_hot = torch.nn.functional.one_hot(bins[s0 : s0 + sample_chunk, i0:], width).to(torch.float32)
+            one_hot = one_hot.flatten(1)  # [s, (N - i0) * W]
+            gram += (one_hot[:, : (i1 - i0) * width].T @ one_hot).round_().to(torch.int64)
+        gram = gram.view(i1 - i0, width, num_neurons - i0, width)
+        rows = [gram[i - i0, :num_bins, i - i0 + 1 :, :num_bins].permute(1, 0, 2) for i in range(i0, i1)]
+        yield _first_pair(i0, num_neurons), torch.cat(rows)
+
+
+def iter_joint_histogram_counts(
+    bins: Tensor, num_bins: int, method: CountingMethod = "auto"
+) -> Iterator[tuple[int, Tensor]]:
+    """Joint histograms of all pairs ``i < j``, block by block, with bounded temporary memory.
+
+    Yields ``(first_pair, counts)`` where ``counts`` is ``[p, num_bins, num_bins]`` int64 for the
+    pairs ``first_pair .. first_pair + p - 1`` in the row-major order of :func:`pair_indices`.
+    """
+    check_num_bins(num_bins)
+    if bins.ndim != 2:
+        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    if resolve_counting_method(method, bins.device) == "bincount":
+        yield from _blocks_bincount(bins, num_bins)
+    else:
+        yield from _blocks_matmul(bins, num_bins)
+
+
+def joint_histogram_counts(bins: Tensor, num_bins: int, method: CountingMethod = "auto") -> Tensor:
+    """Joint histogram of every neuron pair from bin indices: ``[S, N]`` -> ``[P, num_bins, num_bins]`` int64.
+
+    ``P = N (N - 1) / 2`` pairs ``i < j`` in the order of :func:`pair_indices`; rows index the bin of
+    neuron ``i``, columns the bin of neuron ``j``.
+
+    Args:
+        bins: bin indices from :func:`bin_indices`; index ``num_bins`` marks a non-finite value,
+            and a sample is left out of a pair's histogram when either of its two values is.
+        num_bins: number of bins per neuron.
+        method: ``"bincount"`` (offset joint codes counted by ``bincount``, fastest on CPU),
+            ``"matmul"`` (Gram matrix of one-hot codes, exact in fp32, fastest on GPUs) or
+            ``"auto"`` (by device). Both give identical counts.
+
+    Example:
+        >>> import torch
+        >>> joint_histogram_counts(torch.tensor([[0, 1], [1, 1], [1, 0]]), num_bins=2)
+        tensor([[[0, 1],
+                 [1, 1]]])
+    """
+    blocks = [counts for _, counts in iter_joint_histogram_counts(bins, num_bins, method)]
+    if not blocks:
+        return torch.zeros(0, num_bins, num_bins, dtype=torch.int64, device=bins.device)
+    return torch.cat(blocks)
+
+
+def mutual_information_from_joint_counts(
+    joint_counts: Tensor,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+) -> Tensor:
+    """Plug-in mutual information of joint histograms: ``[..., B, B]`` counts -> ``[...]``.
+
+    ``I = H(X) + H(Y) - H(X, Y)`` with every term computed from the joint histogram itself, so the
+    marginals are those of the samples the pair shares. An empty histogram gives 0.
+
+    Args:
+        joint_counts: non-negative counts, rows index the first neuron's bin, columns the second's.
+        base: logarithm base (``None``: nats). Ignored when ``normalized``.
+        miller_madow: apply the Miller-Madow correction to each of the three entropies, which adds
+            ``(m_x + m_y - m_xy - 1) / (2 S)``; the corrected value can be slightly negative.
+        normalized: divide by ``sqrt(H(X) H(Y))`` (0 where either entropy is 0), giving values in ``[0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> mutual_information_from_joint_counts(torch.tensor([[5, 0], [0, 5]]), base=2).round(decimals=6)
+        tensor(1., dtype=torch.float64)
+    """
+    if joint_counts.ndim < 2 or joint_counts.shape[-1] != joint_counts.shape[-2]:
+        raise ValueError(f"joint_counts must have shape [..., B, B], received shape {list(joint_counts.shape)}")
+    total, nlogn_joint, occupied_joint = plugin_terms(joint_counts, dim=(-2, -1), occupied=miller_madow)
+    _, nlogn_x, occupied_x = plugin_terms(joint_counts.sum(-1), occupied=miller_madow)
+    _, nlogn_y, occupied_y = plugin_terms(joint_counts.sum(-2), occupied=miller_madow)
+    safe = total.clamp_min(1)
+    mutual_info = torch.where(total > 0, (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe), 0.0)
+    if miller_madow:
+        correction = (occupied_x + occupied_y - occupied_joint - 1) / (2 * safe)
+        mutual_info = mutual_info + torch.where(total > 0, correction, 0.0)
+    else:
+        mutual_info = mutual_info.clamp_min(0)  # the plug-in value is >= 0; remove rounding residue
+    if normalized:
+        h_x = _entropy_from_terms(total, nlogn_x)
+        h_y = _entropy_from_terms(total, nlogn_y)
+        denom = torch.sqrt(h_x * h_y)
+        return torch.where(denom > 0, mutual_info / denom.clamp_min(1e-300), 0.0)
+    return _rescale(mutual_info, joint_counts.shape[-1], base, normalized=False)
+
+
+def mean_off_diagonal(matrix: Tensor) -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix (0 for a 1 x 1 matrix).
+
+    The diagonal of a pairwise MI matrix is self-information (entropy) and is left out of averages.
+
+    Example:
+        >>> import torch
+        >>> float(mean_off_diagonal(torch.tensor([[9.0, 1.0], [3.0, 9.0]])))
+        2.0
+    """
+    n = matrix.shape[-1]
+    if n < 2:
+        return torch.zeros((), dtype=matrix.dtype, device=matrix.device)
+    return (matrix.sum() - matrix.diagonal().sum()) / (n * n - n)
+
+
+def pairs_to_matrix(pair_values: Tensor, diagonal: Tensor) -> Tensor:
+    """Symmetric ``[N, N]`` matrix from values of the pairs ``i < j`` (row-major) and a diagonal."""
+    num_neurons = diagonal.shape[0]
+    matrix = torch.diag_embed(diagonal.to(pair_values.dtype))
+    rows, cols = pair_indices(num_neurons, diagonal.device)
+    matrix[rows, cols] = pair_values
+    matrix[cols, rows] = pair_values
+    return matrix
+
+
+def pairwise_mutual_information(
+    activations: Tensor,
+    num_bins: int = 16,
+    value_range: ValueRange = None,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+    method: CountingMethod = "auto",
+) -> Tensor:
+    """Plug-in mutual information of every pair of neurons: ``[S, N]`` -> symmetric ``[N, N]``.
+
+    Each pair's joint histogram uses the same equal-width binning as :func:`neuron_entropy`; the
+    diagonal holds each neuron's entropy. The default of 16 bins keeps the plug-in bias, about
+    ``(B - 1)**2 / (2 S)`` nats for independent neurons, small at a few thousand samples.
+
+    Args:
+        activations: ``[S, N]`` floating tensor.
+        num_bins: equal-width bins per neuron.
+        value_range: as in :func:`neuron_entropy`.
+        base: logarithm base; ``None`` gives nats.
+        miller_madow: Miller-Madow bias correction of the entropies the MI is made of.
+        normalized: ``I / sqrt(H(X) H(Y))`` in ``[0, 1]`` (diagonal 1, or 0 for a constant neuron).
+        method: counting kernel, see :func:`joint_histogram_counts`.
+
+    A sample is left out of a pair when either value is non-finite. Constant neurons give 0.
+    Memory stays bounded: pairs are counted and reduced chunk by chunk.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+        >>> pairwise_mutual_information(x, num_bins=2, base=2)
+        tensor([[1., 1., 0.],
+                [1., 1., 0.],
+                [0., 0., 1.]], dtype=torch.float64)
+    """
+    check_activations(activations)
+    bins = bin_indices(activations, num_bins, value_range)
+    values = [
+        mutual_information_from_joint_counts(counts, base, miller_madow, normalized)
+        for _, counts in iter_joint_histogram_counts(bins, num_bins, method)
+    ]
+    pair_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=bins.device)
+    diagonal = entropy_from_counts(histogram_counts(bins, num_bins), base, miller_madow, normalized)
+    if normalized:
+        diagonal = (diagonal > 0).to(diagonal.dtype)
+    return pairs_to_matrix(pair_values, diagonal)
