@@ -50,6 +50,26 @@ class StateTooLargeError(ValueError):
     """A metric's histogram state would exceed its memory budget (``max_state_bytes``)."""
 
 
+def gather_calibration_samples(
+    held_back: list[Tensor], quota: int, num_neurons: int, device: torch.device, process_group: Any = None
+) -> tuple[Tensor, Tensor]:
+    """The samples a binning range is calibrated on, and all held-back local samples.
+
+    Returns ``(calibration, local)``: ``local`` is every held-back sample of this process; the range
+    uses only its first ``quota`` samples (so it does not depend on the batch size), gathered from
+    every process under DDP so that all processes fix the identical range.
+    """
+    if held_back:
+        local = torch.cat([t.to(compute_dtype(t.dtype)) for t in held_back])
+    else:
+        local = torch.zeros(0, num_neurons, device=device)
+    calibration = local[:quota]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size(process_group) > 1:
+            calibration = torch.cat(gather_all_tensors(calibration.contiguous(), group=process_group))
+    return calibration, local
+
+
 def _format_bytes(num_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(num_bytes) < 1024 or unit == "TiB":
@@ -196,20 +216,42 @@ class _ActivationHistogramMetric(Metric):
         return bool(available()) if available is not None else False
 
     def _calibrate(self) -> None:
-        """Fix the range from the held-back samples (all processes' under DDP), then count them."""
-        if self._calibration_buffer:
-            local = torch.cat(self._calibration_buffer)
-        else:
-            local = torch.zeros(0, self.num_neurons, device=self.counts.device)
-        samples = local
-        if self._distributed():
-            samples = torch.cat(gather_all_tensors(local.to(compute_dtype(local.dtype)), group=self.process_group))
+        """Fix the range from the first held-back samples (all processes' under DDP), then count them all."""
+        samples, local = gather_calibration_samples(
+            self._calibration_buffer,
+            self._calibration_quota(),
+            self.num_neurons,
+            self.counts.device,
+            self.process_group,
+        )
         low, high = calibrate_value_range(samples, per_neuron=self.per_neuron_range, quantile=self.range_quantile)
         self.range_low, self.range_high = low.to(torch.float64), high.to(torch.float64)
         self._calibration_buffer = []
         self._num_buffered = 0
         if local.shape[0] > 0:
             self._count(local)
+
+    def set_value_range(self, low: Union[float, Tensor], high: Union[float, Tensor]) -> None:
+        """Fix the binning range until the next ``reset()`` and count any held-back samples.
+
+        For callers that calibrate themselves (for example one range shared by several metrics).
+        Must be called before counting starts, identically on every process under DDP.
+
+        Example:
+            >>> import torch
+            >>> metric = NeuronEntropy(num_neurons=2, num_bins=4)
+            >>> metric.set_value_range(0.0, 1.0)
+            >>> metric.value_range
+            (tensor(0., dtype=torch.float64), tensor(1., dtype=torch.float64))
+        """
+        if self.range_low is not None and int(self.num_samples) > 0:
+            raise RuntimeError(f"{type(self).__name__} has already counted samples; call reset() before a new range")
+        low_t, high_t = self._fixed_value_range((low, high))
+        device = self.counts.device
+        self.range_low, self.range_high = low_t.to(device), high_t.to(device)
+        pending, self._calibration_buffer, self._num_buffered = self._calibration_buffer, [], 0
+        for activations in pending:
+            self._count(activations)
 
     def _finish_calibration(self) -> None:
         if self.range_low is None and (self._calibration_buffer or self._distributed()):

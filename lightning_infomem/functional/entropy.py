@@ -79,9 +79,12 @@ def plugin_terms(
     return total, nlogn, num_occupied
 
 
-def _entropy_from_terms(total: Tensor, nlogn: Tensor) -> Tensor:
+def _entropy_from_terms(total: Tensor, nlogn: Tensor, occupied: Optional[Tensor] = None) -> Tensor:
     safe = total.clamp_min(1)
-    return torch.where(total > 0, torch.log(safe) - nlogn / safe, torch.zeros_like(total)).clamp_min(0)
+    entropy = torch.where(total > 0, torch.log(safe) - nlogn / safe, torch.zeros_like(total)).clamp_min(0)
+    if occupied is not None:  # one occupied bin is exactly 0; log S - (S log S) / S can leave ~1e-16
+        entropy = torch.where(occupied > 1, entropy, torch.zeros_like(entropy))
+    return entropy
 
 
 def entropy_from_counts(
@@ -106,8 +109,8 @@ def entropy_from_counts(
         >>> entropy_from_counts(torch.tensor([[5, 5], [10, 0]]), base=2).round(decimals=6)
         tensor([1., 0.], dtype=torch.float64)
     """
-    total, nlogn, occupied = plugin_terms(counts, occupied=miller_madow)
-    entropy = _entropy_from_terms(total, nlogn)
+    total, nlogn, occupied = plugin_terms(counts, occupied=True)
+    entropy = _entropy_from_terms(total, nlogn, occupied)
     if miller_madow:
         entropy = entropy + torch.where(total > 0, (occupied - 1).clamp_min(0) / (2 * total.clamp_min(1)), 0.0)
     return _rescale(entropy, counts.shape[-1], base, normalized)

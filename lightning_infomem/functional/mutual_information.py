@@ -178,8 +178,8 @@ def mutual_information_from_joint_counts(
     if joint_counts.ndim < 2 or joint_counts.shape[-1] != joint_counts.shape[-2]:
         raise ValueError(f"joint_counts must have shape [..., B, B], received shape {list(joint_counts.shape)}")
     total, nlogn_joint, occupied_joint = plugin_terms(joint_counts, dim=(-2, -1), occupied=miller_madow)
-    _, nlogn_x, occupied_x = plugin_terms(joint_counts.sum(-1), occupied=miller_madow)
-    _, nlogn_y, occupied_y = plugin_terms(joint_counts.sum(-2), occupied=miller_madow)
+    _, nlogn_x, occupied_x = plugin_terms(joint_counts.sum(-1), occupied=True)
+    _, nlogn_y, occupied_y = plugin_terms(joint_counts.sum(-2), occupied=True)
     safe = total.clamp_min(1)
     mutual_info = torch.where(total > 0, (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe), 0.0)
     if miller_madow:
@@ -187,9 +187,11 @@ def mutual_information_from_joint_counts(
         mutual_info = mutual_info + torch.where(total > 0, correction, 0.0)
     else:
         mutual_info = mutual_info.clamp_min(0)  # the plug-in value is >= 0; remove rounding residue
+    # a constant neuron (one occupied bin) shares exactly nothing; avoid ~1e-16 rounding residue
+    mutual_info = torch.where((occupied_x > 1) & (occupied_y > 1), mutual_info, 0.0)
     if normalized:
-        h_x = _entropy_from_terms(total, nlogn_x)
-        h_y = _entropy_from_terms(total, nlogn_y)
+        h_x = _entropy_from_terms(total, nlogn_x, occupied_x)
+        h_y = _entropy_from_terms(total, nlogn_y, occupied_y)
         denom = torch.sqrt(h_x * h_y)
         return torch.where(denom > 0, mutual_info / denom.clamp_min(1e-300), 0.0)
     return _rescale(mutual_info, joint_counts.shape[-1], base, normalized=False)

@@ -1,0 +1,590 @@
+"""Functional core against independent references: numpy / scipy / scikit-learn on the same bins."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, STUDENT_T, make_mixed_activations
+from scipy.stats import entropy as scipy_entropy
+from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
+
+import lightning_infomem.functional.mutual_information as mi_module
+from lightning_infomem.functional import (
+    bin_indices,
+    calibrate_value_range,
+    entropy_from_counts,
+    histogram_counts,
+    iter_joint_histogram_counts,
+    joint_histogram_counts,
+    mean_off_diagonal,
+    mutual_information_from_joint_counts,
+    neuron_entropy,
+    pair_indices,
+    pairwise_mutual_information,
+)
+
+# --------------------------------------------------------------------------------------- references
+
+
+def ranges_for(x: torch.Tensor, mode: str) -> tuple[object, np.ndarray, np.ndarray]:
+    """(value_range argument, per-neuron low, per-neuron high as numpy) for a range policy."""
+    values = x.numpy()
+    num_neurons = values.shape[1]
+    if mode == "global":
+        finite = values[np.isfinite(values)]
+        low, high = finite.min(), finite.max()
+        return None, np.full(num_neurons, low), np.full(num_neurons, high)
+    if mode == "fixed":
+        low, high = -2.5, 4.0  # clips the heavy tails and part of the Gaussian ones
+        return (low, high), np.full(num_neurons, low), np.full(num_neurons, high)
+    if mode == "per_neuron":
+        # 2% / 98% quantiles: a different range per neuron, with clipped values at both ends
+        low = np.nanquantile(values, 0.02, axis=0)
+        high = np.nanquantile(values, 0.98, axis=0)
+        return (torch.from_numpy(low), torch.from_numpy(high)), low, high
+    raise AssertionError(mode)
+
+
+def numpy_histogram(column: np.ndarray, low: float, high: float, num_bins: int) -> np.ndarray:
+    """numpy.histogram counts of the finite values, outside values clamped to the edge bins."""
+    column = column[np.isfinite(column)]
+    if high <= low:  # numpy widens a degenerate range by +-0.5; the package's rule is "all in bin 0"
+        return np.bincount(np.zeros(len(column), dtype=np.int64), minlength=num_bins)
+    counts, _ = np.histogram(np.clip(column, low, high), bins=num_bins, range=(low, high))
+    return counts
+
+
+def numpy_labels(column: np.ndarray, low: float, high: float, num_bins: int) -> np.ndarray:
+    """Bin labels by numpy.digitize on the equal-width edges (clamped to the edge bins)."""
+    edges = np.linspace(low, high, num_bins + 1)
+    return np.digitize(column, edges[1:-1])
+
+
+def numpy_entropy_mm(counts: np.ndarray) -> float:
+    """Miller-Madow entropy in nats: plug-in + (m - 1) / (2 S), m the occupied bins."""
+    counts = np.asarray(counts, dtype=np.float64).ravel()
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    plug_in = -np.sum(p * np.log(p))
+    return plug_in + (np.count_nonzero(counts) - 1) / (2 * total)
+
+
+def contingency(a: np.ndarray, b: np.ndarray, num_bins: int) -> np.ndarray:
+    table = np.zeros((num_bins, num_bins), dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    return table
+
+
+# ------------------------------------------------------------------------------------------- binning
+
+
+def test_bin_indices_rule_on_hand_picked_values():
+    x = torch.tensor([[-5.0], [0.0], [0.24], [0.25], [0.5], [0.99], [1.0], [7.0], [math.nan], [math.inf], [-math.inf]])
+    # floor((v - 0) / 1 * 4): below the range -> bin 0, the maximum -> last bin, above -> last bin,
+    # non-finite -> num_bins (ignored by the counting functions)
+    expected = torch.tensor([0, 0, 0, 1, 2, 3, 3, 3, 4, 4, 4])
+    assert torch.equal(bin_indices(x, num_bins=4, value_range=(0.0, 1.0)).flatten(), expected)
+    # global range: min -> bin 0, max -> last bin, range from finite values only
+    got = bin_indices(x, num_bins=4, value_range=None).flatten()
+    assert got[0] == 0 and got[7] == 3 and torch.equal(got[8:], torch.tensor([4, 4, 4]))
+    # degenerate range: everything finite goes to bin 0
+    assert torch.equal(
+        bin_indices(torch.tensor([[2.0], [2.0], [math.nan]]), 5, (2.0, 2.0)).flatten(), torch.tensor([0, 0, 5])
+    )
+
+
+@pytest.mark.parametrize("mode", ["global", "fixed", "per_neuron"])
+@pytest.mark.parametrize("num_bins", [1, 7, 100])
+def test_bin_indices_match_numpy_histogram_and_floor_rule(mixed_activations, mode, num_bins):
+    x = mixed_activations
+    value_range, low, high = ranges_for(x, mode)
+    bins = bin_indices(x, num_bins, value_range)
+    assert bins.dtype == torch.int64 and bins.shape == x.shape
+    counts = histogram_counts(bins, num_bins)
+    values = x.numpy()
+    for i in range(NUM_MIXED):
+        np.testing.assert_array_equal(counts[i].numpy(), numpy_histogram(values[:, i], low[i], high[i], num_bins))
+        if high[i] > low[i]:
+            floor_rule = np.floor((values[:, i] - low[i]) / (high[i] - low[i]) * num_bins).clip(0, num_bins - 1)
+            np.testing.assert_array_equal(bins[:, i].numpy(), floor_rule.astype(np.int64))
+            np.testing.assert_array_equal(bins[:, i].numpy(), numpy_labels(values[:, i], low[i], high[i], num_bins))
+
+
+def test_bin_indices_max_lands_in_last_bin_and_min_in_first():
+    rng = np.random.default_rng(4)
+    values = np.concatenate([[-3.0, 11.0], rng.uniform(-3.0, 11.0, 5000)])
+    x = torch.from_numpy(values).reshape(-1, 1)
+    bins = bin_indices(x, 10).flatten()
+    assert bins[0] == 0 and bins[1] == 9 and int(bins.max()) == 9
+    counts, _ = np.histogram(values, bins=10)
+    np.testing.assert_array_equal(histogram_counts(bins.reshape(-1, 1), 10)[0].numpy(), counts)
+
+
+def test_histogram_counts_ignore_nonfinite_index():
+    bins = torch.tensor([[0, 3], [3, 3], [2, 1]])
+    assert torch.equal(histogram_counts(bins, 3), torch.tensor([[1, 0, 1], [0, 1, 0]]))
+
+
+def test_calibrate_value_range_ignores_nonfinite_and_supports_quantiles():
+    x = torch.tensor([[1.0, math.nan], [-2.0, math.nan], [math.inf, math.nan], [5.0, -math.inf]])
+    low, high = calibrate_value_range(x)
+    assert (float(low), float(high)) == (-2.0, 5.0) and low.ndim == 0
+    low, high = calibrate_value_range(x, per_neuron=True)
+    # an all-non-finite neuron gets the range (0, 0), not NaN
+    assert low.tolist() == [-2.0, 0.0] and high.tolist() == [5.0, 0.0]
+
+    data = make_mixed_activations(2000)
+    low, high = calibrate_value_range(data, per_neuron=True, quantile=0.05)
+    np.testing.assert_allclose(low.numpy(), np.quantile(data.numpy(), 0.05, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(high.numpy(), np.quantile(data.numpy(), 0.95, axis=0), rtol=0, atol=1e-12)
+    low, high = calibrate_value_range(data, quantile=0.01)
+    np.testing.assert_allclose([float(low), float(high)], np.quantile(data.numpy(), [0.01, 0.99]), atol=1e-12)
+    with pytest.raises(ValueError, match="quantile"):
+        calibrate_value_range(data, quantile=0.5)
+
+
+# ------------------------------------------------------------------------------------------- entropy
+
+
+@pytest.mark.parametrize("mode", ["global", "fixed", "per_neuron"])
+@pytest.mark.parametrize("base", [None, 2.0])
+def test_neuron_entropy_matches_scipy_on_numpy_histogram(mixed_activations, mode, base):
+    x = mixed_activations
+    num_bins = 30
+    value_range, low, high = ranges_for(x, mode)
+    got = neuron_entropy(x, num_bins=num_bins, value_range=value_range, base=base)
+    assert got.shape == (NUM_MIXED,) and got.dtype == torch.float64
+    expected = [
+        scipy_entropy(numpy_histogram(x[:, i].numpy(), low[i], high[i], num_bins), base=base) for i in range(NUM_MIXED)
+    ]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert got[CONSTANT] == 0.0
+    if mode == "global":
+        # the pitfall of a global range: the Cauchy outliers squeeze the Gaussian into one bin
+        assert got[GAUSS] < 0.05
+    else:  # the comparison would be weak if all entropies were ~0: most neurons spread over many bins
+        assert (got > 0.5).sum() >= 5
+
+
+def test_entropy_bits_is_nats_over_log2(mixed_activations):
+    nats = neuron_entropy(mixed_activations, 16)
+    bits = neuron_entropy(mixed_activations, 16, base=2)
+    torch.testing.assert_close(bits, nats / math.log(2), rtol=1e-13, atol=0)
+    # a uniform distribution over 8 cells is exactly 3 bits
+    uniform = torch.arange(8, dtype=torch.float32).repeat(5).reshape(-1, 1)
+    assert neuron_entropy(uniform, 8, (0.0, 8.0), base=2).item() == pytest.approx(3.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_neuron"])
+def test_entropy_miller_madow_matches_numpy_formula(mode):
+    x = make_mixed_activations(200, seed=3)  # few samples, many bins: a large correction
+    num_bins = 50
+    value_range, low, high = ranges_for(x, mode)
+    got = neuron_entropy(x, num_bins, value_range, miller_madow=True)
+    expected = [numpy_entropy_mm(numpy_histogram(x[:, i].numpy(), low[i], high[i], num_bins)) for i in range(NUM_MIXED)]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    plug_in = neuron_entropy(x, num_bins, value_range)
+    assert (got - plug_in).max() > 0.01  # the correction is actually applied
+    assert got[CONSTANT] == 0.0  # m = 1: no correction
+    # base applies to the corrected value
+    torch.testing.assert_close(neuron_entropy(x, num_bins, value_range, base=2, miller_madow=True), got / math.log(2))
+
+
+def test_entropy_normalized_matches_numpy(mixed_activations):
+    num_bins = 25
+    value_range, low, high = ranges_for(mixed_activations, "per_neuron")
+    got = neuron_entropy(mixed_activations, num_bins, value_range, normalized=True)
+    expected = [
+        scipy_entropy(numpy_histogram(mixed_activations[:, i].numpy(), low[i], high[i], num_bins)) / np.log(num_bins)
+        for i in range(NUM_MIXED)
+    ]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert bool(((got >= 0) & (got <= 1)).all())
+    # base is ignored when normalized
+    torch.testing.assert_close(neuron_entropy(mixed_activations, num_bins, value_range, base=2, normalized=True), got)
+    # a single bin normalizes to 0 rather than dividing by log(1) = 0
+    assert torch.equal(
+        neuron_entropy(mixed_activations, 1, normalized=True), torch.zeros(NUM_MIXED, dtype=torch.float64)
+    )
+
+
+def test_entropy_from_counts_edge_cases():
+    counts = torch.tensor([[0, 0, 0], [4, 0, 0], [1, 1, 2]])
+    got = entropy_from_counts(counts)
+    np.testing.assert_allclose(got.numpy(), [0.0, 0.0, scipy_entropy([1, 1, 2])], atol=1e-15)
+    # float counts work too (the streaming state may be float after a reduction)
+    torch.testing.assert_close(entropy_from_counts(counts.double()), got)
+    # counts above the n log n lookup table size take the direct path
+    big = torch.tensor([[3 * 2**20, 2**20 + 7]])
+    assert entropy_from_counts(big).item() == pytest.approx(scipy_entropy([3 * 2**20, 2**20 + 7]), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------- mutual information
+
+
+def pairwise_reference(x: torch.Tensor, low, high, num_bins: int, kind: str = "plain", base=None) -> np.ndarray:
+    """MI of every pair from numpy.digitize labels; rows with a non-finite value in the pair left out."""
+    values = x.numpy()
+    n = values.shape[1]
+    labels = [numpy_labels(values[:, i], low[i], high[i], num_bins) for i in range(n)]
+    finite = np.isfinite(values)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            keep = finite[:, i] & finite[:, j]
+            a, b = labels[i][keep], labels[j][keep]
+            if kind == "plain":
+                value = mutual_info_score(a, b)
+                if base is not None:
+                    value /= np.log(base)
+            elif kind == "miller_madow":
+                table = contingency(a, b, num_bins)
+                value = (
+                    numpy_entropy_mm(table.sum(1)) + numpy_entropy_mm(table.sum(0)) - numpy_entropy_mm(table)
+                    if table.sum()
+                    else 0.0
+                )
+            elif kind == "normalized":
+                h_a, h_b = scipy_entropy(np.bincount(a)), scipy_entropy(np.bincount(b))
+                value = mutual_info_score(a, b) / np.sqrt(h_a * h_b) if h_a * h_b > 0 else 0.0
+            else:
+                raise AssertionError(kind)
+            out[i, j] = out[j, i] = value
+    return out
+
+
+def off_diagonal(matrix: np.ndarray) -> np.ndarray:
+    return matrix[~np.eye(matrix.shape[0], dtype=bool)]
+
+
+@pytest.mark.parametrize("mode", ["global", "fixed", "per_neuron"])
+def test_pairwise_mi_matches_sklearn(mixed_activations, mode):
+    num_bins = 12
+    value_range, low, high = ranges_for(mixed_activations, mode)
+    got = pairwise_mutual_information(mixed_activations, num_bins, value_range)
+    assert got.shape == (NUM_MIXED, NUM_MIXED) and got.dtype == torch.float64
+    torch.testing.assert_close(got, got.T, rtol=0, atol=0)
+    expected = pairwise_reference(mixed_activations, low, high, num_bins)
+    np.testing.assert_allclose(off_diagonal(got.numpy()), off_diagonal(expected), rtol=1e-10, atol=1e-12)
+    # the diagonal is each neuron's entropy on the same bins
+    torch.testing.assert_close(got.diagonal(), neuron_entropy(mixed_activations, num_bins, value_range))
+    # the correlated pair is clearly dependent, the constant neuron shares nothing
+    if mode != "global":  # (the global range of Cauchy data squeezes the Gaussians into a few bins)
+        assert got[GAUSS, CORRELATED] > 0.3
+    assert torch.equal(got[CONSTANT], torch.zeros(NUM_MIXED, dtype=torch.float64))
+
+
+def test_pairwise_mi_bits(mixed_activations):
+    value_range, low, high = ranges_for(mixed_activations, "per_neuron")
+    got = pairwise_mutual_information(mixed_activations, 10, value_range, base=2)
+    expected = pairwise_reference(mixed_activations, low, high, 10, base=2)
+    np.testing.assert_allclose(off_diagonal(got.numpy()), off_diagonal(expected), rtol=1e-10, atol=1e-12)
+    nats = pairwise_mutual_information(mixed_activations, 10, value_range)
+    torch.testing.assert_close(got, nats / math.log(2))
+
+
+def test_pairwise_mi_with_nonfinite_values_matches_sklearn_on_shared_rows(mixed_activations):
+    x = mixed_activations.clone()
+    rng = np.random.default_rng(5)
+    x[torch.from_numpy(rng.random(x.shape) < 0.05)] = math.nan
+    x[torch.from_numpy(rng.random(x.shape) < 0.02)] = math.inf
+    x[::50, STUDENT_T] = -math.inf
+    value_range, low, high = ranges_for(x, "fixed")
+    got = pairwise_mutual_information(x, 9, value_range)
+    assert not torch.isnan(got).any()
+    expected = pairwise_reference(x, low, high, 9)
+    np.testing.assert_allclose(off_diagonal(got.numpy()), off_diagonal(expected), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "per_neuron"])
+def test_pairwise_mi_miller_madow_matches_numpy(mode):
+    x = make_mixed_activations(300, seed=7)
+    value_range, low, high = ranges_for(x, mode)
+    got = pairwise_mutual_information(x, 8, value_range, miller_madow=True)
+    expected = pairwise_reference(x, low, high, 8, kind="miller_madow")
+    np.testing.assert_allclose(off_diagonal(got.numpy()), off_diagonal(expected), rtol=1e-10, atol=1e-12)
+    expected_diag = [numpy_entropy_mm(numpy_histogram(x[:, i].numpy(), low[i], high[i], 8)) for i in range(NUM_MIXED)]
+    np.testing.assert_allclose(got.diagonal().numpy(), expected_diag, rtol=1e-12, atol=1e-12)
+    plain = pairwise_mutual_information(x, 8, value_range)
+    assert not torch.allclose(got, plain)  # the correction changes the values
+
+
+@pytest.mark.parametrize("mode", ["fixed", "per_neuron"])
+def test_pairwise_mi_normalized_matches_numpy_and_sklearn_nmi(mixed_activations, mode):
+    num_bins = 11
+    value_range, low, high = ranges_for(mixed_activations, mode)
+    got = pairwise_mutual_information(mixed_activations, num_bins, value_range, normalized=True)
+    expected = pairwise_reference(mixed_activations, low, high, num_bins, kind="normalized")
+    np.testing.assert_allclose(off_diagonal(got.numpy()), off_diagonal(expected), rtol=1e-10, atol=1e-12)
+    # MI / sqrt(Hx Hy) is scikit-learn's NMI with the geometric mean, for non-constant pairs
+    values = mixed_activations.numpy()
+    a = numpy_labels(values[:, GAUSS], low[GAUSS], high[GAUSS], num_bins)
+    b = numpy_labels(values[:, CORRELATED], low[CORRELATED], high[CORRELATED], num_bins)
+    nmi = normalized_mutual_info_score(a, b, average_method="geometric")
+    assert got[GAUSS, CORRELATED].item() == pytest.approx(nmi, rel=1e-10)
+    # the diagonal is 1, or 0 for the constant neuron; everything in [0, 1]
+    expected_diag = torch.ones(NUM_MIXED, dtype=torch.float64)
+    expected_diag[CONSTANT] = 0
+    assert torch.equal(got.diagonal(), expected_diag)
+    assert bool(((got >= 0) & (got <= 1 + 1e-12)).all())
+
+
+def test_identical_neurons_have_mi_equal_to_entropy_and_normalized_one():
+    x = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pair = torch.cat([x, x], dim=1)
+    mi = pairwise_mutual_information(pair, 16, (-3.0, 3.0))
+    assert mi[0, 1].item() == pytest.approx(mi[0, 0].item(), rel=1e-12)
+    assert pairwise_mutual_information(pair, 16, (-3.0, 3.0), normalized=True)[0, 1].item() == pytest.approx(1.0)
+
+
+def test_constant_and_all_nan_neurons_give_zero_not_nan():
+    x = make_mixed_activations(500)
+    x[:, STUDENT_T] = math.nan
+    for kwargs in ({}, {"miller_madow": True}, {"normalized": True}, {"base": 2}):
+        entropy = neuron_entropy(x, 20, **kwargs)
+        mi = pairwise_mutual_information(x, 20, **kwargs)
+        assert not torch.isnan(entropy).any() and not torch.isnan(mi).any(), kwargs
+        for col in (STUDENT_T, CONSTANT):
+            assert entropy[col] == 0.0, kwargs
+            assert torch.equal(mi[col], torch.zeros(NUM_MIXED, dtype=torch.float64)), kwargs
+            assert torch.equal(mi[:, col], torch.zeros(NUM_MIXED, dtype=torch.float64)), kwargs
+
+
+def test_constant_neuron_is_exactly_zero_for_every_sample_count():
+    # log S - (S log S) / S leaves ~1e-16 for some S (23, 39, 43, ...); a constant neuron must give
+    # exactly 0, else the normalized diagonal (H > 0) turns 1 and normalized MI becomes ~1e-8
+    generator = torch.Generator().manual_seed(0)
+    for num_samples in range(2, 120):
+        x = torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)
+        x[:, 1] = 0.75
+        assert neuron_entropy(x, 10)[1] == 0.0, num_samples
+        for kwargs in ({}, {"miller_madow": True}, {"normalized": True}):
+            mi = pairwise_mutual_information(x, 10, **kwargs)
+            assert mi[0, 1] == 0.0 and mi[1, 1] == 0.0, (num_samples, kwargs)
+    assert entropy_from_counts(torch.tensor([[0, 23, 0]]), normalized=True).item() == 0.0
+
+
+def test_single_neuron_and_empty_input():
+    x = torch.randn(100, 1, dtype=torch.float64)
+    mi = pairwise_mutual_information(x, 8)
+    assert mi.shape == (1, 1)
+    torch.testing.assert_close(mi[0], neuron_entropy(x, 8))
+    empty = torch.zeros(0, 3)
+    assert torch.equal(neuron_entropy(empty, 5, (0.0, 1.0)), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(pairwise_mutual_information(empty, 5, (0.0, 1.0)), torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_mean_off_diagonal_leaves_out_the_diagonal():
+    x = make_mixed_activations(800)
+    mi = pairwise_mutual_information(x, 10, ranges_for(x, "per_neuron")[0])
+    expected = off_diagonal(mi.numpy()).mean()
+    assert mean_off_diagonal(mi).item() == pytest.approx(expected, rel=1e-12)
+    assert mean_off_diagonal(torch.ones(1, 1)).item() == 0.0
+
+
+# ----------------------------------------------------------------------------- bivariate Gaussian
+
+
+def test_bivariate_gaussian_mi_approaches_closed_form():
+    """Binned plug-in MI of a bivariate normal converges to -0.5 log(1 - rho^2).
+
+    Settings: 64 equal-width bins on the fixed range (-5, 5). At S = 200,000 the plug-in bias
+    (~ (B-1)^2 / 2S = 0.01 nats upward) and the discretisation loss (downward) nearly cancel;
+    measured errors are below 0.007 nats, so the test allows 0.015 nats. At S = 2,000 the upward
+    bias is about 0.13 to 0.3 nats, so the error must shrink by at least 5x with 100x the samples.
+    """
+    generator = torch.Generator().manual_seed(1234)
+    num_bins, value_range, tolerance = 64, (-5.0, 5.0), 0.015
+    for rho in (0.3, 0.6, 0.9):
+        exact = -0.5 * math.log(1 - rho**2)
+        errors = {}
+        for num_samples in (2_000, 200_000):
+            z = torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)
+            x = torch.stack([z[:, 0], rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]], dim=1)
+            estimate = pairwise_mutual_information(x, num_bins, value_range)[0, 1].item()
+            errors[num_samples] = abs(estimate - exact)
+        assert errors[200_000] < tolerance, (rho, errors)
+        assert errors[200_000] < errors[2_000] / 5, (rho, errors)
+
+
+def test_independent_gaussians_mi_bias_is_small_and_miller_madow_reduces_it():
+    generator = torch.Generator().manual_seed(99)
+    x = torch.randn(20_000, 2, generator=generator, dtype=torch.float64)
+    plug_in = pairwise_mutual_information(x, 16, (-4.0, 4.0))[0, 1].item()
+    corrected = pairwise_mutual_information(x, 16, (-4.0, 4.0), miller_madow=True)[0, 1].item()
+    # plug-in bias for independent variables ~ (B-1)^2 / (2S) = 0.0056 nats (fewer occupied cells here)
+    assert 0 < plug_in < 0.01
+    assert abs(corrected) < plug_in / 3
+
+
+# ----------------------------------------------------------------------------------- counting kernels
+
+
+def naive_joint_counts(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
+    b = bins.numpy()
+    rows, cols = pair_indices(b.shape[1])
+    out = []
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        keep = (b[:, i] < num_bins) & (b[:, j] < num_bins)
+        out.append(contingency(b[keep, i], b[keep, j], num_bins))
+    return torch.from_numpy(np.stack(out))
+
+
+def data_with_nonfinite(num_samples=400, num_neurons=9, seed=11) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_samples, num_neurons))
+    x[rng.random(x.shape) < 0.04] = np.nan
+    x[rng.random(x.shape) < 0.02] = np.inf
+    x[rng.random(x.shape) < 0.02] = -np.inf
+    x[:, 2] = np.maximum(x[:, 2], 0)
+    x[:, 4] = 0.5
+    return torch.from_numpy(x)
+
+
+BLOCKINGS = {
+    "default": {},
+    "one_row_per_block": {"_CODES_PER_BLOCK": 1, "_GRAM_ELEMENTS_PER_BLOCK": 1, "_ONE_HOT_BYTES": 1},
+    "few_rows_per_block": {
+        "_CODES_PER_BLOCK": 2_000,
+        "_GRAM_ELEMENTS_PER_BLOCK": 700,
+        "_ONE_HOT_BYTES": 9 * 7 * 4 * 37,
+    },
+}
+
+
+@pytest.mark.parametrize("blocking", list(BLOCKINGS))
+def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking):
+    for name, value in BLOCKINGS[blocking].items():
+        monkeypatch.setattr(mi_module, name, value)
+    x = data_with_nonfinite()
+    num_bins = 6
+    bins = bin_indices(x, num_bins, (-2.0, 2.0))
+    by_bincount = joint_histogram_counts(bins, num_bins, method="bincount")
+    by_matmul = joint_histogram_counts(bins, num_bins, method="matmul")
+    assert by_bincount.dtype == by_matmul.dtype == torch.int64
+    assert by_bincount.shape == (36, num_bins, num_bins)
+    assert torch.equal(by_bincount, by_matmul)
+    assert torch.equal(by_bincount, naive_joint_counts(bins, num_bins))
+    assert torch.equal(joint_histogram_counts(bins, num_bins, method="auto"), by_bincount)
+    # blocks are contiguous in pair order and cover every pair once
+    for method in ("bincount", "matmul"):
+        firsts, total = [], 0
+        for first, counts in iter_joint_histogram_counts(bins, num_bins, method):
+            firsts.append(first)
+            assert first == total
+            total += counts.shape[0]
+        assert total == 36
+        if blocking == "one_row_per_block":
+            assert len(firsts) == 8  # one block per row i < N - 1
+    # and the MI on top of either kernel is identical
+    assert torch.equal(
+        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="bincount"),
+        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="matmul"),
+    )
+
+
+def test_joint_histogram_orientation_and_pair_order():
+    bins = torch.tensor([[0, 1, 2], [1, 1, 0], [1, 0, 0]])
+    counts = joint_histogram_counts(bins, 3)
+    rows, cols = pair_indices(3)
+    assert rows.tolist() == [0, 0, 1] and cols.tolist() == [1, 2, 2]
+    # pair (0, 1): rows index neuron 0's bin, columns neuron 1's
+    assert torch.equal(counts[0], torch.tensor([[0, 1, 0], [1, 1, 0], [0, 0, 0]]))
+    assert torch.equal(counts[1], torch.tensor([[0, 0, 1], [2, 0, 0], [0, 0, 0]]))
+    assert torch.equal(counts[2], torch.tensor([[1, 0, 0], [1, 0, 1], [0, 0, 0]]))
+
+
+def test_mutual_information_from_joint_counts_against_sklearn_contingency():
+    rng = np.random.default_rng(2)
+    table = rng.integers(0, 20, size=(5, 5))
+    table[2] = 0
+    got = mutual_information_from_joint_counts(torch.from_numpy(table))
+    assert got.item() == pytest.approx(mutual_info_score(None, None, contingency=table), rel=1e-12)
+    assert mutual_information_from_joint_counts(torch.zeros(4, 4, dtype=torch.int64)).item() == 0.0
+    with pytest.raises(ValueError, match=r"\[\.\.\., B, B\]"):
+        mutual_information_from_joint_counts(torch.zeros(3, 4))
+
+
+# ---------------------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_functional_accepts_float_dtypes(dtype):
+    x = make_mixed_activations(1000)[:, [GAUSS, RELU, CAUCHY, CORRELATED]]
+    x = x.clamp(-60000, 60000).to(dtype)  # stay finite in fp16
+    for value_range in (None, (-3.0, 3.0)):
+        entropy = neuron_entropy(x, 20, value_range)
+        mi = pairwise_mutual_information(x, 20, value_range)
+        assert entropy.dtype == mi.dtype == torch.float64
+        assert torch.isfinite(entropy).all() and torch.isfinite(mi).all()
+    assert entropy[0] > 2.0 and mi[0, 3] > 0.3
+    # low precision inputs are binned exactly as their float32 values
+    if dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(neuron_entropy(x, 20), neuron_entropy(x.float(), 20))
+        assert torch.equal(mi, pairwise_mutual_information(x.float(), 20, (-3.0, 3.0)))
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("function", [neuron_entropy, pairwise_mutual_information, bin_indices])
+def test_functional_rejects_bad_shapes_and_dtypes(function):
+    kwargs = {"num_bins": 4}
+    with pytest.raises(ValueError, match=r"\[S, N\].*\[2, 3, 4\]"):
+        function(torch.zeros(2, 3, 4), **kwargs)
+    with pytest.raises(ValueError, match=r"\[S, N\].*\[5\]"):
+        function(torch.zeros(5), **kwargs)
+    with pytest.raises(TypeError, match="floating"):
+        function(torch.zeros(5, 2, dtype=torch.int64), **kwargs)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        function(np.zeros((5, 2)), **kwargs)
+
+
+@pytest.mark.parametrize("num_bins", [0, -3, 2.5, True, "10"])
+def test_invalid_num_bins(num_bins):
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="num_bins"):
+        neuron_entropy(x, num_bins)
+    with pytest.raises(ValueError, match="num_bins"):
+        pairwise_mutual_information(x, num_bins)
+
+
+@pytest.mark.parametrize("base", [0, 1, 1.0, -2.0])
+def test_invalid_base(base):
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="base"):
+        neuron_entropy(x, 4, base=base)
+    with pytest.raises(ValueError, match="base"):
+        pairwise_mutual_information(x, 4, base=base)
+
+
+@pytest.mark.parametrize(
+    "value_range",
+    [
+        (1.0, 0.0),
+        (0.0, math.inf),
+        (math.nan, 1.0),
+        (0.0,),
+        (0.0, 1.0, 2.0),
+        "0,1",
+        (torch.zeros(3), torch.ones(3)),  # wrong number of neurons
+        (torch.zeros(2, 1), torch.ones(2, 1)),
+        (torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])),  # low > high for one neuron
+    ],
+)
+def test_invalid_value_range(value_range):
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="value_range"):
+        neuron_entropy(x, 4, value_range)
+    with pytest.raises(ValueError, match="value_range"):
+        pairwise_mutual_information(x, 4, value_range)
+
+
+def test_invalid_counting_method():
+    with pytest.raises(ValueError, match="method"):
+        pairwise_mutual_information(torch.randn(10, 3), 4, method="einsum")
