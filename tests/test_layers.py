@@ -1,0 +1,198 @@
+"""Choosing the monitored modules and turning their outputs into ``[batch, neurons]`` activations."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from lightning_helpers import DigitsCNN, DigitsMLP, DigitsSequenceModel
+from torch import nn
+
+from lightning_infomem.layers import DEFAULT_MAX_LAYERS, default_layers, resolve_layers, to_neuron_activations
+
+
+class Encoder(nn.Module):
+    def __init__(self, depth: int = 6, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.layer = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 2)
+
+
+# ------------------------------------------------------------------------------------------ default_layers
+def test_default_layers_of_the_digits_models():
+    assert default_layers(DigitsMLP()) == ["net.0", "net.2"]  # hidden Linear layers, not the output head
+    assert default_layers(DigitsCNN()) == ["net.0", "net.2"]  # convolutions, not the linear head
+    assert default_layers(DigitsSequenceModel()) == ["encoder.proj", "block.proj"]
+
+
+def test_default_layers_are_evenly_spaced_and_include_the_deepest():
+    model = Encoder(depth=6)
+    hidden = ["embed"] + [f"layer.{i}.0" for i in range(6)]  # 7 candidates; "head" is left out
+    chosen = default_layers(model)
+    assert len(chosen) == DEFAULT_MAX_LAYERS
+    assert chosen[0] == "embed" and chosen[-1] == "layer.5.0"
+    assert chosen == sorted(chosen, key=hidden.index)  # registration order
+    assert set(chosen) <= set(hidden)
+    assert default_layers(model, max_layers=2) == ["embed", "layer.5.0"]
+    assert default_layers(model, max_layers=10) == hidden
+    assert default_layers(Encoder(depth=2)) == ["embed", "layer.0.0", "layer.1.0"]
+
+
+def test_default_layers_with_a_single_layer_or_none():
+    assert default_layers(nn.Sequential(nn.Linear(3, 2))) == ["0"]
+    assert default_layers(nn.Sequential(nn.ReLU(), nn.Tanh())) == []
+    assert default_layers(Encoder(depth=6), max_layers=1) == ["layer.5.0"]
+    with pytest.raises(ValueError, match="max_layers"):
+        default_layers(Encoder(depth=6), max_layers=0)
+
+
+# ------------------------------------------------------------------------------------------ resolve_layers
+def test_resolve_exact_names_in_registration_order():
+    model = DigitsMLP()
+    assert resolve_layers(model, "net.2") == ["net.2"]
+    assert resolve_layers(model, ["net.4", "net.0"]) == ["net.0", "net.4"]  # model order, not argument order
+    assert resolve_layers(model, ("net.0", "net.0")) == ["net.0"]  # no duplicates
+    assert resolve_layers(model, "net") == ["net"]
+
+
+def test_resolve_glob_patterns():
+    model = Encoder(depth=3)
+    assert resolve_layers(model, "layer.*.0") == ["layer.0.0", "layer.1.0", "layer.2.0"]
+    assert resolve_layers(model, "layer.[02].1") == ["layer.0.1", "layer.2.1"]
+    assert resolve_layers(model, ["head", "layer.?.0"]) == ["layer.0.0", "layer.1.0", "layer.2.0", "head"]
+    # "*" matches dots too: every named module, the root (name "") excluded
+    assert resolve_layers(model, "*") == [name for name, _ in model.named_modules() if name]
+
+
+def test_resolve_module_types_and_mixtures():
+    model = DigitsMLP()
+    assert resolve_layers(model, nn.Linear) == ["net.0", "net.2", "net.4"]
+    assert resolve_layers(model, [nn.ReLU]) == ["net.1", "net.3"]
+    assert resolve_layers(model, [nn.ReLU, "net.0"]) == ["net.0", "net.1", "net.3"]
+    # subclasses match their base type
+    encoder = Encoder(depth=2)
+    assert resolve_layers(encoder, nn.Sequential) == ["layer.0", "layer.1"]
+    assert resolve_layers(encoder, nn.Module) == [name for name, _ in encoder.named_modules() if name]
+
+
+def test_resolve_none_gives_the_default_layers():
+    assert resolve_layers(DigitsMLP(), None) == default_layers(DigitsMLP())
+    with pytest.raises(ValueError, match="no nn.Linear or convolution") as info:
+        resolve_layers(nn.Sequential(nn.ReLU(), nn.Tanh()), None)
+    assert "0 (ReLU)" in str(info.value)
+
+
+def test_resolve_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="'net.9'") as info:
+        resolve_layers(DigitsMLP(), ["net.0", "net.9"])
+    message = str(info.value)
+    for listed in ("net (Sequential)", "net.0 (Linear)", "net.1 (ReLU)", "net.4 (Linear)"):
+        assert listed in message
+    with pytest.raises(ValueError, match="Valid names"):
+        resolve_layers(DigitsMLP(), "encoder.*")
+    with pytest.raises(ValueError, match="Conv2d"):
+        resolve_layers(DigitsMLP(), nn.Conv2d)
+    with pytest.raises(ValueError, match="empty"):
+        resolve_layers(DigitsMLP(), [])
+    with pytest.raises(TypeError, match="layers entries"):
+        resolve_layers(DigitsMLP(), [0])
+
+
+def test_the_list_of_valid_names_is_truncated_for_big_models():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(100)])
+    with pytest.raises(ValueError) as info:
+        resolve_layers(model, "missing")
+    assert "(40 more)" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------- to_neuron_activations
+def test_vectors_and_matrices():
+    x = torch.randn(5, 7)
+    assert to_neuron_activations(x) is x
+    v = torch.randn(5)
+    assert torch.equal(to_neuron_activations(v), v[:, None])
+    with pytest.raises(ValueError, match="batch dimension"):
+        to_neuron_activations(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3, 2, 3, 4), (4, 3, 1, 1)])
+def test_convolution_outputs_are_averaged_over_space(shape):
+    x = torch.randn(*shape)
+    out = to_neuron_activations(x, nn.Conv2d(1, 1, 1))
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(out, x.flatten(2).mean(2))
+    # the module is not needed for 4 or more dimensions
+    torch.testing.assert_close(to_neuron_activations(x), out)
+
+
+def test_conv2d_module_output_on_digits():
+    model = DigitsCNN()
+    x = torch.rand(6, 1, 8, 8)
+    conv = model.net[0]
+    out = to_neuron_activations(conv(x), conv)
+    assert out.shape == (6, 8)
+    torch.testing.assert_close(out, conv(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("module", [nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3), nn.MaxPool1d(1), nn.AvgPool1d(1)])
+def test_channels_first_1d_modules_are_pooled_not_read_as_sequences(module):
+    x = torch.randn(4, 3, 10)
+    out = to_neuron_activations(x, module, sequence_reduction="first")
+    torch.testing.assert_close(out, x.mean(dim=2))
+
+
+def test_sequences_first_token_or_mean():
+    x = torch.randn(4, 10, 6)
+    torch.testing.assert_close(to_neuron_activations(x), x[:, 0])
+    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="first"), x[:, 0])
+    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="mean"), x.mean(1))
+    with pytest.raises(ValueError, match="sequence_reduction"):
+        to_neuron_activations(x, sequence_reduction="last")
+
+
+def test_tuple_list_and_dict_outputs_give_the_first_tensor():
+    hidden = torch.randn(4, 8)
+    other = torch.randn(4, 3)
+    assert to_neuron_activations((hidden, other)) is hidden
+    assert to_neuron_activations([None, "text", hidden, other]) is hidden
+    assert to_neuron_activations({"loss": None, "hidden": hidden, "other": other}) is hidden
+    assert to_neuron_activations(OrderedDict(last_hidden_state=hidden)) is hidden
+    # nested containers, depth first
+    assert to_neuron_activations(({"a": [None, (hidden,)]}, other)) is hidden
+    # the first tensor is reduced like any other
+    sequence = torch.randn(4, 5, 8)
+    torch.testing.assert_close(to_neuron_activations((sequence, hidden), sequence_reduction="mean"), sequence.mean(1))
+
+
+def test_the_digits_sequence_model_outputs():
+    model = DigitsSequenceModel()
+    x = torch.rand(6, 64)
+    output = model.encoder(x)
+    assert isinstance(output, tuple)
+    torch.testing.assert_close(to_neuron_activations(output, model.encoder), output[0][:, 0])
+    torch.testing.assert_close(
+        to_neuron_activations(output, model.encoder, sequence_reduction="mean"), output[0].mean(1)
+    )
+    block = model.block(output[1]["pooled"])
+    assert to_neuron_activations(block, model.block) is block["hidden"]
+
+
+def test_output_transform_is_applied_first():
+    hidden, pooled = torch.randn(4, 5, 8), torch.randn(4, 8)
+    out = to_neuron_activations((hidden, {"pooled": pooled}), output_transform=lambda o: o[1]["pooled"])
+    assert out is pooled
+    # its result goes through the same shape rules
+    out = to_neuron_activations(hidden, output_transform=lambda o: o * 2, sequence_reduction="mean")
+    torch.testing.assert_close(out, (hidden * 2).mean(1))
+
+
+def test_outputs_without_a_tensor_are_rejected():
+    with pytest.raises(TypeError, match="output_transform"):
+        to_neuron_activations((None, "text"))
+    with pytest.raises(TypeError, match="module returned NoneType"):
+        to_neuron_activations(None)
+    with pytest.raises(TypeError, match="output_transform returned list"):
+        to_neuron_activations(torch.randn(2, 3), output_transform=lambda o: [o])
