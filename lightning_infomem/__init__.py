@@ -1,7 +1,8 @@
 """lightning_infomem: see whether a network memorizes, and which kind, while it trains."""
 
 from lightning_infomem import functional
+from lightning_infomem.callback import InformationMeasures
 from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 
 __version__ = "0.1.0"
-__all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError", "functional"]
+__all__ = ["InformationMeasures", "NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError", "functional"]

@@ -9,6 +9,7 @@ from lightning_infomem.functional.binning import (
     resolve_value_range,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts, neuron_entropy
+from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import (
     CountingMethod,
     iter_joint_histogram_counts,
@@ -31,6 +32,7 @@ __all__ = [
     "histogram_counts",
     "iter_joint_histogram_counts",
     "joint_histogram_counts",
+    "ksg_mutual_information",
     "mean_off_diagonal",
     "mutual_information_from_joint_counts",
     "neuron_entropy",
