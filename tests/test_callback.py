@@ -801,3 +801,27 @@ def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
         assert ddp_row[key] == pytest.approx(single_row[key], rel=1e-12), key
     for name in ("net.0", "net.2"):
         assert torch.equal(ddp_history["neuron_indices"][name], single.neuron_indices[name])
+
+
+def test_paper_mode_is_one_switch_with_the_papers_settings(tmp_path):
+    """``InformationMeasures.paper()``: one global range over all layers from every sample, 100 bins,
+    all neurons; logged under its own prefix so it can run beside a default instance."""
+    paper = InformationMeasures.paper()
+    default = InformationMeasures()
+    trainer = fast_trainer(tmp_path, callbacks=[paper, default])
+    model = DigitsMLP()
+    trainer.validate(model, digits_loaders(batch_size=64)[1], verbose=False)
+    assert paper.layer_names == default.layer_names == ["net.0", "net.2"]  # pre-activation hidden outputs
+    assert all(index is None for index in paper.neuron_indices.values())  # every neuron
+    x, _ = digits_tensors("val")
+    with torch.no_grad():
+        acts = {"net.0": model.net[0](x)}
+        acts["net.2"] = model.net[2](torch.relu(acts["net.0"]))
+    pooled = torch.cat([a.flatten() for a in acts.values()])
+    for name, a in acts.items():
+        low, high = paper.entropy_metrics[name].value_range
+        assert (float(low), float(high)) == (float(pooled.min()), float(pooled.max()))  # all samples, all layers
+        expected = neuron_entropy(a, 100, value_range=(float(low), float(high))).mean()
+        assert paper.history[-1][f"infomem_paper/{name}/entropy"] == pytest.approx(float(expected), abs=1e-9)
+    assert "infomem_paper/entropy" in trainer.callback_metrics and "infomem/entropy" in trainer.callback_metrics
+    assert paper.state_key != default.state_key
