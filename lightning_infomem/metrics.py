@@ -253,6 +253,14 @@ class _ActivationHistogramMetric(Metric):
         for activations in pending:
             self._count(activations)
 
+    def _settle(self) -> None:
+        """Bring the state up to date: fix a pending range, count pooled samples (before sync/compute/merge)."""
+        self._finish_calibration()
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Hook for metrics that pool small batches before counting them."""
+
     def _finish_calibration(self) -> None:
         if self.range_low is None and (self._calibration_buffer or self._distributed()):
             self._calibrate()
@@ -272,10 +280,13 @@ class _ActivationHistogramMetric(Metric):
     def _count_pairs(self, bins: Tensor) -> None:
         """Hook for metrics that keep joint histograms."""
 
+    def _clear_pending(self) -> None:
+        """Hook for metrics that pool small batches before counting them."""
+
     # ------------------------------------------------------------------------ lifecycle overrides
     def sync(self, *args: Any, **kwargs: Any) -> None:
         """Fix a pending calibration range (a collective step under DDP), then sum the counts."""
-        self._finish_calibration()
+        self._settle()
         super().sync(*args, **kwargs)
 
     def reset(self) -> None:
@@ -283,14 +294,15 @@ class _ActivationHistogramMetric(Metric):
         super().reset()
         self._calibration_buffer = []
         self._num_buffered = 0
+        self._clear_pending()
         if not self._fixed_range:
             self.range_low, self.range_high = None, None
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Add another metric's counts; both must bin with the same range."""
         if isinstance(incoming_state, _ActivationHistogramMetric):
-            self._finish_calibration()
-            incoming_state._finish_calibration()
+            self._settle()
+            incoming_state._settle()
             ours, theirs = self.value_range, incoming_state.value_range
             if ours is None or theirs is None:
                 if ours is not theirs:
@@ -346,7 +358,7 @@ class NeuronEntropy(_ActivationHistogramMetric):
 
     def compute(self) -> Tensor:
         """Entropy of each neuron, ``[N]``."""
-        self._finish_calibration()
+        self._settle()
         self._warn_about_dropped_values()
         return entropy_from_counts(self.counts, self.base, self.miller_madow, self.normalized)
 
@@ -354,7 +366,10 @@ class NeuronEntropy(_ActivationHistogramMetric):
 class NeuronMutualInformation(_ActivationHistogramMetric):
     """Streaming plug-in mutual information of every pair of neurons, ``[N, N]``.
 
-    Keeps the joint histogram of each of the ``N (N - 1) / 2`` pairs (``8 * B**2`` bytes a pair);
+    Keeps the joint histogram of each of the ``N (N - 1) / 2`` pairs (``8 * B**2`` bytes a pair).
+    Counting costs about the same for any batch size, so batches are pooled as compact bin indices
+    until ``pool_samples = 4 * (B + 1)**2`` samples have arrived (``N`` bytes a sample); the pooled
+    samples are always counted before ``compute()``, synchronisation and ``merge_state``;
     the diagonal of the result is each neuron's entropy. Arguments as in :class:`NeuronEntropy`,
     plus ``method`` (the counting kernel, see
     :func:`~lightning_infomem.functional.joint_histogram_counts`). ``normalized`` gives
@@ -382,6 +397,8 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         super().__init__(num_neurons, num_bins, value_range, **kwargs)
         resolve_counting_method(method, torch.device("cpu"))  # validates the name
         self.method = method
+        self.pool_samples = 4 * (num_bins + 1) ** 2
+        self._clear_pending()
         num_pairs = num_neurons * (num_neurons - 1) // 2
         self.add_state(
             "joint_counts", torch.zeros(num_pairs, num_bins, num_bins, dtype=torch.int64), dist_reduce_fx="sum"
@@ -405,12 +422,28 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         )
 
     def _count_pairs(self, bins: Tensor) -> None:
+        # Counting touches every pair's (B + 1)**2 histogram cells whatever the batch size, so small
+        # batches are pooled (as compact bin indices) and counted together.
+        self._pending_bins.append(bins.to(torch.uint8 if self.num_bins < 255 else torch.int16))
+        self._num_pending += bins.shape[0]
+        if self._num_pending >= self.pool_samples:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending_bins:
+            return
+        bins = torch.cat(self._pending_bins).long()
+        self._clear_pending()
         for first, counts in iter_joint_histogram_counts(bins, self.num_bins, self.method):
             self.joint_counts[first : first + counts.shape[0]] += counts
 
+    def _clear_pending(self) -> None:
+        self._pending_bins: list[Tensor] = []
+        self._num_pending = 0
+
     def compute(self) -> Tensor:
         """Symmetric ``[N, N]`` mutual information; the diagonal is each neuron's entropy."""
-        self._finish_calibration()
+        self._settle()
         self._warn_about_dropped_values()
         step = max(1, 2**22 // self.num_bins**2)  # bounded float64 temporaries
         pair_values = torch.cat(
