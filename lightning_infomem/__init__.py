@@ -2,7 +2,16 @@
 
 from lightning_infomem import functional
 from lightning_infomem.callback import InformationMeasures
+from lightning_infomem.curvature import IndexedDataset, LossCurvature
 from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 
 __version__ = "0.1.0"
-__all__ = ["InformationMeasures", "NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError", "functional"]
+__all__ = [
+    "IndexedDataset",
+    "InformationMeasures",
+    "LossCurvature",
+    "NeuronEntropy",
+    "NeuronMutualInformation",
+    "StateTooLargeError",
+    "functional",
+]

@@ -1,4 +1,4 @@
-"""Functional core: tensors in, tensors out. Binning, histograms, entropy and mutual information."""
+"""Functional core: tensors in, tensors out. Binning, histograms, entropy, mutual information, loss curvature."""
 
 from lightning_infomem.functional.binning import (
     ValueRange,
@@ -7,6 +7,12 @@ from lightning_infomem.functional.binning import (
     calibrate_value_range,
     check_activations,
     resolve_value_range,
+)
+from lightning_infomem.functional.curvature import (
+    CurvatureEstimates,
+    input_loss_curvature,
+    input_loss_curvature_estimates,
+    rademacher_probes,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts, neuron_entropy
 from lightning_infomem.functional.ksg import ksg_mutual_information
@@ -23,6 +29,7 @@ from lightning_infomem.functional.mutual_information import (
 
 __all__ = [
     "CountingMethod",
+    "CurvatureEstimates",
     "ValueRange",
     "assign_bins",
     "bin_indices",
@@ -30,6 +37,8 @@ __all__ = [
     "check_activations",
     "entropy_from_counts",
     "histogram_counts",
+    "input_loss_curvature",
+    "input_loss_curvature_estimates",
     "iter_joint_histogram_counts",
     "joint_histogram_counts",
     "ksg_mutual_information",
@@ -39,5 +48,6 @@ __all__ = [
     "pair_indices",
     "pairs_to_matrix",
     "pairwise_mutual_information",
+    "rademacher_probes",
     "resolve_value_range",
 ]

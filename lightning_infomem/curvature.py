@@ -1,0 +1,464 @@
+"""The ``LossCurvature`` callback: per-sample input loss curvature, averaged over training epochs.
+
+Garg, Ravikumar & Roy (ICML 2024) score a training sample by the curvature of its loss with respect to
+its input, averaged over training: high scores mark mislabeled, atypical and conflicting samples. See
+:func:`~lightning_infomem.functional.input_loss_curvature` for the estimator.
+
+Samples are identified by a stable index carried in every batch; :class:`IndexedDataset` adds it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
+from lightning_infomem.reporting import write_csv
+
+__all__ = ["IndexedDataset", "LossCurvature", "MissingIndexError", "default_batch_unpack"]
+
+BatchUnpack = Callable[[Any], tuple[Tensor, Tensor, Tensor]]
+
+
+class MissingIndexError(ValueError):
+    """A batch carries no per-sample index, so scores cannot be attributed to samples."""
+
+
+class IndexedDataset(Dataset):
+    """Wrap a map-style dataset so that each item carries its position: ``(x, y)`` -> ``(x, y, index)``.
+
+    A tuple or list item gets the index appended; a dict item gets an ``"index"`` key; any other item
+    ``x`` becomes ``(x, index)``. The index is the position in the wrapped dataset, stable across epochs,
+    shuffling and processes. A ``training_step`` then unpacks ``x, y, index = batch`` (or ``x, y, _``).
+
+    Example:
+        >>> import torch
+        >>> data = IndexedDataset(torch.utils.data.TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 0])))
+        >>> x, y, index = data.__getitem__(2)
+        >>> len(data), int(y), index
+        (3, 0, 2)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        if isinstance(item, Mapping):
+            return {**item, "index": index}
+        if isinstance(item, (tuple, list)):
+            return (*item, index)
+        return (item, index)
+
+
+def default_batch_unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(inputs, targets, indices)`` of a batch from :class:`IndexedDataset`.
+
+    Accepts a sequence ``(x, y, index)`` (index last) or a mapping with ``"index"`` and the inputs and
+    targets under ``"x"``/``"input"``/``"inputs"`` and ``"y"``/``"target"``/``"targets"``/``"label"``/``"labels"``.
+
+    Example:
+        >>> import torch
+        >>> x, y, index = default_batch_unpack((torch.zeros(2, 3), torch.tensor([1, 0]), torch.tensor([7, 4])))
+        >>> index.tolist()
+        [7, 4]
+    """
+    hint = (
+        "wrap the dataset in lightning_infomem.IndexedDataset so that each batch is (x, y, index), or pass "
+        "LossCurvature(batch_unpack=...) returning (inputs, targets, indices)"
+    )
+    if isinstance(batch, Mapping):
+        if "index" not in batch:
+            raise MissingIndexError(
+                f"LossCurvature: the batch (a dict with keys {sorted(batch)}) has no 'index'; {hint}"
+            )
+        x = next((batch[k] for k in ("x", "input", "inputs") if k in batch), None)
+        y = next((batch[k] for k in ("y", "target", "targets", "label", "labels") if k in batch), None)
+        if x is None or y is None:
+            raise ValueError(f"LossCurvature: cannot find inputs and targets among the keys {sorted(batch)}; {hint}")
+        return x, y, batch["index"]
+    if not isinstance(batch, Sequence) or len(batch) != 3:
+        size = len(batch) if isinstance(batch, Sequence) else type(batch).__name__
+        raise MissingIndexError(f"LossCurvature: expected batches (x, y, index), received a batch of {size}; {hint}")
+    x, y, index = batch
+    if not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
+        raise MissingIndexError(
+            f"LossCurvature: the last element of the batch must be an integer index tensor [B], received "
+            f"{type(index).__name__} {list(index.shape) if isinstance(index, Tensor) else ''}; {hint}"
+        )
+    return x, y, index
+
+
+class LossCurvature(Callback):
+    """Score every training sample by its input loss curvature, averaged over training epochs.
+
+    After every ``every_n_epochs``-th training epoch the callback scores the training set (or
+    ``dataloader``) with :func:`~lightning_infomem.functional.input_loss_curvature_estimates`, model in eval
+    mode, and adds each sample's score to a running mean over the scored epochs. High mean curvature
+    marks mislabeled, atypical and conflicting samples (Garg, Ravikumar & Roy, ICML 2024).
+
+    Batches must carry a stable sample index: wrap the dataset in :class:`IndexedDataset` (batches
+    ``(x, y, index)``), or pass ``batch_unpack``. Scoring uses the labels as trained on.
+
+    Under DDP each process scores its own share (the training loader's ``DistributedSampler``, or every
+    ``world_size``-th batch of ``dataloader``); the scores are summed by index over processes, so every
+    process holds the same :attr:`scores`. The running sums survive checkpointing and resume.
+
+    Results: :attr:`scores` (``[N]``, NaN for a sample never scored), :meth:`topk`, :meth:`to_csv`; with a
+    ``TensorBoardLogger``, a histogram of the scores and, for image inputs ``[C, H, W]``, an image grid
+    of the ``num_images`` highest-curvature samples with their index, label and score. The mean score
+    of the epoch is logged as ``<prefix>/mean`` through ``pl_module.log``.
+
+    Cost: ``num_probes + 1`` forward-backward passes per sample per scored epoch (a training epoch is one
+    forward-backward plus the optimizer step). Cut it with ``every_n_epochs``, ``num_probes`` and
+    ``max_batches``.
+
+    Args:
+        dataloader: what to score; ``None``: the trainer's training dataloader (which includes its
+            augmentation; pass an augmentation-free loader over the same indexed samples to avoid it).
+        every_n_epochs: score after epochs with ``(epoch + 1) % every_n_epochs == 0``.
+        num_probes: Rademacher probes per sample.
+        step: finite-difference step ``h``.
+        squared: accumulate ``mean ||g||^2`` (paper) instead of ``mean ||g||`` (authors' code).
+        loss_fn: ``(outputs, targets) -> [S]`` per-sample loss; default cross-entropy.
+        forward: ``(pl_module, inputs) -> outputs``; default ``pl_module(inputs)``.
+        batch_unpack: ``batch -> (inputs, targets, indices)``; default :func:`default_batch_unpack`.
+        max_batches: score at most this many batches per scored epoch (per process); ``None`` for all.
+        num_images: highest-curvature samples in the TensorBoard image grid (0 disables).
+        log_histogram: log the TensorBoard histogram of scores.
+        prefix: first part of logged keys and of the state key.
+        seed: seed of the probes (a new generator per scored epoch and process, from ``seed``, the epoch
+            and the rank, so a resumed run draws the probes a continuous run would).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from lightning.pytorch import LightningModule, Trainer
+        >>> class Net(LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y, _ = batch
+        ...         return nn.functional.cross_entropy(self(x), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> data = IndexedDataset(TensorDataset(torch.randn(40, 8), torch.randint(0, 3, (40,))))
+        >>> callback = LossCurvature(num_probes=2)
+        >>> trainer = Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+        ...                   enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(Net(), DataLoader(data, batch_size=16, shuffle=True))
+        >>> callback.scores.shape, callback.epochs_scored
+        (torch.Size([40]), [0, 1])
+        >>> values, indices = callback.topk(3)
+    """
+
+    def __init__(
+        self,
+        dataloader: Optional[DataLoader] = None,
+        *,
+        every_n_epochs: int = 1,
+        num_probes: int = 10,
+        step: float = 1e-3,
+        squared: bool = False,
+        loss_fn: Optional[LossFn] = None,
+        forward: Optional[Callable[[LightningModule, Tensor], Tensor]] = None,
+        batch_unpack: Optional[BatchUnpack] = None,
+        max_batches: Optional[int] = None,
+        num_images: int = 16,
+        log_histogram: bool = True,
+        prefix: str = "curvature",
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer, received {every_n_epochs!r}")
+        if not isinstance(num_probes, int) or isinstance(num_probes, bool) or num_probes < 1:
+            raise ValueError(f"num_probes must be a positive integer, received {num_probes!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < float("inf"):
+            raise ValueError(f"step must be a finite float > 0, received {step!r}")
+        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+            raise ValueError(f"max_batches must be a positive integer or None, received {max_batches!r}")
+        if not isinstance(num_images, int) or num_images < 0:
+            raise ValueError(f"num_images must be an integer >= 0, received {num_images!r}")
+        self.dataloader = dataloader
+        self.every_n_epochs = every_n_epochs
+        self.num_probes = num_probes
+        self.step = step
+        self.squared = squared
+        self.loss_fn = loss_fn
+        self.forward = forward
+        self.batch_unpack = default_batch_unpack if batch_unpack is None else batch_unpack
+        self.max_batches = max_batches
+        self.num_images = num_images
+        self.log_histogram = log_histogram
+        self.prefix = prefix
+        self.seed = seed
+
+        self.score_sum = torch.zeros(0, dtype=torch.float64)
+        self.num_scored = torch.zeros(0, dtype=torch.int64)
+        self.labels = torch.zeros(0, dtype=torch.int64)
+        self.last_scores = torch.zeros(0, dtype=torch.float64)
+        self.epochs_scored: list[int] = []
+        self.history: list[dict[str, Any]] = []
+        self._warned: set[str] = set()
+
+    _TENSORS = ("score_sum", "num_scored", "labels", "last_scores")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles callbacks through shared memory, which refuses empty tensors: send numpy arrays.
+        state = dict(self.__dict__)
+        for name in self._TENSORS:
+            state[name] = state[name].numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in self._TENSORS:
+            state[name] = torch.from_numpy(state[name].copy())
+        self.__dict__.update(state)
+
+    # ------------------------------------------------------------------------------ identity
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "score_sum": self.score_sum.clone(),
+            "num_scored": self.num_scored.clone(),
+            "labels": self.labels.clone(),
+            "last_scores": self.last_scores.clone(),
+            "epochs_scored": list(self.epochs_scored),
+            "history": [dict(row) for row in self.history],
+            "squared": self.squared,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if bool(state_dict.get("squared", self.squared)) != self.squared:
+            self._warn_once(
+                "squared",
+                "LossCurvature: the checkpoint accumulated a different score (squared=...); its sums are kept",
+            )
+        self.score_sum = state_dict["score_sum"].to(torch.float64).cpu()
+        self.num_scored = state_dict["num_scored"].to(torch.int64).cpu()
+        self.labels = state_dict.get("labels", torch.full_like(self.num_scored, -1)).cpu()
+        self.last_scores = state_dict.get("last_scores", torch.full_like(self.score_sum, float("nan"))).cpu()
+        self.epochs_scored = list(state_dict.get("epochs_scored", []))
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+
+    # ------------------------------------------------------------------------------- results
+    @property
+    def scores(self) -> Tensor:
+        """``[N]`` float64: mean curvature of each sample over the epochs it was scored; NaN if never."""
+        count = self.num_scored.to(torch.float64)
+        return torch.where(count > 0, self.score_sum / count.clamp_min(1), torch.full_like(count, float("nan")))
+
+    def topk(self, k: int) -> tuple[Tensor, Tensor]:
+        """``(scores, indices)`` of the ``k`` highest-curvature samples, highest first (NaN ones last)."""
+        scores = torch.nan_to_num(self.scores, nan=float("-inf"))
+        k = min(k, scores.numel())
+        values, indices = torch.topk(scores, k)
+        return self.scores[indices], indices
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per sample: ``index``, ``label``, ``score`` (mean), ``last_score``, ``epochs``."""
+        scores = self.scores.tolist()
+        return [
+            {
+                "index": i,
+                "label": int(self.labels[i]),
+                "score": scores[i],
+                "last_score": float(self.last_scores[i]),
+                "epochs": int(self.num_scored[i]),
+            }
+            for i in range(len(scores))
+        ]
+
+    def to_csv(self, path: Union[str, os.PathLike], sort: bool = True) -> str:
+        """Write :meth:`rows` to a CSV file (highest score first if ``sort``); returns the path."""
+        rows = self.rows()
+        if sort:
+            rows.sort(key=lambda row: -row["score"] if row["score"] == row["score"] else float("inf"))
+        return write_csv(rows, path)
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        if trainer.current_epoch in self.epochs_scored:
+            return
+        self.score_epoch(trainer, pl_module)
+
+    def score_epoch(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        """Score the samples now and add the result to the running means; returns this epoch's ``[N]`` scores."""
+        rank, world_size = trainer.global_rank, trainer.world_size
+        if self.dataloader is not None:
+            loader, shard = self.dataloader, world_size > 1
+        else:
+            loader, shard = trainer.train_dataloader, False
+            if loader is None:
+                raise RuntimeError("LossCurvature: the trainer has no training dataloader; pass dataloader=...")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.current_epoch * 1009 + rank)
+        forward = (lambda x: self.forward(pl_module, x)) if self.forward is not None else pl_module
+        device = pl_module.device
+        indices, values, label_list = [], [], []
+        batches = 0
+        for batch_idx, batch in enumerate(loader):
+            if shard and batch_idx % world_size != rank:
+                continue
+            if self.max_batches is not None and batches >= self.max_batches:
+                break
+            batches += 1
+            x, y, index = self.batch_unpack(batch)
+            x, y = move_data_to_device((x, y), device)
+            estimates = input_loss_curvature_estimates(
+                forward, x, y, self.num_probes, self.step, self.loss_fn, generator=generator
+            )
+            values.append((estimates.squared_norm if self.squared else estimates.norm).detach().to(torch.float64))
+            indices.append(torch.as_tensor(index, device=device).long())
+            is_label = isinstance(y, Tensor) and y.ndim == 1 and not y.is_floating_point()
+            label_list.append(y.long() if is_label else torch.full_like(indices[-1], -1))
+        self._accumulate(trainer, pl_module, indices, values, label_list)
+        return self.last_scores
+
+    def _accumulate(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        indices: list[Tensor],
+        values: list[Tensor],
+        labels: list[Tensor],
+    ) -> None:
+        device = pl_module.device
+        index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+        value = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=device)
+        label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+        if index.numel() and int(index.min()) < 0:
+            raise ValueError("LossCurvature: sample indices must be >= 0")
+        local_size = torch.tensor(
+            max(int(index.max()) + 1 if index.numel() else 0, self.score_sum.numel()), device=device
+        )
+        size = int(trainer.strategy.reduce(local_size, reduce_op="max"))
+        # Dense per-index sums, summed over processes: identical on every process. A DistributedSampler
+        # pads with repeated samples, so a sample may be scored twice; the count makes that a mean.
+        epoch_sum = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, index, value)
+        epoch_count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, index, torch.ones_like(value))
+        epoch_label = torch.full((size,), -1, dtype=torch.long, device=device).scatter_(0, index, label)
+        if trainer.world_size > 1:
+            epoch_sum = trainer.strategy.reduce(epoch_sum, reduce_op="sum")
+            epoch_count = trainer.strategy.reduce(epoch_count, reduce_op="sum")
+            epoch_label = trainer.strategy.reduce(epoch_label.double(), reduce_op="max").long()
+        epoch_sum, epoch_count, epoch_label = epoch_sum.cpu(), epoch_count.cpu(), epoch_label.cpu()
+        scored = epoch_count > 0
+        epoch_scores = torch.where(scored, epoch_sum / epoch_count.clamp_min(1), torch.nan)
+        self._grow(size)
+        self.score_sum[scored] += epoch_scores[scored]
+        self.num_scored[scored] += 1
+        self.labels = torch.where(epoch_label >= 0, epoch_label, self.labels)
+        self.last_scores = epoch_scores
+        self.epochs_scored.append(trainer.current_epoch)
+        mean = float(epoch_scores[scored].mean()) if bool(scored.any()) else float("nan")
+        self.history.append(
+            {"epoch": trainer.current_epoch, "global_step": trainer.global_step, f"{self.prefix}/mean": mean}
+        )
+        if scored.any():
+            pl_module.log(f"{self.prefix}/mean", torch.tensor(mean, dtype=torch.float32, device=device))
+        self._log_tensorboard(trainer)
+
+    def _grow(self, size: int) -> None:
+        extra = size - self.score_sum.numel()
+        if extra > 0:
+            self.score_sum = torch.cat([self.score_sum, torch.zeros(extra, dtype=torch.float64)])
+            self.num_scored = torch.cat([self.num_scored, torch.zeros(extra, dtype=torch.int64)])
+            self.labels = torch.cat([self.labels, torch.full((extra,), -1, dtype=torch.int64)])
+
+    # -------------------------------------------------------------------------------- logging
+    def _log_tensorboard(self, trainer: Trainer) -> None:
+        if not trainer.loggers or not (self.log_histogram or self.num_images > 0):
+            return
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers:
+            self._warn_once(
+                "logger", "LossCurvature: the score histogram and image grid need a TensorBoardLogger; skipped"
+            )
+            return
+        if trainer.global_rank != 0:
+            return
+        scores = self.scores
+        finite = scores[torch.isfinite(scores)]
+        figure = self._image_grid() if self.num_images > 0 else None
+        for writer in writers:
+            if self.log_histogram and finite.numel():
+                writer.add_histogram(f"{self.prefix}/scores", finite.float(), trainer.global_step)
+            if figure is not None:
+                writer.add_figure(f"{self.prefix}/highest", figure, trainer.global_step, close=False)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def _image_grid(self) -> Any:
+        """A matplotlib figure of the highest-curvature samples (image inputs only), or ``None``."""
+        dataset = getattr(self.dataloader, "dataset", None)
+        if dataset is None:
+            dataset = self._train_dataset
+        if dataset is None:
+            return None
+        values, indices = self.topk(self.num_images)
+        images = []
+        try:
+            for i in indices.tolist():
+                x, _, _ = self.batch_unpack(torch.utils.data.default_collate([dataset[i]]))
+                images.append(x[0])
+        except Exception:  # noqa: BLE001 - a dataset we cannot index by position: no grid
+            self._warn_once("grid", "LossCurvature: cannot read samples by index from the dataset; no image grid")
+            return None
+        if not images or images[0].ndim != 3 or images[0].shape[0] not in (1, 3):
+            return None
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self._warn_once("matplotlib", "LossCurvature: the image grid needs matplotlib; skipped")
+            return None
+        columns = min(8, len(images))
+        rows = -(-len(images) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, image, i, value in zip(axes.flat, images, indices.tolist(), values.tolist(), strict=False):
+            image = image.detach().float().cpu()
+            low, high = image.min(), image.max()
+            image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray")
+            else:
+                ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_title(f"#{i} y={int(self.labels[i])}\n{value:.3g}", fontsize=7)
+        figure.tight_layout()
+        return figure
+
+    _train_dataset: Optional[Dataset] = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loader = trainer.train_dataloader
+        self._train_dataset = getattr(loader, "dataset", None)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=2)
