@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import sklearn
 import torch
+from machine import cpu_name, make_synchronize, usable_cores
 from sklearn.feature_selection._mutual_info import _compute_mi_cc
 
 import lightning_infomem
@@ -63,30 +63,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.sklearn_pairs < 1 or args.repeats < 1:
         parser.error("--sklearn-pairs and --repeats must be positive")
     return args
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def make_synchronize(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
 
 
 def make_activations(args: argparse.Namespace) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The ``InformationMeasures`` callback: activation entropy and mutual information at every validation.
 
 Forward hooks on the monitored modules exist only while a validation epoch runs. Each batch's
-activations update streaming :class:`~lightning_infomem.NeuronEntropy` and
-:class:`~lightning_infomem.NeuronMutualInformation` metrics on the model's device; at the end of the
+activations update streaming `NeuronEntropy` and
+`NeuronMutualInformation` metrics on the model's device; at the end of the
 epoch the callback logs the diversity curves through ``pl_module.log`` so that ``ModelCheckpoint``
 and ``EarlyStopping`` can monitor them.
 """
@@ -57,7 +57,7 @@ class InformationMeasures(Callback):
         layers: modules to monitor: exact names (``"net.0"``), glob patterns (``"encoder.layer.*"``),
             module types (``nn.Linear``), or a list of these. ``None``: up to four ``nn.Linear`` /
             convolution layers, evenly spaced, without the output layer
-            (see :func:`~lightning_infomem.layers.default_layers`).
+            (see `default_layers`).
         entropy_bins: equal-width bins for entropy (the paper uses 100).
         mutual_info_bins: bins per neuron for MI; the plug-in bias of MI grows like
             ``(bins - 1)**2 / (2 * samples)``, so MI uses fewer bins than entropy.
@@ -182,7 +182,7 @@ class InformationMeasures(Callback):
         100 bins for entropy; every neuron and every sample. With ``layers=None`` an MLP is monitored
         at the pre-activation outputs of its hidden linear layers, as in the paper. The paper's MI
         numbers use the KSG kNN estimator, an offline computation
-        (:func:`~lightning_infomem.functional.ksg_mutual_information`); the histogram MI logged
+        (`ksg_mutual_information`); the histogram MI logged
         here keeps ``mutual_info_bins=16``, since 100 bins per neuron would make the plug-in MI
         mostly bias. Any argument can be overridden.
 
@@ -450,5 +450,5 @@ class InformationMeasures(Callback):
 
     # ------------------------------------------------------------------------------- export
     def to_csv(self, path: Union[str, os.PathLike]) -> str:
-        """Write :attr:`history` (one row per measured evaluation) to a CSV file; returns the path."""
+        """Write `history` (one row per measured evaluation) to a CSV file; returns the path."""
         return write_csv(self.history, path)

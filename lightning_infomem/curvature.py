@@ -2,9 +2,9 @@
 
 Garg, Ravikumar & Roy (ICML 2024) score a training sample by the curvature of its loss with respect to
 its input, averaged over training: high scores mark mislabeled, atypical and conflicting samples. See
-:func:`~lightning_infomem.functional.input_loss_curvature` for the estimator.
+`input_loss_curvature` for the estimator.
 
-Samples are identified by a stable index carried in every batch; :class:`IndexedDataset` adds it.
+Samples are identified by a stable index carried in every batch; `IndexedDataset` adds it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class IndexedDataset(Dataset):
 
 
 def default_batch_unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """``(inputs, targets, indices)`` of a batch from :class:`IndexedDataset`.
+    """``(inputs, targets, indices)`` of a batch from `IndexedDataset`.
 
     Accepts a sequence ``(x, y, index)`` (index last) or a mapping with ``"index"`` and the inputs and
     targets under ``"x"``/``"input"``/``"inputs"`` and ``"y"``/``"target"``/``"targets"``/``"label"``/``"labels"``.
@@ -105,18 +105,18 @@ class LossCurvature(Callback):
     """Score every training sample by its input loss curvature, averaged over training epochs.
 
     After every ``every_n_epochs``-th training epoch the callback scores the training set (or
-    ``dataloader``) with :func:`~lightning_infomem.functional.input_loss_curvature_estimates`, model in eval
+    ``dataloader``) with `input_loss_curvature_estimates`, model in eval
     mode, and adds each sample's score to a running mean over the scored epochs. High mean curvature
     marks mislabeled, atypical and conflicting samples (Garg, Ravikumar & Roy, ICML 2024).
 
-    Batches must carry a stable sample index: wrap the dataset in :class:`IndexedDataset` (batches
+    Batches must carry a stable sample index: wrap the dataset in `IndexedDataset` (batches
     ``(x, y, index)``), or pass ``batch_unpack``. Scoring uses the labels as trained on.
 
     Under DDP each process scores its own share (the training loader's ``DistributedSampler``, or every
     ``world_size``-th batch of ``dataloader``); the scores are summed by index over processes, so every
-    process holds the same :attr:`scores`. The running sums survive checkpointing and resume.
+    process holds the same `scores`. The running sums survive checkpointing and resume.
 
-    Results: :attr:`scores` (``[N]``, NaN for a sample never scored), :meth:`topk`, :meth:`to_csv`; with a
+    Results: `scores` (``[N]``, NaN for a sample never scored), `topk`, `to_csv`; with a
     ``TensorBoardLogger``, a histogram of the scores and, for image inputs ``[C, H, W]``, an image grid
     of the ``num_images`` highest-curvature samples with their index, label and score. The mean score
     of the epoch is logged as ``<prefix>/mean`` through ``pl_module.log``.
@@ -134,7 +134,7 @@ class LossCurvature(Callback):
         squared: accumulate ``mean ||g||^2`` (paper) instead of ``mean ||g||`` (authors' code).
         loss_fn: ``(outputs, targets) -> [S]`` per-sample loss; default cross-entropy.
         forward: ``(pl_module, inputs) -> outputs``; default ``pl_module(inputs)``.
-        batch_unpack: ``batch -> (inputs, targets, indices)``; default :func:`default_batch_unpack`.
+        batch_unpack: ``batch -> (inputs, targets, indices)``; default `default_batch_unpack`.
         max_batches: score at most this many batches per scored epoch (per process); ``None`` for all.
         num_images: highest-curvature samples in the TensorBoard image grid (0 disables).
         log_histogram: log the TensorBoard histogram of scores.
@@ -290,7 +290,7 @@ class LossCurvature(Callback):
         ]
 
     def to_csv(self, path: Union[str, os.PathLike], sort: bool = True) -> str:
-        """Write :meth:`rows` to a CSV file (highest score first if ``sort``); returns the path."""
+        """Write `rows` to a CSV file (highest score first if ``sort``); returns the path."""
         rows = self.rows()
         if sort:
             rows.sort(key=lambda row: -row["score"] if row["score"] == row["score"] else float("inf"))

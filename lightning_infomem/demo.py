@@ -8,9 +8,9 @@ MLP on the 8x8 digits that ship with scikit-learn, using only the public API:
 - shuffled-label series: a fraction ``beta`` of the training labels redrawn at random, trained
   until the network fits them.
 
-Every model trains with :class:`~lightning_infomem.InformationMeasures` attached and logs to
+Every model trains with `InformationMeasures` attached and logs to
 TensorBoard. The final models are then measured on in-distribution validation images with the
-package defaults and with the paper's settings (:meth:`InformationMeasures.paper`, plus the KSG
+package defaults and with the paper's settings (`InformationMeasures.paper`, plus the KSG
 kNN mutual information), and ranked against their shortcut-free / clean test accuracy (Kendall tau).
 
     python -m lightning_infomem.demo [--quick] [--out DIR] [--seed N]

@@ -8,10 +8,10 @@ Binning range policy (``value_range=None``): the first ``calibration_samples`` s
 ``reset()`` are held back; their finite minimum and maximum (or the ``range_quantile`` and
 ``1 - range_quantile`` quantiles) fix the range, globally or per neuron; then the held-back samples
 and every later one are counted. Later values outside the range go to the edge bins and are counted
-in ``num_clipped`` (see :attr:`clipped_fraction`). Under DDP the calibration samples of all processes
+in ``num_clipped`` (see `clipped_fraction`). Under DDP the calibration samples of all processes
 are gathered, so every process uses the identical range; each process holds back
 ``ceil(calibration_samples / world_size)`` samples. If fewer samples arrive before ``compute()``, the
-range is fixed from all of them then. The range in use is :attr:`value_range`.
+range is fixed from all of them then. The range in use is `value_range`.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class _ActivationHistogramMetric(Metric):
         self._count(activations)
 
     def forward(self, activations: Tensor) -> None:  # type: ignore[override]
-        """Same as :meth:`update`: a histogram of one batch is not a meaningful value on its own."""
+        """Same as `update`: a histogram of one batch is not a meaningful value on its own."""
         self.update(activations)
 
     def _calibration_quota(self) -> int:
@@ -356,6 +356,35 @@ class NeuronEntropy(_ActivationHistogramMetric):
 
     higher_is_better = None
 
+    def __init__(
+        self,
+        num_neurons: int,
+        num_bins: int = 100,
+        value_range: ValueRange = None,
+        *,
+        per_neuron_range: bool = False,
+        range_quantile: float = 0.0,
+        calibration_samples: int = 1024,
+        base: Optional[float] = None,
+        miller_madow: bool = False,
+        normalized: bool = False,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_neurons,
+            num_bins,
+            value_range,
+            per_neuron_range=per_neuron_range,
+            range_quantile=range_quantile,
+            calibration_samples=calibration_samples,
+            base=base,
+            miller_madow=miller_madow,
+            normalized=normalized,
+            max_state_bytes=max_state_bytes,
+            **kwargs,
+        )
+
     def compute(self) -> Tensor:
         """Entropy of each neuron, ``[N]``."""
         self._settle()
@@ -370,9 +399,9 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     Counting costs about the same for any batch size, so batches are pooled as compact bin indices
     until ``pool_samples = 4 * (B + 1)**2`` samples have arrived (``N`` bytes a sample); the pooled
     samples are always counted before ``compute()``, synchronisation and ``merge_state``;
-    the diagonal of the result is each neuron's entropy. Arguments as in :class:`NeuronEntropy`,
+    the diagonal of the result is each neuron's entropy. Arguments as in `NeuronEntropy`,
     plus ``method`` (the counting kernel, see
-    :func:`~lightning_infomem.functional.joint_histogram_counts`). ``normalized`` gives
+    `joint_histogram_counts`). ``normalized`` gives
     ``I / sqrt(H(X) H(Y))``.
 
     Example:

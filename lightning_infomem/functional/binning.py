@@ -1,6 +1,6 @@
 """Equal-width binning of neuron activations.
 
-Every estimator in the package sees activations through :func:`bin_indices`, so the binning rule
+Every estimator in the package sees activations through `bin_indices`, so the binning rule
 lives here and nowhere else: a value ``v`` falls in bin ``floor((v - low) / (high - low) * num_bins)``,
 values outside ``[low, high]`` go to the edge bins (the maximum lands in the last bin, as in
 ``numpy.histogram``), and non-finite values get the index ``num_bins``, which every counting
@@ -160,7 +160,7 @@ def bin_indices(activations: Tensor, num_bins: int, value_range: ValueRange = No
 
 
 def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -> Tensor:
-    """:func:`bin_indices` with an already resolved range and no input checks (no host synchronisation)."""
+    """`bin_indices` with an already resolved range and no input checks (no host synchronisation)."""
     x = activations.detach().to(compute_dtype(activations.dtype))
     width = high - low
     safe_width = torch.where(width > 0, width, torch.ones_like(width))

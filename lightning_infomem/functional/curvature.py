@@ -118,9 +118,9 @@ def input_loss_curvature_estimates(
     probes: Optional[Tensor] = None,
     chunk_size: Optional[int] = None,
 ) -> CurvatureEstimates:
-    """All three curvature estimates of every sample in one pass: see :class:`CurvatureEstimates`.
+    """All three curvature estimates of every sample in one pass: see `CurvatureEstimates`.
 
-    Same arguments as :func:`input_loss_curvature`, which returns one of them.
+    Same arguments as `input_loss_curvature`, which returns one of them.
 
     Example:
         >>> import torch
@@ -198,7 +198,7 @@ def input_loss_curvature(
     formula). As in the authors' code the score is **not** divided by ``step``: with ``squared=True``
     and many probes it converges to ``step**2 * ||H||_F^2``, ``H`` the input Hessian of the sample's
     loss. The Hutchinson trace estimate ``mean_i v_i . g_i / step`` (divided by ``step`` once, so it
-    estimates ``tr(H)``) comes from :func:`input_loss_curvature_estimates`.
+    estimates ``tr(H)``) comes from `input_loss_curvature_estimates`.
 
     The loss of each sample is its own (``reduction="none"``, summed over any non-batch dimensions), so a
     score does not depend on the batch size or on the other samples of the batch. ``model`` is put in

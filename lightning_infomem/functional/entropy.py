@@ -29,7 +29,7 @@ def count_codes(codes: Tensor, size: int) -> Tensor:
 def histogram_counts(bins: Tensor, num_bins: int) -> Tensor:
     """Histogram of each neuron from bin indices: ``[S, N]`` -> ``[N, num_bins]`` int64.
 
-    Indices equal to ``num_bins`` (non-finite values, see :func:`bin_indices`) are not counted.
+    Indices equal to ``num_bins`` (non-finite values, see `bin_indices`) are not counted.
 
     Example:
         >>> import torch
@@ -141,7 +141,7 @@ def neuron_entropy(
         num_bins: equal-width bins (the paper uses 100).
         value_range: ``None`` for one global range over the whole input (the paper's binning), a
             ``(low, high)`` pair of floats for a fixed range, or a pair of ``[N]`` tensors for one
-            range per neuron. See :func:`bin_indices` for the binning rule.
+            range per neuron. See `bin_indices` for the binning rule.
         base: logarithm base; ``None`` gives nats, ``2`` bits.
         miller_madow: add the Miller-Madow bias correction.
         normalized: divide by ``log(num_bins)``, giving values in ``[0, 1]``.

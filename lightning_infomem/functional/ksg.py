@@ -328,7 +328,7 @@ def ksg_mutual_information(
     Diagonal:
         ``I(X; X)`` by the same formula, as in the authors' code: ``psi(S) - psi(k)`` for a neuron
         without repeated values (about 6.7 nats at ``S = 2000, k = 3``). It is not an MI between two
-        neurons: leave it out of means (:func:`~lightning_infomem.functional.mean_off_diagonal`) and
+        neurons: leave it out of means (`mean_off_diagonal`) and
         out of density fits.
 
     Ties (repeated values):
@@ -338,7 +338,7 @@ def ksg_mutual_information(
         activations with many exact zeros produce many such samples and huge counts, so the estimate
         is finite but strongly negative (the failure described in METHODS.md). Pass a tiny ``noise``
         (``standardize=True, noise=1e-10`` is scikit-learn's recipe) to break ties, or use the
-        histogram estimator :func:`~lightning_infomem.functional.pairwise_mutual_information` for
+        histogram estimator `pairwise_mutual_information` for
         such layers.
 
     Constant neurons:

@@ -83,9 +83,9 @@ def _blocks_bincount(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]
     num_samples, num_neurons = bins.shape
     width = num_bins + 1
     per_pair = width * width
-    budget = min(_CODES_PER_BLOCK, 2**31 // per_pair * max(1, num_samples))
     transposed = bins.T.contiguous().to(torch.int32)  # [N, S]: rows are contiguous per neuron
-    for i0, i1 in _row_blocks(num_neurons, max(1, num_samples), budget):
+    # a block's cost is its codes (S per pair) or its histograms ((B + 1)**2 per pair), whichever is larger
+    for i0, i1 in _row_blocks(num_neurons, max(num_samples, per_pair), _CODES_PER_BLOCK):
         codes = torch.cat([transposed[i + 1 :] + transposed[i] * width for i in range(i0, i1)])
         num_pairs = codes.shape[0]
         code_dtype = torch.int32 if num_pairs * per_pair < 2**31 else torch.int64
@@ -115,7 +115,7 @@ def iter_joint_histogram_counts(
     """Joint histograms of all pairs ``i < j``, block by block, with bounded temporary memory.
 
     Yields ``(first_pair, counts)`` where ``counts`` is ``[p, num_bins, num_bins]`` int64 for the
-    pairs ``first_pair .. first_pair + p - 1`` in the row-major order of :func:`pair_indices`.
+    pairs ``first_pair .. first_pair + p - 1`` in the row-major order of `pair_indices`.
     """
     check_num_bins(num_bins)
     if bins.ndim != 2:
@@ -129,11 +129,11 @@ def iter_joint_histogram_counts(
 def joint_histogram_counts(bins: Tensor, num_bins: int, method: CountingMethod = "auto") -> Tensor:
     """Joint histogram of every neuron pair from bin indices: ``[S, N]`` -> ``[P, num_bins, num_bins]`` int64.
 
-    ``P = N (N - 1) / 2`` pairs ``i < j`` in the order of :func:`pair_indices`; rows index the bin of
+    ``P = N (N - 1) / 2`` pairs ``i < j`` in the order of `pair_indices`; rows index the bin of
     neuron ``i``, columns the bin of neuron ``j``.
 
     Args:
-        bins: bin indices from :func:`bin_indices`; index ``num_bins`` marks a non-finite value,
+        bins: bin indices from `bin_indices`; index ``num_bins`` marks a non-finite value,
             and a sample is left out of a pair's histogram when either of its two values is.
         num_bins: number of bins per neuron.
         method: ``"bincount"`` (offset joint codes counted by ``bincount``, fastest on CPU),
@@ -234,18 +234,18 @@ def pairwise_mutual_information(
 ) -> Tensor:
     """Plug-in mutual information of every pair of neurons: ``[S, N]`` -> symmetric ``[N, N]``.
 
-    Each pair's joint histogram uses the same equal-width binning as :func:`neuron_entropy`; the
+    Each pair's joint histogram uses the same equal-width binning as `neuron_entropy`; the
     diagonal holds each neuron's entropy. The default of 16 bins keeps the plug-in bias, about
     ``(B - 1)**2 / (2 S)`` nats for independent neurons, small at a few thousand samples.
 
     Args:
         activations: ``[S, N]`` floating tensor.
         num_bins: equal-width bins per neuron.
-        value_range: as in :func:`neuron_entropy`.
+        value_range: as in `neuron_entropy`.
         base: logarithm base; ``None`` gives nats.
         miller_madow: Miller-Madow bias correction of the entropies the MI is made of.
         normalized: ``I / sqrt(H(X) H(Y))`` in ``[0, 1]`` (diagonal 1, or 0 for a constant neuron).
-        method: counting kernel, see :func:`joint_histogram_counts`.
+        method: counting kernel, see `joint_histogram_counts`.
 
     A sample is left out of a pair when either value is non-finite. Constant neurons give 0.
     Memory stays bounded: pairs are counted and reduced chunk by chunk.
