@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -55,6 +56,9 @@ def default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> li
 def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
     """Module names selected by exact names, glob patterns or module types, in registration order.
 
+    A module type can also be given as its dotted class path (``"torch.nn.Linear"``), the form a
+    ``LightningCLI`` config file passes; a module name takes precedence over a class path.
+
     Raises:
         ValueError: a name or pattern that matches no module (the message lists the valid names),
             a type with no instance in the model, or an empty selection.
@@ -66,6 +70,8 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
         ['0', '1']
         >>> resolve_layers(model, "*")
         ['0', '1', '2']
+        >>> resolve_layers(model, "torch.nn.Linear")
+        ['0', '2']
     """
     named = [(name, module) for name, module in model.named_modules() if name]
     if layers is None:
@@ -90,6 +96,9 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
                 matches = {name for name, _ in named if fnmatch.fnmatchcase(name, spec)}
             else:
                 matches = {name for name, _ in named if name == spec}
+                module_type = None if matches else _import_module_type(spec)
+                if module_type is not None:  # a dotted class path, as config files give types
+                    matches = {name for name, module in named if isinstance(module, module_type)}
             if not matches:
                 raise ValueError(
                     f"no module of {type(model).__name__} matches {spec!r}. Valid names: {_name_list(named)}"
@@ -98,6 +107,18 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
             raise TypeError(f"layers entries must be module names, glob patterns or module types, received {spec!r}")
         selected |= matches
     return [name for name, _ in named if name in selected]
+
+
+def _import_module_type(path: str) -> Optional[type]:
+    """The ``nn.Module`` subclass a dotted path such as ``"torch.nn.Linear"`` names, or ``None``."""
+    module_path, _, attribute = path.rpartition(".")
+    if not module_path or not attribute.isidentifier():
+        return None
+    try:
+        candidate = getattr(importlib.import_module(module_path), attribute, None)
+    except ImportError:
+        return None
+    return candidate if isinstance(candidate, type) and issubclass(candidate, nn.Module) else None
 
 
 def _name_list(named: Sequence[tuple[str, nn.Module]], limit: int = 60) -> str:

@@ -196,3 +196,13 @@ def test_outputs_without_a_tensor_are_rejected():
         to_neuron_activations(None)
     with pytest.raises(TypeError, match="output_transform returned list"):
         to_neuron_activations(torch.randn(2, 3), output_transform=lambda o: [o])
+
+
+def test_a_dotted_class_path_selects_by_type_as_config_files_give_it():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert resolve_layers(model, "torch.nn.Linear") == ["0", "2"]
+    assert resolve_layers(model, ["torch.nn.ReLU", "2"]) == ["1", "2"]
+    with pytest.raises(ValueError, match="Valid names"):
+        resolve_layers(model, "torch.nn.Conv2d")  # a type with no instance: nothing matches
+    with pytest.raises(ValueError, match="Valid names"):
+        resolve_layers(model, "no.such.module.Linear")
