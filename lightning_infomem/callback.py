@@ -403,7 +403,8 @@ class InformationMeasures(Callback):
             pair_counts += n * (n - 1)
             row[f"{self.prefix}/{name}/entropy"] = float(entropy.mean())
             row[f"{self.prefix}/{name}/mutual_info"] = float(mean_off_diagonal(mutual_info))
-            row[f"{self.prefix}/{name}/clipped_fraction"] = self.mutual_info_metrics[name].clipped_fraction
+            with self.entropy_metrics[name].sync_context():  # all processes' counters (a small state)
+                row[f"{self.prefix}/{name}/clipped_fraction"] = self.entropy_metrics[name].clipped_fraction
         row[f"{self.prefix}/entropy"] = float(torch.cat(entropies).mean())
         row[f"{self.prefix}/mutual_info"] = pair_sums / pair_counts if pair_counts else 0.0
         for key, value in row.items():
