@@ -4,6 +4,7 @@ from lightning_infomem import functional
 from lightning_infomem.callback import InformationMeasures
 from lightning_infomem.curvature import IndexedDataset, LossCurvature
 from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
+from lightning_infomem.subsampling import SubsampleRecords, load_records, train_on_subsets
 
 __version__ = "0.1.0"
 __all__ = [
@@ -13,5 +14,8 @@ __all__ = [
     "NeuronEntropy",
     "NeuronMutualInformation",
     "StateTooLargeError",
+    "SubsampleRecords",
     "functional",
+    "load_records",
+    "train_on_subsets",
 ]

@@ -1,0 +1,186 @@
+"""Subsampled memorization and influence: estimators against direct loops, resume, and parallel workers."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pytest
+import torch
+from lightning_helpers import DigitsMLP, digits_tensors, fast_trainer
+from torch.utils.data import TensorDataset
+
+from lightning_infomem import SubsampleRecords, load_records, train_on_subsets
+from lightning_infomem.functional import (
+    InfluenceTooLargeError,
+    influence_estimates,
+    influence_from_masks,
+    influence_per_class,
+    influence_topk,
+    memorization_estimates,
+    memorization_from_masks,
+    rms_error_bound,
+)
+
+NUM_MODELS = 6
+
+
+# ------------------------------------------------------------------------------------- estimators
+def _direct(in_train: torch.Tensor, hits: torch.Tensor) -> tuple[float, float, bool]:
+    """One column: (difference of masked means, its stderr, defined) by a plain loop."""
+    inside = [float(h) for h, m in zip(hits.tolist(), in_train.tolist(), strict=True) if m]
+    outside = [float(h) for h, m in zip(hits.tolist(), in_train.tolist(), strict=True) if not m]
+    if not inside or not outside:
+        return 0.0, 0.0, False
+    p_in, p_out = sum(inside) / len(inside), sum(outside) / len(outside)
+    se = math.sqrt(p_in * (1 - p_in) / len(inside) + p_out * (1 - p_out) / len(outside))
+    return p_in - p_out, se, True
+
+
+def _random_masks(t: int = 30, n: int = 25, m: int = 7, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    in_train = torch.rand(t, n, generator=g) < 0.7
+    in_train[:, 0] = True  # every model saw example 0
+    in_train[:, 1] = False  # no model saw example 1
+    correct = torch.rand(t, n, generator=g) < 0.5 + 0.4 * in_train.float()
+    test_correct = torch.rand(t, m, generator=g) < 0.6
+    return in_train, correct, test_correct
+
+
+def test_memorization_matches_direct_computation() -> None:
+    in_train, correct, _ = _random_masks()
+    est = memorization_estimates(in_train, correct)
+    for i in range(in_train.shape[1]):
+        value, se, defined = _direct(in_train[:, i], correct[:, i])
+        assert est.value[i].item() == pytest.approx(value, abs=1e-12)
+        assert est.stderr[i].item() == pytest.approx(se, abs=1e-12)
+        assert bool(est.defined[i]) is defined
+    assert not est.defined[:2].any() and est.defined[2:].all()
+    assert torch.isfinite(est.value).all() and torch.isfinite(est.stderr).all()
+    assert torch.equal(memorization_from_masks(in_train, correct), est.value)
+    assert torch.equal(memorization_from_masks(in_train.int(), correct.long()), est.value)  # 0/1 integers
+
+
+def test_influence_matches_direct_computation() -> None:
+    in_train, _, test_correct = _random_masks()
+    est = influence_estimates(in_train, test_correct)
+    assert est.value.shape == (test_correct.shape[1], in_train.shape[1])
+    for j in range(test_correct.shape[1]):
+        for i in range(in_train.shape[1]):
+            value, se, defined = _direct(in_train[:, i], test_correct[:, j])
+            assert est.value[j, i].item() == pytest.approx(value, abs=1e-6)
+            assert est.stderr[j, i].item() == pytest.approx(se, abs=1e-6)
+            assert bool(est.defined[i]) is defined
+    assert torch.equal(influence_from_masks(in_train, test_correct), est.value)
+
+
+def test_topk_and_per_class_agree_with_dense() -> None:
+    in_train, _, test_correct = _random_masks(t=40, n=30, m=9, seed=1)
+    dense = influence_estimates(in_train, test_correct)
+    ranked = torch.where(dense.defined, dense.value, torch.tensor(float("-inf")))
+    top = influence_topk(in_train, test_correct, 4)
+    assert torch.allclose(top.values, ranked.topk(4, dim=1).values)
+    assert torch.allclose(top.values, dense.value.gather(1, top.indices))
+    assert torch.allclose(top.stderr, dense.stderr.gather(1, top.indices))
+    assert not torch.isin(top.indices, torch.tensor([0, 1])).any()  # undefined examples never compete
+
+    train_labels = torch.arange(30) % 3
+    test_labels = torch.arange(9) % 3
+    same = influence_topk(in_train, test_correct, 50, train_labels=train_labels, test_labels=test_labels)
+    valid = same.indices >= 0
+    assert (train_labels[same.indices[valid]] == test_labels[:, None].expand_as(valid)[valid]).all()
+    assert (same.values[~valid] == 0).all()  # padding: index -1, value 0
+
+    blocks = influence_per_class(in_train, test_correct, train_labels, test_labels)
+    assert sorted(blocks) == [0, 1, 2]
+    for test_idx, train_idx, est in blocks.values():
+        assert torch.allclose(est.value, dense.value[test_idx][:, train_idx])
+
+
+def test_influence_memory_budget_is_explained() -> None:
+    in_train, _, test_correct = _random_masks()
+    with pytest.raises(InfluenceTooLargeError, match="influence_topk.*per_class.*fewer test examples"):
+        influence_from_masks(in_train, test_correct, max_bytes=100)
+    assert influence_from_masks(in_train, test_correct, max_bytes=None).shape == (7, 25)
+
+
+def test_input_checks_and_error_bound() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        memorization_estimates(torch.ones(3, 4, dtype=torch.bool), torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one row per model"):
+        influence_from_masks(torch.ones(3, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="boolean"):
+        memorization_estimates(torch.ones(3, 4), torch.ones(3, 4))
+    assert rms_error_bound(2000, 0.7) == pytest.approx(math.sqrt(1 / 1400 + 1 / 600))
+
+
+# ------------------------------------------------------------------------------------------ runner
+def _data() -> tuple[TensorDataset, TensorDataset]:
+    x, y = digits_tensors("train")
+    xv, yv = digits_tensors("val")
+    return TensorDataset(x[:150], y[:150]), TensorDataset(xv[:40], yv[:40])
+
+
+def build(index: int) -> tuple[Any, Any]:
+    """Module level, so that spawned workers can unpickle it."""
+    return DigitsMLP(lr=0.02, hidden=16), fast_trainer(".", max_epochs=2)
+
+
+def build_crashing(index: int) -> tuple[Any, Any]:
+    if index == 4:
+        raise RuntimeError("simulated crash at model 4")
+    return build(index)
+
+
+def _run(out_dir: Any, builder: Any = build, **kwargs: Any) -> SubsampleRecords:
+    train, test = _data()
+    options = {"test_dataset": test, "num_models": NUM_MODELS, "batch_size": 32, "progress": False}
+    options.update(kwargs)
+    return train_on_subsets(builder, train, out_dir, **options)
+
+
+def _assert_same(a: SubsampleRecords, b: SubsampleRecords) -> None:
+    assert torch.equal(a.indices, b.indices)
+    assert torch.equal(a.in_train, b.in_train)
+    assert torch.equal(a.train_correct, b.train_correct)
+    assert a.test_correct is not None and b.test_correct is not None
+    assert torch.equal(a.test_correct, b.test_correct)
+    assert torch.equal(a.memorization().value, b.memorization().value)
+    assert torch.equal(a.influence().value, b.influence().value)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> SubsampleRecords:
+    return _run(tmp_path_factory.mktemp("reference"))
+
+
+def test_runner_records(reference: SubsampleRecords) -> None:
+    assert reference.in_train.shape == (NUM_MODELS, 150)
+    assert (reference.in_train.sum(1) == 105).all()  # round(0.7 * 150)
+    assert reference.test_correct is not None and reference.test_correct.shape == (NUM_MODELS, 40)
+    assert reference.train_labels is not None and reference.train_labels.shape == (150,)
+    assert len({tuple(row.tolist()) for row in reference.in_train}) == NUM_MODELS  # independent subsets
+    assert reference.train_correct.float().mean() > 0.2  # better than chance (0.1)
+    top = reference.influence_topk(3)
+    assert top.indices.shape == (40, 3)
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path: Any, reference: SubsampleRecords) -> None:
+    partial = _run(tmp_path, max_models=2)
+    assert partial.num_models == 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, builder=build_crashing)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", *[f"model_{i:05d}.pt" for i in range(4)]]
+    _assert_same(_run(tmp_path), reference)  # trains models 4 and 5 only
+    _assert_same(load_records(tmp_path, train_labels=reference.train_labels), reference)
+
+
+def test_two_workers_equal_one(tmp_path: Any, reference: SubsampleRecords) -> None:
+    _assert_same(_run(tmp_path, workers=2), reference)
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Any) -> None:
+    _run(tmp_path, num_models=1)
+    with pytest.raises(ValueError, match="different run.*fraction"):
+        _run(tmp_path, num_models=1, fraction=0.5)
