@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import sklearn
 import torch
-from machine import cpu_name, make_synchronize, usable_cores
+from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
 from sklearn.feature_selection._mutual_info import _compute_mi_cc
 
 import lightning_infomem
@@ -77,24 +77,6 @@ def make_activations(args: argparse.Namespace) -> torch.Tensor:
     mixing /= mixing.norm(dim=0, keepdim=True)
     x = math.sqrt(0.7) * latent @ mixing + math.sqrt(0.3) * torch.randn(shape, generator=generator)
     return torch.relu(x) if args.data == "relu" else x
-
-
-def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    value_width = max(len(value) for _, value in rows)
-    rule = "-" * (width + value_width + 3)
-    print(f"\n{title}\n{rule}")
-    for name, value in rows:
-        print(f"{name:<{width}}   {value:>{value_width}}")
-    print(rule)
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds >= 1.0:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

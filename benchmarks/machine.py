@@ -1,14 +1,14 @@
-"""What every benchmark prints about the machine, and device synchronisation around timings."""
+"""Shared by the benchmarks: the machine description, device synchronisation, table printing."""
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["cpu_name", "make_synchronize", "usable_cores"]
+__all__ = ["cpu_name", "fmt_seconds", "make_synchronize", "print_table", "usable_cores"]
 
 
 def cpu_name() -> str:
@@ -38,3 +38,23 @@ def make_synchronize(device: torch.device) -> Callable[[], None]:
     if device.type == "mps":
         return torch.mps.synchronize
     return lambda: None
+
+
+def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    """Print ``(name, value)`` rows as a two-column table under a title."""
+    width = max(len(name) for name, _ in rows)
+    value_width = max(len(value) for _, value in rows)
+    rule = "-" * (width + value_width + 3)
+    print(f"\n{title}\n{rule}")
+    for name, value in rows:
+        print(f"{name:<{width}}   {value:>{value_width}}")
+    print(rule)
+
+
+def fmt_seconds(seconds: float) -> str:
+    """Seconds in the most readable unit (s, ms or us)."""
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"

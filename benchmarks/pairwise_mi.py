@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import sklearn
 import torch
-from machine import cpu_name, make_synchronize, usable_cores
+from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
 from sklearn.metrics import mutual_info_score
 from torchmetrics import Metric
 
@@ -87,24 +87,6 @@ def make_activations(num_samples: int, num_neurons: int, generator: torch.Genera
     mixing /= mixing.norm(dim=0, keepdim=True)
     noise = torch.randn(num_samples, num_neurons, generator=generator)
     return math.sqrt(0.7) * latent @ mixing + math.sqrt(0.3) * noise
-
-
-def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    value_width = max(len(value) for _, value in rows)
-    rule = "-" * (width + value_width + 3)
-    print(f"\n{title}\n{rule}")
-    for name, value in rows:
-        print(f"{name:<{width}}   {value:>{value_width}}")
-    print(rule)
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds >= 1.0:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
 
 
 # ------------------------------------------------------------------------------ part 1: pairwise MI
