@@ -91,7 +91,7 @@ class _ActivationHistogramMetric(Metric):
     def __init__(
         self,
         num_neurons: int,
-        num_bins: int,
+        num_bins: int = 100,
         value_range: ValueRange = None,
         *,
         per_neuron_range: bool = False,
@@ -355,35 +355,6 @@ class NeuronEntropy(_ActivationHistogramMetric):
     """
 
     higher_is_better = None
-
-    def __init__(
-        self,
-        num_neurons: int,
-        num_bins: int = 100,
-        value_range: ValueRange = None,
-        *,
-        per_neuron_range: bool = False,
-        range_quantile: float = 0.0,
-        calibration_samples: int = 1024,
-        base: Optional[float] = None,
-        miller_madow: bool = False,
-        normalized: bool = False,
-        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_neurons,
-            num_bins,
-            value_range,
-            per_neuron_range=per_neuron_range,
-            range_quantile=range_quantile,
-            calibration_samples=calibration_samples,
-            base=base,
-            miller_madow=miller_madow,
-            normalized=normalized,
-            max_state_bytes=max_state_bytes,
-            **kwargs,
-        )
 
     def compute(self) -> Tensor:
         """Entropy of each neuron, ``[N]``."""
