@@ -5,38 +5,52 @@ batches and processes gives exactly the counts of one functional call over all o
 same binning range). Memory is constant in the number of samples.
 
 Binning range policy (``value_range=None``): the first ``calibration_samples`` samples after each
-``reset()`` are held back; their finite minimum and maximum (or the ``range_quantile`` and
-``1 - range_quantile`` quantiles) fix the range, globally or per neuron; then the held-back samples
-and every later one are counted. Later values outside the range go to the edge bins and are counted
-in ``num_clipped`` (see `clipped_fraction`). Under DDP the calibration samples of all processes
-are gathered, so every process uses the identical range; each process holds back
-``ceil(calibration_samples / world_size)`` samples. If fewer samples arrive before ``compute()``, the
-range is fixed from all of them then. The range in use is `value_range`.
+``reset()`` are held back; the minimum and maximum of their finite values (or the
+``range_quantile`` and ``1 - range_quantile`` quantiles) fix the range, globally or per neuron; then
+the held-back samples and every later one are counted. Later values outside the range go to the
+edge bins and are counted in ``num_clipped`` (see `clipped_fraction`). Under DDP the calibration
+samples of all processes are gathered, so every process uses the identical range; each process
+holds back ``ceil(calibration_samples / world_size)`` samples. If fewer samples arrive before
+``compute()``, the range is fixed from all of them then. The range in use is `value_range`.
+
+Undefined values: a range is read off finite values only. While the calibration samples hold
+none (a diverged model: only NaN and +-Inf), no range is fixed and the metric keeps waiting for
+finite samples; a neuron (or pair) with no finite sample at ``compute()`` gets NaN, never a
+number that looks like a measurement. Partly non-finite input is counted on its finite values,
+and the non-finite ones are counted in ``num_nonfinite`` and reported with a warning.
+
+Checkpoints: after ``metric.persistent(True)`` the state dict holds the counts, the range in use,
+whether it was fixed by the user or calibrated, and any samples still held back for calibration,
+so a restored metric continues exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities.distributed import gather_all_tensors
+from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
+from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
+from lightning_infomem.checks import check_float, check_int, check_log_base, check_optional_int
 from lightning_infomem.functional.binning import (
     ValueRange,
     assign_bins,
-    calibrate_value_range,
+    binning_dtype,
     check_activations,
     check_num_bins,
-    compute_dtype,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts
 from lightning_infomem.functional.mutual_information import (
     CountingMethod,
     iter_joint_histogram_counts,
     mutual_information_from_joint_counts,
+    normalized_self_information,
     pairs_to_matrix,
     resolve_counting_method,
 )
@@ -45,37 +59,35 @@ __all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError"]
 
 DEFAULT_MAX_STATE_BYTES = 2**30
 
+# range_status values in a persistent state dict
+_NO_RANGE, _CALIBRATED, _FIXED = 0, 1, 2
+
 
 class StateTooLargeError(ValueError):
     """A metric's histogram state would exceed its memory budget (``max_state_bytes``)."""
 
 
-def gather_calibration_samples(
-    held_back: list[Tensor], quota: int, num_neurons: int, device: torch.device, process_group: Any = None
-) -> tuple[Tensor, Tensor]:
-    """The samples a binning range is calibrated on, and all held-back local samples.
-
-    Returns ``(calibration, local)``: ``local`` is every held-back sample of this process; the range
-    uses only its first ``quota`` samples (so it does not depend on the batch size), gathered from
-    every process under DDP so that all processes fix the identical range.
-    """
-    if held_back:
-        local = torch.cat([t.to(compute_dtype(t.dtype)) for t in held_back])
-    else:
-        local = torch.zeros(0, num_neurons, device=device)
-    calibration = local[:quota]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size(process_group) > 1:
-            calibration = torch.cat(gather_all_tensors(calibration.contiguous(), group=process_group))
-    return calibration, local
-
-
-def _format_bytes(num_bytes: float) -> str:
+def format_bytes(num_bytes: float) -> str:
+    """A byte count in the largest binary unit that keeps it at or above 1 (``"1.5 GiB"``)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(num_bytes) < 1024 or unit == "TiB":
             return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
         num_bytes /= 1024
     raise AssertionError("unreachable")
+
+
+def _largest_fitting(cost: Callable[[int], int], budget: int, start: int) -> Optional[int]:
+    """Largest ``n >= start`` with ``cost(n) <= budget`` (``cost`` increasing), or ``None`` if not even ``start``."""
+    if cost(start) > budget:
+        return None
+    low, high = start, start
+    while cost(high * 2) <= budget:
+        high *= 2
+    high *= 2  # cost(high) > budget >= cost(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if cost(middle) <= budget else (low, middle)
+    return low
 
 
 class _ActivationHistogramMetric(Metric):
@@ -100,41 +112,33 @@ class _ActivationHistogramMetric(Metric):
         base: Optional[float] = None,
         miller_madow: bool = False,
         normalized: bool = False,
-        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_neurons, int) or isinstance(num_neurons, bool) or num_neurons < 1:
-            raise ValueError(f"num_neurons must be a positive integer, received {num_neurons!r}")
-        check_num_bins(num_bins)
-        if not 0.0 <= range_quantile < 0.5:
-            raise ValueError(f"range_quantile must be in [0, 0.5), received {range_quantile}")
-        if not isinstance(calibration_samples, int) or calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be a positive integer, received {calibration_samples!r}")
-        if base is not None and (base <= 0 or base == 1):
-            raise ValueError(f"base must be positive and not 1, received {base}")
-        self.num_neurons = num_neurons
-        self.num_bins = num_bins
-        self.per_neuron_range = per_neuron_range
-        self.range_quantile = range_quantile
-        self.calibration_samples = calibration_samples
-        self.base = base
-        self.miller_madow = miller_madow
-        self.normalized = normalized
-        self.max_state_bytes = max_state_bytes
+        self.num_neurons = check_int(num_neurons, "num_neurons", minimum=1)
+        self.num_bins = check_num_bins(num_bins)
+        self.per_neuron_range = bool(per_neuron_range)
+        self.range_quantile = check_float(
+            range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
+        )
+        self.calibration_samples = check_int(calibration_samples, "calibration_samples", minimum=1)
+        self.base = check_log_base(base)
+        self.miller_madow = bool(miller_madow)
+        self.normalized = bool(normalized)
+        self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
         self._check_state_size()
 
         self._fixed_range = value_range is not None
         low, high = self._fixed_value_range(value_range) if value_range is not None else (None, None)
         self.register_buffer("range_low", low, persistent=False)
         self.register_buffer("range_high", high, persistent=False)
-        self._calibration_buffer: list[Tensor] = []
-        self._num_buffered = 0
+        self._held_back = HeldBackSamples()
 
         self.add_state("num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_nonfinite", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_clipped", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("counts", torch.zeros(num_neurons, num_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(self.num_neurons, self.num_bins, dtype=torch.int64), dist_reduce_fx="sum")
 
     # ----------------------------------------------------------------------------------- sizing
     @classmethod
@@ -147,13 +151,14 @@ class _ActivationHistogramMetric(Metric):
 
     def _check_state_size(self) -> None:
         need = self.state_bytes(self.num_neurons, self.num_bins)
-        if need > self.max_state_bytes:
+        budget = self.max_state_bytes
+        if budget is not None and need > budget:
             raise StateTooLargeError(
-                f"{type(self).__name__} would need {_format_bytes(need)} of histogram state for "
+                f"{type(self).__name__} would need {format_bytes(need)} of histogram state for "
                 f"num_neurons={self.num_neurons}, num_bins={self.num_bins}: "
-                f"{_format_bytes(need - self.max_state_bytes)} over the budget max_state_bytes="
-                f"{self.max_state_bytes} ({_format_bytes(self.max_state_bytes)}). To fit, {self._size_knobs()}, "
-                "or raise max_state_bytes."
+                f"{format_bytes(need - budget)} over the budget max_state_bytes="
+                f"{budget} ({format_bytes(budget)}). To fit, {self._size_knobs()}, "
+                "or raise max_state_bytes (None: no budget)."
             )
 
     def _fixed_value_range(self, value_range: Any) -> tuple[Tensor, Tensor]:
@@ -187,21 +192,63 @@ class _ActivationHistogramMetric(Metric):
         counted = int(self.num_samples) * self.num_neurons - int(self.num_nonfinite)
         return int(self.num_clipped) / counted if counted > 0 else 0.0
 
+    @property
+    def _result_shape(self) -> tuple[int, ...]:
+        return (self.num_neurons,)
+
     # ---------------------------------------------------------------------------------- updates
     def update(self, activations: Tensor) -> None:
-        """Count a batch of activations, ``[S, num_neurons]``, of any floating dtype and device."""
+        """Count a batch of activations, ``[S, num_neurons]``, of any floating dtype and device.
+
+        An empty batch (``S = 0``) changes nothing.
+        """
         activations = check_activations(activations, self.num_neurons).detach()
+        if activations.shape[0] == 0:
+            return
         if self.range_low is None:
-            self._calibration_buffer.append(activations)
-            self._num_buffered += activations.shape[0]
-            if self._num_buffered >= self._calibration_quota():
-                self._calibrate()
+            self._held_back.add(activations)
+            if self._held_back.rows >= self._calibration_quota():
+                self._calibrate(final=False)
             return
         self._count(activations)
 
-    def forward(self, activations: Tensor) -> None:  # type: ignore[override]
-        """Same as `update`: a histogram of one batch is not a meaningful value on its own."""
+    def forward(self, activations: Tensor) -> Tensor:  # type: ignore[override]
+        """Count the batch (as `update`) and return the value of this batch alone (the convention).
+
+        The batch value is binned with the metric's range, so that values of successive batches are
+        comparable. A range is needed for it: the first call before calibration has finished fixes the
+        range on the samples held back so far (this batch, and earlier `update` batches since
+        ``reset()``), rather than on ``calibration_samples``; under DDP it is a collective step, as
+        the calibration always is. Without any finite value the batch value is NaN. The batch value
+        is this process's (not synchronised); `NeuronMutualInformation` counts the batch's pairs
+        twice (pooled into the state, and alone), so prefer `update` where the value is not used.
+
+        Example:
+            >>> import torch
+            >>> metric = NeuronEntropy(num_neurons=2, num_bins=4)
+            >>> metric(torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])).tolist()
+            [1.3862943611198906, 0.0]
+            >>> metric.value_range  # fixed by the first call
+            (tensor(0., dtype=torch.float64), tensor(3., dtype=torch.float64))
+        """
+        if self._is_synced:
+            raise TorchMetricsUserError(
+                "The Metric shouldn't be synced when performing ``forward``. HINT: Did you forget to call ``unsync`` ?."
+            )
         self.update(activations)
+        if self.range_low is None:
+            self._calibrate(final=True)
+        activations = activations.detach()
+        if self.range_low is None:
+            bins = torch.full(activations.shape, self.num_bins, dtype=torch.int64, device=activations.device)
+        else:
+            bins = assign_bins(activations, self.range_low, self.range_high, self.num_bins)
+        self._forward_cache = self._batch_value(bins).reshape(self._result_shape)
+        return self._forward_cache
+
+    def _batch_value(self, bins: Tensor) -> Tensor:
+        """The metric's value computed from one batch's bin indices alone."""
+        raise NotImplementedError
 
     def _calibration_quota(self) -> int:
         return -(-self.calibration_samples // self._world_size())
@@ -215,19 +262,28 @@ class _ActivationHistogramMetric(Metric):
         available = self.distributed_available_fn
         return bool(available()) if available is not None else False
 
-    def _calibrate(self) -> None:
-        """Fix the range from the first held-back samples (all processes' under DDP), then count them all."""
+    def _calibrate(self, final: bool) -> None:
+        """Fix the range from the first held-back samples (all processes' under DDP), then count them all.
+
+        A collective step under DDP. If the calibration samples hold no finite value there is no range:
+        those samples (all non-finite) are counted as such, and later samples are held back for the next
+        try (``final=False``); at ``compute()`` (``final=True``) every held-back sample is in the
+        calibration set, so all of them are counted as non-finite and the range stays undefined.
+        """
+        quota = self._calibration_quota()
+        batches = self._held_back.take()
         samples, local = gather_calibration_samples(
-            self._calibration_buffer,
-            self._calibration_quota(),
-            self.num_neurons,
-            self.counts.device,
-            self.process_group,
+            batches, quota, self.num_neurons, self.counts.device, self.process_group, self._distributed()
         )
-        low, high = calibrate_value_range(samples, per_neuron=self.per_neuron_range, quantile=self.range_quantile)
-        self.range_low, self.range_high = low.to(torch.float64), high.to(torch.float64)
-        self._calibration_buffer = []
-        self._num_buffered = 0
+        found = calibrated_range(samples, per_neuron=self.per_neuron_range, quantile=self.range_quantile)
+        if found is None:
+            unusable = local if final else local[:quota]
+            self.num_samples += unusable.shape[0]
+            self.num_nonfinite += unusable.numel()
+            if not final:
+                self._held_back.keep([local[quota:]])
+            return
+        self.range_low, self.range_high = (bound.to(torch.float64) for bound in found)
         if local.shape[0] > 0:
             self._count(local)
 
@@ -249,8 +305,7 @@ class _ActivationHistogramMetric(Metric):
         low_t, high_t = self._fixed_value_range((low, high))
         device = self.counts.device
         self.range_low, self.range_high = low_t.to(device), high_t.to(device)
-        pending, self._calibration_buffer, self._num_buffered = self._calibration_buffer, [], 0
-        for activations in pending:
+        for activations in self._held_back.take():
             self._count(activations)
 
     def _settle(self) -> None:
@@ -262,16 +317,16 @@ class _ActivationHistogramMetric(Metric):
         """Hook for metrics that pool small batches before counting them."""
 
     def _finish_calibration(self) -> None:
-        if self.range_low is None and (self._calibration_buffer or self._distributed()):
-            self._calibrate()
+        if self.range_low is None and (len(self._held_back) or self._distributed()):
+            self._calibrate(final=True)
 
     def _count(self, activations: Tensor) -> None:
-        low = self.range_low.to(device=activations.device, dtype=compute_dtype(activations.dtype))
-        high = self.range_high.to(device=activations.device, dtype=compute_dtype(activations.dtype))
-        bins = assign_bins(activations, low, high, self.num_bins)
-        values = activations.to(low.dtype)
+        values = activations.to(binning_dtype(activations.device))
+        low = self.range_low.to(device=values.device, dtype=values.dtype)
+        high = self.range_high.to(device=values.device, dtype=values.dtype)
+        bins = assign_bins(values, low, high, self.num_bins)
         finite = torch.isfinite(values)
-        self.num_samples += activations.shape[0]
+        self.num_samples += values.shape[0]
         self.num_nonfinite += (~finite).sum()
         self.num_clipped += (((values < low) | (values > high)) & finite).sum()
         self.counts += histogram_counts(bins, self.num_bins)
@@ -284,6 +339,17 @@ class _ActivationHistogramMetric(Metric):
         """Hook for metrics that pool small batches before counting them."""
 
     # ------------------------------------------------------------------------ lifecycle overrides
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        # torchmetrics squeezes one-element results to 0-d; a metric of one neuron still returns [1] / [1, 1]
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def keep_shape(*args: Any, **kwargs: Any) -> Any:
+            value = wrapped(*args, **kwargs)
+            return value.reshape(self._result_shape) if isinstance(value, Tensor) else value
+
+        return keep_shape
+
     def sync(self, *args: Any, **kwargs: Any) -> None:
         """Fix a pending calibration range (a collective step under DDP), then sum the counts."""
         self._settle()
@@ -292,8 +358,7 @@ class _ActivationHistogramMetric(Metric):
     def reset(self) -> None:
         """Clear the counts; a calibrated range is cleared too, a fixed ``value_range`` is kept."""
         super().reset()
-        self._calibration_buffer = []
-        self._num_buffered = 0
+        self._held_back = HeldBackSamples()
         self._clear_pending()
         if not self._fixed_range:
             self.range_low, self.range_high = None, None
@@ -315,13 +380,79 @@ class _ActivationHistogramMetric(Metric):
                 )
         super().merge_state(incoming_state)
 
+    # ------------------------------------------------------------------------------ persistence
+    def _is_persistent(self) -> bool:
+        return any(self._persistent.values())
+
+    def state_dict(  # type: ignore[override]
+        self, destination: Optional[dict[str, Any]] = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """The torchmetrics state dict; when persistent, also the range and the held-back samples.
+
+        Samples pooled for counting are counted first (exact: counts only add up), so the saved
+        counts include them.
+        """
+        persistent = self._is_persistent()
+        if persistent:
+            self._flush_pending()
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if persistent:
+            if self.range_low is None or self.range_high is None:
+                status, low, high = _NO_RANGE, torch.tensor(math.nan), torch.tensor(math.nan)
+            else:
+                status = _FIXED if self._fixed_range else _CALIBRATED
+                low, high = self.range_low, self.range_high
+            held = [t.detach().to(torch.float64) for t in self._held_back.batches]
+            destination[prefix + "range_status"] = torch.tensor(status, dtype=torch.int64)
+            destination[prefix + "range_low"] = low.detach().to(torch.float64).cpu().clone()
+            destination[prefix + "range_high"] = high.detach().to(torch.float64).cpu().clone()
+            destination[prefix + "held_back"] = (
+                torch.cat(held).cpu() if held else torch.zeros(0, self.num_neurons, dtype=torch.float64)
+            )
+            destination[prefix + "held_back_rows"] = torch.tensor(self._held_back.rows, dtype=torch.int64)
+        return destination
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        names = ("range_status", "range_low", "range_high", "held_back", "held_back_rows")
+        if prefix + "range_status" in state_dict:
+            status, low, high, held, rows = (state_dict.pop(prefix + name) for name in names)
+            device = self.counts.device
+            status = int(status)
+            if status == _NO_RANGE:
+                self.range_low, self.range_high = None, None
+            else:
+                self.range_low, self.range_high = low.to(device), high.to(device)
+            self._fixed_range = status == _FIXED
+            self._held_back = HeldBackSamples()
+            if held.shape[0]:
+                self._held_back.batches = [held.to(device)]
+            self._held_back.rows = int(rows)
+            self._clear_pending()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _warn_about_dropped_values(self) -> None:
         dropped = int(self.num_nonfinite)
         if dropped:
             total = int(self.num_samples) * self.num_neurons
+            detail = (
+                "no value was finite, so every value is undefined (NaN)"
+                if dropped == total
+                else "the histograms count the finite values only"
+            )
             warnings.warn(
                 f"{type(self).__name__}: left out {dropped} non-finite activation values (NaN or Inf) of {total}; "
-                "the histograms count the finite values only",
+                f"{detail}",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -341,9 +472,11 @@ class NeuronEntropy(_ActivationHistogramMetric):
         base: logarithm base (``None``: nats).
         miller_madow: Miller-Madow bias correction.
         normalized: divide by ``log(num_bins)``.
-        max_state_bytes: refuse configurations whose histogram state would exceed this.
+        max_state_bytes: refuse configurations whose histogram state would exceed this (``None``: no budget).
 
-    ``compute()`` returns a float64 ``[N]`` tensor.
+    ``compute()`` returns a float64 ``[N]`` tensor (shape ``[1]`` for one neuron, too), NaN for a
+    neuron with no finite value; ``metric(batch)`` counts the batch and returns its own value
+    (see `forward`). See the module docs for the range, undefined values and checkpoints.
 
     Example:
         >>> import torch
@@ -357,10 +490,13 @@ class NeuronEntropy(_ActivationHistogramMetric):
     higher_is_better = None
 
     def compute(self) -> Tensor:
-        """Entropy of each neuron, ``[N]``."""
+        """Entropy of each neuron, ``[N]``; NaN for a neuron with no finite value."""
         self._settle()
         self._warn_about_dropped_values()
         return entropy_from_counts(self.counts, self.base, self.miller_madow, self.normalized)
+
+    def _batch_value(self, bins: Tensor) -> Tensor:
+        return entropy_from_counts(histogram_counts(bins, self.num_bins), self.base, self.miller_madow, self.normalized)
 
 
 class NeuronMutualInformation(_ActivationHistogramMetric):
@@ -397,11 +533,17 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         super().__init__(num_neurons, num_bins, value_range, **kwargs)
         resolve_counting_method(method, torch.device("cpu"))  # validates the name
         self.method = method
-        self.pool_samples = 4 * (num_bins + 1) ** 2
+        self.pool_samples = 4 * (self.num_bins + 1) ** 2
+        # the smallest integer dtype that holds every bin index, num_bins (the skip index) included
+        self._pooled_dtype = (
+            torch.uint8 if self.num_bins <= 255 else torch.int16 if self.num_bins <= 32767 else torch.int32
+        )
         self._clear_pending()
-        num_pairs = num_neurons * (num_neurons - 1) // 2
+        num_pairs = self.num_neurons * (self.num_neurons - 1) // 2
         self.add_state(
-            "joint_counts", torch.zeros(num_pairs, num_bins, num_bins, dtype=torch.int64), dist_reduce_fx="sum"
+            "joint_counts",
+            torch.zeros(num_pairs, self.num_bins, self.num_bins, dtype=torch.int64),
+            dist_reduce_fx="sum",
         )
 
     @classmethod
@@ -409,22 +551,26 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         """Bytes of histogram state: per-neuron counts plus one joint histogram per pair."""
         return 8 * num_neurons * num_bins + 8 * (num_neurons * (num_neurons - 1) // 2) * num_bins**2
 
+    @property
+    def _result_shape(self) -> tuple[int, ...]:
+        return (self.num_neurons, self.num_neurons)
+
     def _size_knobs(self) -> str:
-        fit_bins = 1
-        while self.state_bytes(self.num_neurons, fit_bins + 1) <= self.max_state_bytes:
-            fit_bins += 1
-        fit_neurons = 1
-        while self.state_bytes(fit_neurons + 1, self.num_bins) <= self.max_state_bytes:
-            fit_neurons += 1
+        budget = self.max_state_bytes
+        assert budget is not None
+        fit_bins = _largest_fitting(lambda b: self.state_bytes(self.num_neurons, b), budget, 1)
+        fit_neurons = _largest_fitting(lambda n: self.state_bytes(n, self.num_bins), budget, 1)
+        bins = f"{fit_bins} would fit" if fit_bins else f"none fits {self.num_neurons} neurons"
+        neurons = f"{fit_neurons} would fit" if fit_neurons else f"none fits {self.num_bins} bins"
         return (
-            f"lower num_bins (state grows with num_bins**2; {fit_bins} would fit) or monitor fewer neurons "
-            f"(grows with num_neurons**2; {fit_neurons} would fit)"
+            f"lower num_bins (state grows with num_bins**2; {bins}) or monitor fewer neurons "
+            f"(grows with num_neurons**2; {neurons})"
         )
 
     def _count_pairs(self, bins: Tensor) -> None:
         # Counting touches every pair's (B + 1)**2 histogram cells whatever the batch size, so small
         # batches are pooled (as compact bin indices) and counted together.
-        self._pending_bins.append(bins.to(torch.uint8 if self.num_bins < 255 else torch.int16))
+        self._pending_bins.append(bins.to(self._pooled_dtype))
         self._num_pending += bins.shape[0]
         if self._num_pending >= self.pool_samples:
             self._flush_pending()
@@ -442,18 +588,29 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         self._num_pending = 0
 
     def compute(self) -> Tensor:
-        """Symmetric ``[N, N]`` mutual information; the diagonal is each neuron's entropy."""
+        """Symmetric ``[N, N]`` mutual information; the diagonal is each neuron's entropy.
+
+        NaN for a pair without a sample where both values are finite (and on the diagonal for a
+        neuron with no finite value).
+        """
         self._settle()
         self._warn_about_dropped_values()
-        step = max(1, 2**22 // self.num_bins**2)  # bounded float64 temporaries
+        return self._matrix(self.joint_counts.split(max(1, 2**22 // self.num_bins**2)), self.counts)
+
+    def _matrix(self, joint_blocks: Any, counts: Tensor) -> Tensor:
+        """The MI matrix from blocks of joint histograms (row-major pairs) and per-neuron histograms."""
         pair_values = torch.cat(
             [
-                mutual_information_from_joint_counts(chunk, self.base, self.miller_madow, self.normalized)
-                for chunk in self.joint_counts.split(step)
+                mutual_information_from_joint_counts(block, self.base, self.miller_madow, self.normalized)
+                for block in joint_blocks
             ]
-            or [torch.zeros(0, dtype=torch.float64, device=self.joint_counts.device)]
+            or [torch.zeros(0, dtype=torch.float64, device=counts.device)]
         )
-        diagonal = entropy_from_counts(self.counts, self.base, self.miller_madow, self.normalized)
+        diagonal = entropy_from_counts(counts, self.base, self.miller_madow, self.normalized)
         if self.normalized:
-            diagonal = (diagonal > 0).to(diagonal.dtype)
+            diagonal = normalized_self_information(diagonal)
         return pairs_to_matrix(pair_values, diagonal)
+
+    def _batch_value(self, bins: Tensor) -> Tensor:
+        blocks = (counts for _, counts in iter_joint_histogram_counts(bins, self.num_bins, self.method))
+        return self._matrix(blocks, histogram_counts(bins, self.num_bins))

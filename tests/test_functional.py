@@ -135,8 +135,10 @@ def test_calibrate_value_range_ignores_nonfinite_and_supports_quantiles():
     low, high = calibrate_value_range(x)
     assert (float(low), float(high)) == (-2.0, 5.0) and low.ndim == 0
     low, high = calibrate_value_range(x, per_neuron=True)
-    # an all-non-finite neuron gets the range (0, 0), not NaN
-    assert low.tolist() == [-2.0, 0.0] and high.tolist() == [5.0, 0.0]
+    # an all-non-finite neuron has no range: NaN, not a made-up (0, 0) that would put later values in one bin
+    assert low[0] == -2.0 and high[0] == 5.0 and math.isnan(low[1]) and math.isnan(high[1])
+    low, high = calibrate_value_range(torch.zeros(0, 3), per_neuron=True)
+    assert low.shape == (3,) and bool(torch.isnan(low).all() and torch.isnan(high).all())
 
     data = make_mixed_activations(2000)
     low, high = calibrate_value_range(data, per_neuron=True, quantile=0.05)
@@ -216,9 +218,13 @@ def test_entropy_normalized_matches_numpy(mixed_activations):
 def test_entropy_from_counts_edge_cases():
     counts = torch.tensor([[0, 0, 0], [4, 0, 0], [1, 1, 2]])
     got = entropy_from_counts(counts)
-    np.testing.assert_allclose(got.numpy(), [0.0, 0.0, scipy_entropy([1, 1, 2])], atol=1e-15)
+    # an empty histogram (no finite sample) is undefined: NaN; one occupied bin is exactly 0
+    np.testing.assert_allclose(got.numpy(), [math.nan, 0.0, scipy_entropy([1, 1, 2])], atol=1e-15)
+    for kwargs in ({"miller_madow": True}, {"normalized": True}, {"base": 2}):
+        assert math.isnan(entropy_from_counts(counts, **kwargs)[0]), kwargs
+    assert math.isnan(entropy_from_counts(torch.zeros(1, 1, dtype=torch.int64), normalized=True)[0])
     # float counts work too (the streaming state may be float after a reduction)
-    torch.testing.assert_close(entropy_from_counts(counts.double()), got)
+    torch.testing.assert_close(entropy_from_counts(counts.double()), got, equal_nan=True)
     # counts above the n log n lookup table size take the direct path
     big = torch.tensor([[3 * 2**20, 2**20 + 7]])
     assert entropy_from_counts(big).item() == pytest.approx(scipy_entropy([3 * 2**20, 2**20 + 7]), rel=1e-12)
@@ -342,17 +348,20 @@ def test_identical_neurons_have_mi_equal_to_entropy_and_normalized_one():
     assert pairwise_mutual_information(pair, 16, (-3.0, 3.0), normalized=True)[0, 1].item() == pytest.approx(1.0)
 
 
-def test_constant_and_all_nan_neurons_give_zero_not_nan():
+def test_constant_neurons_give_zero_and_all_nan_neurons_give_nan():
     x = make_mixed_activations(500)
     x[:, STUDENT_T] = math.nan
     for kwargs in ({}, {"miller_madow": True}, {"normalized": True}, {"base": 2}):
         entropy = neuron_entropy(x, 20, **kwargs)
         mi = pairwise_mutual_information(x, 20, **kwargs)
-        assert not torch.isnan(entropy).any() and not torch.isnan(mi).any(), kwargs
-        for col in (STUDENT_T, CONSTANT):
-            assert entropy[col] == 0.0, kwargs
-            assert torch.equal(mi[col], torch.zeros(NUM_MIXED, dtype=torch.float64)), kwargs
-            assert torch.equal(mi[:, col], torch.zeros(NUM_MIXED, dtype=torch.float64)), kwargs
+        others = [c for c in range(NUM_MIXED) if c != STUDENT_T]
+        # a constant neuron: exactly 0 with every neuron that has finite values, never NaN
+        assert entropy[CONSTANT] == 0.0, kwargs
+        assert torch.equal(mi[CONSTANT, others], torch.zeros(len(others), dtype=torch.float64)), kwargs
+        # a neuron with no finite value: undefined, and so is every pair with it
+        assert math.isnan(entropy[STUDENT_T]), kwargs
+        assert bool(torch.isnan(mi[STUDENT_T]).all() and torch.isnan(mi[:, STUDENT_T]).all()), kwargs
+        assert not torch.isnan(entropy[others]).any() and not torch.isnan(mi[others][:, others]).any(), kwargs
 
 
 def test_constant_neuron_is_exactly_zero_for_every_sample_count():
@@ -374,9 +383,22 @@ def test_single_neuron_and_empty_input():
     mi = pairwise_mutual_information(x, 8)
     assert mi.shape == (1, 1)
     torch.testing.assert_close(mi[0], neuron_entropy(x, 8))
-    empty = torch.zeros(0, 3)
-    assert torch.equal(neuron_entropy(empty, 5, (0.0, 1.0)), torch.zeros(3, dtype=torch.float64))
-    assert torch.equal(pairwise_mutual_information(empty, 5, (0.0, 1.0)), torch.zeros(3, 3, dtype=torch.float64))
+    # no sample: the right shapes, every value undefined (NaN), with a fixed or a calibrated range
+    for value_range in ((0.0, 1.0), None):
+        empty = torch.zeros(0, 3)
+        entropy, mi = neuron_entropy(empty, 5, value_range), pairwise_mutual_information(empty, 5, value_range)
+        assert entropy.shape == (3,) and mi.shape == (3, 3)
+        assert bool(torch.isnan(entropy).all() and torch.isnan(mi).all())
+        assert bin_indices(empty, 5, value_range).shape == (0, 3)
+    # no neuron: empty results of the right shape
+    for value_range in ((0.0, 1.0), None):
+        none = torch.randn(10, 0)
+        assert neuron_entropy(none, 5, value_range).shape == (0,)
+        assert pairwise_mutual_information(none, 5, value_range).shape == (0, 0)
+        assert joint_histogram_counts(bin_indices(none, 5, value_range), 5).shape == (0, 5, 5)
+        assert histogram_counts(bin_indices(none, 5, value_range), 5).shape == (0, 5)
+        assert calibrate_value_range(none, per_neuron=True)[0].shape == (0,)
+    assert mean_off_diagonal(torch.zeros(0, 0)).item() == 0.0
 
 
 def test_mean_off_diagonal_leaves_out_the_diagonal():
@@ -505,7 +527,8 @@ def test_mutual_information_from_joint_counts_against_sklearn_contingency():
     table[2] = 0
     got = mutual_information_from_joint_counts(torch.from_numpy(table))
     assert got.item() == pytest.approx(mutual_info_score(None, None, contingency=table), rel=1e-12)
-    assert mutual_information_from_joint_counts(torch.zeros(4, 4, dtype=torch.int64)).item() == 0.0
+    # no shared sample: undefined
+    assert math.isnan(mutual_information_from_joint_counts(torch.zeros(4, 4, dtype=torch.int64)).item())
     with pytest.raises(ValueError, match=r"\[\.\.\., B, B\]"):
         mutual_information_from_joint_counts(torch.zeros(3, 4))
 

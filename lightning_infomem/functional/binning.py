@@ -4,15 +4,20 @@ Every estimator in the package sees activations through `bin_indices`, so the bi
 lives here and nowhere else: a value ``v`` falls in bin ``floor((v - low) / (high - low) * num_bins)``,
 values outside ``[low, high]`` go to the edge bins (the maximum lands in the last bin, as in
 ``numpy.histogram``), and non-finite values get the index ``num_bins``, which every counting
-function ignores.
+function ignores. The arithmetic is float64 whatever the input's dtype, so no finite range or value
+overflows it. A range is read off finite values only; with none (no samples, or only NaN and
++-Inf) it is undefined (NaN), and so is every estimate made from it.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from lightning_infomem.checks import check_float, check_int
 
 ValueRange = Union[None, Tuple[float, float], Tuple[Tensor, Tensor], Sequence[float]]
 
@@ -22,8 +27,8 @@ __all__ = [
     "bin_indices",
     "calibrate_value_range",
     "check_activations",
+    "binning_dtype",
     "check_num_bins",
-    "compute_dtype",
     "resolve_value_range",
 ]
 
@@ -52,30 +57,35 @@ def check_activations(activations: Tensor, num_neurons: Optional[int] = None, na
     return activations
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Floating dtype used for binning arithmetic: float64 stays float64, lower precisions use float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def binning_dtype(device: torch.device) -> torch.dtype:
+    """Floating dtype of all binning arithmetic: float64 (float32 on MPS, which has no float64).
+
+    float64 holds every finite float32, bfloat16 and float16 value exactly and its range exceeds
+    theirs by far, so neither a range's width nor a value's offset from it can overflow or
+    underflow for those inputs.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _finite_min_max(x: Tensor, dim: Optional[int]) -> Tuple[Tensor, Tensor]:
-    finite = torch.isfinite(x)
-    big = torch.finfo(x.dtype).max
+    """Minimum and maximum of the finite values (NaN where there is none)."""
     if dim is None:
-        low = torch.where(finite, x, big).amin()
-        high = torch.where(finite, x, -big).amax()
-    else:
-        low = torch.where(finite, x, big).amin(dim=dim)
-        high = torch.where(finite, x, -big).amax(dim=dim)
+        x = x.reshape(-1)
+    if x.shape[0] == 0:
+        shape = () if dim is None else x.shape[1:]
+        nan = torch.full(shape, float("nan"), dtype=x.dtype, device=x.device)
+        return nan, nan.clone()
+    finite = torch.isfinite(x)
+    low = torch.where(finite, x, math.inf).amin(dim=0)
+    high = torch.where(finite, x, -math.inf).amax(dim=0)
     empty = low > high  # no finite value at all
-    low = torch.where(empty, torch.zeros_like(low), low)
-    high = torch.where(empty, torch.zeros_like(high), high)
-    return low, high
+    return low.masked_fill(empty, math.nan), high.masked_fill(empty, math.nan)
 
 
 def calibrate_value_range(
     activations: Tensor, per_neuron: bool = False, quantile: float = 0.0
 ) -> Tuple[Tensor, Tensor]:
-    """Binning range read off a sample of activations, ignoring non-finite values.
+    """Binning range read off a sample of activations, from its finite values only.
 
     Args:
         activations: ``[S, N]`` tensor.
@@ -84,20 +94,23 @@ def calibrate_value_range(
             so that a few outliers do not stretch every bin.
 
     Returns:
-        ``(low, high)`` tensors in the compute dtype of the input, on its device.
+        ``(low, high)`` float64 tensors (float32 on MPS) on the input's device. Where there is no
+        finite value to read a range from (no samples, or only NaN and +-Inf), both are NaN: such a
+        range is undefined, and callers wait for finite samples rather than bin on a made-up range.
 
     Example:
         >>> import torch
         >>> low, high = calibrate_value_range(torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
         >>> float(low), float(high)
         (0.0, 5.0)
+        >>> calibrate_value_range(torch.full((3, 2), float("nan")))
+        (tensor(nan, dtype=torch.float64), tensor(nan, dtype=torch.float64))
     """
     check_activations(activations)
-    if not 0.0 <= quantile < 0.5:
-        raise ValueError(f"quantile must be in [0, 0.5), received {quantile}")
-    x = activations.detach().to(compute_dtype(activations.dtype))
+    check_float(quantile, "quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True)
+    x = activations.detach().to(binning_dtype(activations.device))
     dim = 0 if per_neuron else None
-    if quantile == 0.0:
+    if quantile == 0.0 or x.numel() == 0:
         return _finite_min_max(x, dim)
     x = torch.where(torch.isfinite(x), x, torch.nan)
     if not per_neuron:
@@ -108,9 +121,7 @@ def calibrate_value_range(
         x = x[::step]
     q = torch.tensor([quantile, 1.0 - quantile], dtype=x.dtype, device=x.device)
     bounds = torch.nanquantile(x, q, dim=0 if per_neuron else None)
-    low, high = bounds[0], bounds[1]
-    nan = torch.isnan(low) | torch.isnan(high)
-    return torch.where(nan, torch.zeros_like(low), low), torch.where(nan, torch.zeros_like(high), high)
+    return bounds[0], bounds[1]
 
 
 def resolve_value_range(activations: Tensor, value_range: ValueRange) -> Tuple[Tensor, Tensor]:
@@ -119,7 +130,7 @@ def resolve_value_range(activations: Tensor, value_range: ValueRange) -> Tuple[T
     ``None`` means one global range over all finite values of ``activations`` (the paper's binning);
     a pair of floats is a fixed range; a pair of ``[N]`` tensors gives one range per neuron.
     """
-    dtype = compute_dtype(activations.dtype)
+    dtype = binning_dtype(activations.device)
     if value_range is None:
         return calibrate_value_range(activations)
     if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
@@ -154,22 +165,37 @@ def bin_indices(activations: Tensor, num_bins: int, value_range: ValueRange = No
         tensor([0, 2, 3, 4])
     """
     check_activations(activations)
-    check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     low, high = resolve_value_range(activations, value_range)
     return assign_bins(activations, low, high, num_bins)
 
 
 def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -> Tensor:
-    """`bin_indices` with an already resolved range and no input checks (no host synchronisation)."""
-    x = activations.detach().to(compute_dtype(activations.dtype))
-    width = high - low
-    safe_width = torch.where(width > 0, width, torch.ones_like(width))
-    scale = torch.where(width > 0, num_bins / safe_width, torch.zeros_like(width))
-    idx = torch.floor((x - low) * scale).clamp_(0, num_bins - 1)
-    idx = torch.where(torch.isfinite(x), idx, float(num_bins))
-    return idx.to(torch.int64)
+    """`bin_indices` with an already resolved range and no input checks (no host synchronisation).
+
+    Arithmetic is in `binning_dtype` (float64), so every finite input of any floating dtype gets
+    ``floor((v - low) / (high - low) * num_bins)`` as float64 computes it, whatever the range: a width
+    beyond float32's maximum, a range below its smallest normal number, or (for float64 inputs) a
+    width that overflows float64 itself, which is computed on halved values instead. A NaN bound
+    (an undefined range) sends every value of its neuron to the skip index ``num_bins``.
+    """
+    dtype = binning_dtype(activations.device)
+    x = activations.detach().to(dtype)
+    low = low.to(device=x.device, dtype=dtype)
+    high = high.to(device=x.device, dtype=dtype)
+    # (x - low) / (high - low) is unchanged by scaling all three by 1/2 (exactly, barring subnormals);
+    # halving only where the width overflows keeps every other range bit-for-bit as written
+    factor = torch.where(torch.isinf(high - low), 0.5, 1.0).to(dtype)
+    scaled_low = low * factor
+    width = high * factor - scaled_low
+    positive = width > 0
+    position = (x * factor - scaled_low) / torch.where(positive, width, 1.0) * num_bins
+    position = torch.where(positive, position, 0.0)  # a zero-width range: every value in bin 0
+    index = position.floor_().clamp_(0, num_bins - 1)
+    defined = torch.isfinite(x) & ~(torch.isnan(low) | torch.isnan(high))
+    return torch.where(defined, index, float(num_bins)).to(torch.int64)
 
 
-def check_num_bins(num_bins: int) -> None:
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive integer, received {num_bins!r}")
+def check_num_bins(num_bins: Any) -> int:
+    """``num_bins`` as an ``int`` >= 1, or a ``ValueError``."""
+    return check_int(num_bins, "num_bins", minimum=1)

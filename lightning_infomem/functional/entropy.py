@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lightning_infomem.checks import check_log_base
 from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
 
 __all__ = ["count_codes", "entropy_from_counts", "histogram_counts", "neuron_entropy", "plugin_terms"]
@@ -37,7 +38,7 @@ def histogram_counts(bins: Tensor, num_bins: int) -> Tensor:
         tensor([[2, 1, 0],
                 [0, 1, 1]])
     """
-    check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     if bins.ndim != 2:
         raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
     num_neurons = bins.shape[1]
@@ -80,11 +81,12 @@ def plugin_terms(
 
 
 def _entropy_from_terms(total: Tensor, nlogn: Tensor, occupied: Optional[Tensor] = None) -> Tensor:
+    """Plug-in entropy from its terms; NaN for an empty histogram (no sample: undefined)."""
     safe = total.clamp_min(1)
-    entropy = torch.where(total > 0, torch.log(safe) - nlogn / safe, torch.zeros_like(total)).clamp_min(0)
+    entropy = (torch.log(safe) - nlogn / safe).clamp_min(0)
     if occupied is not None:  # one occupied bin is exactly 0; log S - (S log S) / S can leave ~1e-16
         entropy = torch.where(occupied > 1, entropy, torch.zeros_like(entropy))
-    return entropy
+    return torch.where(total > 0, entropy, math.nan)
 
 
 def entropy_from_counts(
@@ -95,7 +97,8 @@ def entropy_from_counts(
 ) -> Tensor:
     """Plug-in entropy of histograms along the last dimension: ``[..., B]`` counts -> ``[...]``.
 
-    ``H = log S - sum(n log n) / S`` with ``S`` the histogram's total. An empty histogram has entropy 0.
+    ``H = log S - sum(n log n) / S`` with ``S`` the histogram's total. An empty histogram (no sample
+    counted: a neuron with no finite value) has no entropy: NaN, never a value that looks like one.
 
     Args:
         counts: non-negative counts, any integer or float dtype.
@@ -117,11 +120,10 @@ def entropy_from_counts(
 
 
 def _rescale(value: Tensor, num_bins: int, base: Optional[float], normalized: bool) -> Tensor:
-    if normalized:
-        return value / math.log(num_bins) if num_bins > 1 else torch.zeros_like(value)
+    base = check_log_base(base)
+    if normalized:  # one bin: 0 (NaN stays NaN)
+        return value / math.log(num_bins) if num_bins > 1 else value * 0.0
     if base is not None:
-        if base <= 0 or base == 1:
-            raise ValueError(f"base must be positive and not 1, received {base}")
         return value / math.log(base)
     return value
 
@@ -146,7 +148,8 @@ def neuron_entropy(
         miller_madow: add the Miller-Madow bias correction.
         normalized: divide by ``log(num_bins)``, giving values in ``[0, 1]``.
 
-    Non-finite values are left out of their neuron's histogram. A constant neuron has entropy 0.
+    Non-finite values are left out of their neuron's histogram. A constant neuron has entropy 0; a
+    neuron with no finite value (or an input with no sample) has none: NaN.
 
     Example:
         >>> import torch

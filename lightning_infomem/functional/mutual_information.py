@@ -8,6 +8,7 @@ products accumulated in fp32, sample chunks kept under 2**24). Neither loops ove
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Literal, Optional
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "joint_histogram_counts",
     "mean_off_diagonal",
     "mutual_information_from_joint_counts",
+    "normalized_self_information",
     "pair_indices",
     "pairs_to_matrix",
     "pairwise_mutual_information",
@@ -117,7 +119,7 @@ def iter_joint_histogram_counts(
     Yields ``(first_pair, counts)`` where ``counts`` is ``[p, num_bins, num_bins]`` int64 for the
     pairs ``first_pair .. first_pair + p - 1`` in the row-major order of `pair_indices`.
     """
-    check_num_bins(num_bins)
+    num_bins = check_num_bins(num_bins)
     if bins.ndim != 2:
         raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
     if resolve_counting_method(method, bins.device) == "bincount":
@@ -161,7 +163,8 @@ def mutual_information_from_joint_counts(
     """Plug-in mutual information of joint histograms: ``[..., B, B]`` counts -> ``[...]``.
 
     ``I = H(X) + H(Y) - H(X, Y)`` with every term computed from the joint histogram itself, so the
-    marginals are those of the samples the pair shares. An empty histogram gives 0.
+    marginals are those of the samples the pair shares. An empty histogram (no sample where both
+    values are finite) gives NaN: the MI is undefined.
 
     Args:
         joint_counts: non-negative counts, rows index the first neuron's bin, columns the second's.
@@ -181,10 +184,9 @@ def mutual_information_from_joint_counts(
     _, nlogn_x, occupied_x = plugin_terms(joint_counts.sum(-1), occupied=True)
     _, nlogn_y, occupied_y = plugin_terms(joint_counts.sum(-2), occupied=True)
     safe = total.clamp_min(1)
-    mutual_info = torch.where(total > 0, (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe), 0.0)
+    mutual_info = (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe)
     if miller_madow:
-        correction = (occupied_x + occupied_y - occupied_joint - 1) / (2 * safe)
-        mutual_info = mutual_info + torch.where(total > 0, correction, 0.0)
+        mutual_info = mutual_info + (occupied_x + occupied_y - occupied_joint - 1) / (2 * safe)
     else:
         mutual_info = mutual_info.clamp_min(0)  # the plug-in value is >= 0; remove rounding residue
     # a constant neuron (one occupied bin) shares exactly nothing; avoid ~1e-16 rounding residue
@@ -193,24 +195,37 @@ def mutual_information_from_joint_counts(
         h_x = _entropy_from_terms(total, nlogn_x, occupied_x)
         h_y = _entropy_from_terms(total, nlogn_y, occupied_y)
         denom = torch.sqrt(h_x * h_y)
-        return torch.where(denom > 0, mutual_info / denom.clamp_min(1e-300), 0.0)
-    return _rescale(mutual_info, joint_counts.shape[-1], base, normalized=False)
+        mutual_info = torch.where(denom > 0, mutual_info / denom.clamp_min(1e-300), 0.0)
+    else:
+        mutual_info = _rescale(mutual_info, joint_counts.shape[-1], base, normalized=False)
+    return torch.where(total > 0, mutual_info, math.nan)  # no shared sample: undefined
 
 
-def mean_off_diagonal(matrix: Tensor) -> Tensor:
-    """Mean of the off-diagonal entries of a square matrix (0 for a 1 x 1 matrix).
+def mean_off_diagonal(matrix: Tensor, nan_policy: Literal["propagate", "omit"] = "propagate") -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix (0 for a 1 x 1 matrix: no pairs).
 
     The diagonal of a pairwise MI matrix is self-information (entropy) and is left out of averages.
+    ``nan_policy="omit"`` averages the defined (non-NaN) entries only, and is NaN when none is.
 
     Example:
         >>> import torch
         >>> float(mean_off_diagonal(torch.tensor([[9.0, 1.0], [3.0, 9.0]])))
         2.0
+        >>> float(mean_off_diagonal(torch.tensor([[9.0, 1.0, float("nan")], [1.0, 9.0, 3.0], [float("nan"), 3.0, 9.0]]),
+        ...                         nan_policy="omit"))
+        2.0
     """
+    if nan_policy not in ("propagate", "omit"):
+        raise ValueError(f"nan_policy must be 'propagate' or 'omit', received {nan_policy!r}")
     n = matrix.shape[-1]
     if n < 2:
         return torch.zeros((), dtype=matrix.dtype, device=matrix.device)
-    return (matrix.sum() - matrix.diagonal().sum()) / (n * n - n)
+    if nan_policy == "propagate":
+        return (matrix.sum() - matrix.diagonal().sum()) / (n * n - n)
+    off = ~torch.eye(n, dtype=torch.bool, device=matrix.device)
+    values = matrix[off]
+    defined = ~torch.isnan(values)
+    return torch.where(defined, values, 0.0).sum() / defined.sum()  # 0 / 0 = NaN when none is defined
 
 
 def pairs_to_matrix(pair_values: Tensor, diagonal: Tensor) -> Tensor:
@@ -247,7 +262,8 @@ def pairwise_mutual_information(
         normalized: ``I / sqrt(H(X) H(Y))`` in ``[0, 1]`` (diagonal 1, or 0 for a constant neuron).
         method: counting kernel, see `joint_histogram_counts`.
 
-    A sample is left out of a pair when either value is non-finite. Constant neurons give 0.
+    A sample is left out of a pair when either value is non-finite. Constant neurons give 0; a pair
+    without a sample where both values are finite, or an input with no sample, gives NaN.
     Memory stays bounded: pairs are counted and reduced chunk by chunk.
 
     Example:
@@ -267,5 +283,10 @@ def pairwise_mutual_information(
     pair_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=bins.device)
     diagonal = entropy_from_counts(histogram_counts(bins, num_bins), base, miller_madow, normalized)
     if normalized:
-        diagonal = (diagonal > 0).to(diagonal.dtype)
+        diagonal = normalized_self_information(diagonal)
     return pairs_to_matrix(pair_values, diagonal)
+
+
+def normalized_self_information(entropy: Tensor) -> Tensor:
+    """Diagonal of a normalized MI matrix: 1 for a neuron with entropy, 0 for a constant one, NaN if undefined."""
+    return torch.where(torch.isnan(entropy), entropy, (entropy > 0).to(entropy.dtype))
