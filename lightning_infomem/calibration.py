@@ -79,7 +79,9 @@ def gather_calibration_samples(
     return calibration, local
 
 
-def calibrated_range(samples: Tensor, per_neuron: bool = False, quantile: float = 0.0) -> Optional[tuple[Tensor, Tensor]]:
+def calibrated_range(
+    samples: Tensor, per_neuron: bool = False, quantile: float = 0.0
+) -> Optional[tuple[Tensor, Tensor]]:
     """`calibrate_value_range` of ``samples``, or ``None`` when they hold no finite value.
 
     With ``per_neuron``, a neuron without a finite value takes the range of all finite values, so

@@ -11,33 +11,38 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from lightning_infomem.functional.binning import calibrate_value_range
-from lightning_infomem.functional.mutual_information import mean_off_diagonal
+from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.layers import (
     LayerSpec,
     OutputTransform,
     SequenceReduction,
+    module_output_width,
     resolve_layers,
     to_neuron_activations,
+)
+from lightning_infomem.measurement import (
+    ActivationMeasurement,
+    Binning,
+    LayerResult,
+    MeasurementSettings,
+    summarize,
 )
 from lightning_infomem.metrics import (
     DEFAULT_MAX_STATE_BYTES,
     NeuronEntropy,
     NeuronMutualInformation,
-    gather_calibration_samples,
+    StateTooLargeError,
 )
 from lightning_infomem.reporting import heatmap_image, write_csv
 
 __all__ = ["Binning", "InformationMeasures"]
-
-Binning = Literal["layer", "neuron", "global"]
 
 
 class InformationMeasures(Callback):
@@ -121,57 +126,43 @@ class InformationMeasures(Callback):
         heatmap_every_n_epochs: int = 5,
         prefix: str = "infomem",
         seed: int = 0,
-        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
     ) -> None:
-        for name, value in (("entropy_bins", entropy_bins), ("mutual_info_bins", mutual_info_bins)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, received {value!r}")
-        for name, value in (("max_samples", max_samples), ("max_neurons", max_neurons)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, received {value!r}")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, received {every_n_epochs!r}")
         if binning not in ("layer", "neuron", "global"):
             raise ValueError(f"binning must be 'layer', 'neuron' or 'global', received {binning!r}")
-        if not 0.0 <= range_quantile < 0.5:
-            raise ValueError(f"range_quantile must be in [0, 0.5), received {range_quantile}")
-        if not isinstance(calibration_samples, int) or calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be a positive integer, received {calibration_samples!r}")
         if sequence_reduction not in ("first", "mean"):
             raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
-        if heatmap_every_n_epochs < 0:
-            raise ValueError(f"heatmap_every_n_epochs must be >= 0, received {heatmap_every_n_epochs}")
+        if not isinstance(prefix, str) or prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"prefix must be a string without a leading or trailing '/', received {prefix!r}")
         self.layers = layers
-        self.entropy_bins = entropy_bins
-        self.mutual_info_bins = mutual_info_bins
-        self.max_samples = max_samples
-        self.max_neurons = max_neurons
-        self.every_n_epochs = every_n_epochs
+        self.entropy_bins = check_int(entropy_bins, "entropy_bins", minimum=1)
+        self.mutual_info_bins = check_int(mutual_info_bins, "mutual_info_bins", minimum=1)
+        self.max_samples = check_optional_int(max_samples, "max_samples", minimum=1)
+        self.max_neurons = check_optional_int(max_neurons, "max_neurons", minimum=1)
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.binning = binning
-        self.range_quantile = range_quantile
-        self.calibration_samples = calibration_samples
-        self.miller_madow = miller_madow
+        self.range_quantile = check_float(
+            range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
+        )
+        self.calibration_samples = check_int(calibration_samples, "calibration_samples", minimum=1)
+        self.miller_madow = bool(miller_madow)
         self.sequence_reduction = sequence_reduction
         self.output_transform = output_transform
-        self.log_histograms = log_histograms
-        self.heatmap_every_n_epochs = heatmap_every_n_epochs
+        self.log_histograms = bool(log_histograms)
+        self.heatmap_every_n_epochs = check_int(heatmap_every_n_epochs, "heatmap_every_n_epochs", minimum=0)
         self.prefix = prefix
-        self.seed = seed
-        self.max_state_bytes = max_state_bytes
+        self.seed = check_int(seed, "seed")
+        self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
 
         self.history: list[dict[str, Any]] = []
         self.layer_names: list[str] = []
         self.neuron_indices: dict[str, Optional[Tensor]] = {}
         self.layer_widths: dict[str, int] = {}
-        self.entropy_metrics: dict[str, NeuronEntropy] = {}
-        self.mutual_info_metrics: dict[str, NeuronMutualInformation] = {}
+        self.measurement: Optional[ActivationMeasurement] = None
+        self.results: dict[str, LayerResult] = {}
         self._measurements = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._active = False
-        self._seen: dict[str, int] = {}
-        self._held_back: dict[str, list[Tensor]] = {}
-        self._ranges_fixed = False
-        self._calibrated: set[str] = set()
         self._warned: set[str] = set()
 
     @classmethod
@@ -223,23 +214,72 @@ class InformationMeasures(Callback):
         self.history = [dict(row) for row in state_dict.get("history", [])]
         self._measurements = int(state_dict.get("measurements", 0))
         self.seed = int(state_dict.get("seed", self.seed))
-        self.entropy_metrics.clear()
-        self.mutual_info_metrics.clear()
+        self.measurement = None
+
+    # ------------------------------------------------------------------------------ metrics
+    @property
+    def entropy_metrics(self) -> dict[str, NeuronEntropy]:
+        """The per-layer entropy metrics of the latest measurement (empty before the first)."""
+        return {} if self.measurement is None else self.measurement.entropy_metrics
+
+    @property
+    def mutual_info_metrics(self) -> dict[str, NeuronMutualInformation]:
+        """The per-layer MI metrics of the latest measurement (empty before the first)."""
+        return {} if self.measurement is None else self.measurement.mutual_info_metrics
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts) if self.prefix else parts)
+
+    def _settings(self) -> MeasurementSettings:
+        return MeasurementSettings(
+            entropy_bins=self.entropy_bins,
+            mutual_info_bins=self.mutual_info_bins,
+            binning=self.binning,
+            range_quantile=self.range_quantile,
+            calibration_samples=self.calibration_samples,
+            miller_madow=self.miller_madow,
+            max_state_bytes=self.max_state_bytes,
+        )
 
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.layer_names = resolve_layers(pl_module, self.layers)
+        self._check_state_budget(pl_module)
+
+    def _check_state_budget(self, pl_module: LightningModule) -> None:
+        """Refuse, before any epoch runs, a layer whose MI state would exceed ``max_state_bytes``.
+
+        Possible where the width is known from the module (``nn.Linear``, convolutions, norms,
+        embeddings); other layers are checked at their first activations.
+        """
+        modules = dict(pl_module.named_modules())
+        for name in self.layer_names:
+            width = self.layer_widths.get(name) or module_output_width(modules[name])
+            if width is None:
+                continue
+            num_neurons = width if self.max_neurons is None else min(width, self.max_neurons)
+            try:
+                NeuronMutualInformation.check_state_size(num_neurons, self.mutual_info_bins, self.max_state_bytes)
+            except StateTooLargeError as error:
+                raise StateTooLargeError(
+                    f"InformationMeasures: layer {name!r} ({num_neurons} monitored neurons): {error} "
+                    "(max_neurons and mutual_info_bins are InformationMeasures arguments)"
+                ) from None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not self._should_measure(trainer):
             return
         self._remove_hooks()
+        world_size = max(1, int(trainer.world_size))
+        distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.measurement = ActivationMeasurement(
+            self.layer_names,
+            self._settings(),
+            max_samples=self.max_samples,
+            world_size=world_size,
+            distributed=distributed,
+        )
         modules = dict(pl_module.named_modules())
-        self._seen = {name: 0 for name in self.layer_names}
-        self._held_back = {name: [] for name in self.layer_names}
-        self._ranges_fixed = False
-        for metric in (*self.entropy_metrics.values(), *self.mutual_info_metrics.values()):
-            metric.reset()
         for name in self.layer_names:
             self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
         self._active = True
@@ -248,8 +288,6 @@ class InformationMeasures(Callback):
         if not self._active:
             return
         try:
-            if not self._ranges_fixed:
-                self._fix_ranges()
             row = self._compute_and_log(trainer, pl_module)
             if row is not None:
                 self.history.append(row)
@@ -275,14 +313,6 @@ class InformationMeasures(Callback):
         self._active = False
 
     # ------------------------------------------------------------------------------ sampling
-    def _world_size(self) -> int:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size()
-        return 1
-
-    def _quota(self, total: Optional[int]) -> Optional[int]:
-        return None if total is None else -(-total // self._world_size())
-
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self._active:
@@ -291,9 +321,10 @@ class InformationMeasures(Callback):
         return hook
 
     def _observe(self, name: str, module: nn.Module, output: Any) -> None:
-        quota = self._quota(self.max_samples)
-        seen = self._seen[name]
-        if quota is not None and seen >= quota:
+        measurement = self.measurement
+        assert measurement is not None
+        remaining = measurement.remaining(name)
+        if remaining == 0:
             return
         activations = to_neuron_activations(output, module, self.output_transform, self.sequence_reduction)
         if not activations.is_floating_point():
@@ -301,30 +332,20 @@ class InformationMeasures(Callback):
                 f"layer {name!r} produced {activations.dtype} activations; monitor a layer with floating-point "
                 "outputs or pass output_transform=..."
             )
-        if quota is not None:
-            activations = activations[: quota - seen]
-        self._seen[name] = seen + activations.shape[0]
-        if name not in self.entropy_metrics:
-            self._init_layer(name, activations)
-        index = self.neuron_indices[name]
+        if remaining is not None:
+            activations = activations[:remaining]
+        index = self._neuron_subset(name, int(activations.shape[1]))
         if index is not None:
             activations = activations.index_select(1, index.to(activations.device))
-        activations = activations.detach()
-        if self._ranges_fixed:
-            self._update(name, activations)
-            return
-        self._held_back[name].append(activations)
-        target = min(self._quota(self.calibration_samples), quota if quota is not None else 2**62)
-        if all(self._seen[layer] >= target for layer in self.layer_names):
-            self._fix_ranges()
+        measurement.observe(name, activations.detach())
 
-    def _init_layer(self, name: str, activations: Tensor) -> None:
-        width = activations.shape[1]
+    def _neuron_subset(self, name: str, width: int) -> Optional[Tensor]:
+        """The monitored neurons of a layer (``None``: all), drawn once per run with ``seed``."""
         known = self.layer_widths.get(name)
         if known is not None and known != width:
             raise ValueError(
-                f"layer {name!r} now has {width} neurons but the restored callback state was recorded with {known}; "
-                "the model changed since the checkpoint"
+                f"layer {name!r} now has {width} neurons but the callback state was recorded with {known}; "
+                "the model changed since the checkpoint (or its output width varies between batches)"
             )
         self.layer_widths[name] = width
         if name not in self.neuron_indices:
@@ -334,55 +355,15 @@ class InformationMeasures(Callback):
                 generator = torch.Generator().manual_seed(self.seed + self.layer_names.index(name))
                 subset = torch.randperm(width, generator=generator)[: self.max_neurons]
                 self.neuron_indices[name] = subset.sort().values
-        index = self.neuron_indices[name]
-        num_neurons = width if index is None else int(index.shape[0])
-        common = {"miller_madow": self.miller_madow, "sync_on_compute": True}
-        entropy = NeuronEntropy(num_neurons, self.entropy_bins, **common)
-        mutual_info = NeuronMutualInformation(
-            num_neurons, self.mutual_info_bins, max_state_bytes=self.max_state_bytes, **common
-        )
-        self.entropy_metrics[name] = entropy.to(activations.device)
-        self.mutual_info_metrics[name] = mutual_info.to(activations.device)
-
-    def _update(self, name: str, activations: Tensor) -> None:
-        self.entropy_metrics[name].update(activations)
-        self.mutual_info_metrics[name].update(activations)
-
-    def _fix_ranges(self) -> None:
-        """Calibrate the binning ranges from the held-back samples (of all processes) and count them."""
-        calibration = self._quota(self.calibration_samples)
-        samples: dict[str, Tensor] = {}
-        for name in self.layer_names:
-            if name in self.entropy_metrics:
-                metric = self.entropy_metrics[name]
-                samples[name], _ = gather_calibration_samples(
-                    self._held_back[name], calibration, metric.num_neurons, metric.counts.device
-                )
-        # a layer measured at an earlier evaluation but not reached in this one has nothing to calibrate on
-        samples = {name: s for name, s in samples.items() if s.shape[0] > 0}
-        self._calibrated = set(samples)
-        if self.binning == "global" and samples:
-            pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()])
-            low, high = calibrate_value_range(pooled, quantile=self.range_quantile)
-            ranges = {name: (low, high) for name in samples}
-        else:
-            ranges = {
-                name: calibrate_value_range(s, per_neuron=self.binning == "neuron", quantile=self.range_quantile)
-                for name, s in samples.items()
-            }
-        for name, (low, high) in ranges.items():
-            self.entropy_metrics[name].set_value_range(low, high)
-            self.mutual_info_metrics[name].set_value_range(low, high)
-            for activations in self._held_back[name]:
-                self._update(name, activations)
-        self._held_back = {name: [] for name in self.layer_names}
-        self._ranges_fixed = True
+        return self.neuron_indices[name]
 
     # ------------------------------------------------------------------------------- results
     def _compute_and_log(self, trainer: Trainer, pl_module: LightningModule) -> Optional[dict[str, Any]]:
-        # layers that received activations in this evaluation, on any process (earlier layers' metrics persist)
-        measured = [name for name in self.layer_names if name in self._calibrated]
-        missing = [name for name in self.layer_names if name not in measured]
+        measurement = self.measurement
+        assert measurement is not None
+        results = measurement.results()
+        measured = [name for name in self.layer_names if name in results]
+        missing = [name for name in self.layer_names if name not in results]
         if missing:
             self._warn_once(
                 "missing",
@@ -391,29 +372,34 @@ class InformationMeasures(Callback):
             )
         if not measured:
             return None
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        entropies, pair_sums, pair_counts, per_layer = [], 0.0, 0, {}
         for name in measured:
-            entropy = self.entropy_metrics[name].compute()
-            mutual_info = self.mutual_info_metrics[name].compute()
-            per_layer[name] = (entropy, mutual_info)
-            entropies.append(entropy)
-            n = mutual_info.shape[0]
-            pair_sums += float(mutual_info.sum() - mutual_info.diagonal().sum())
-            pair_counts += n * (n - 1)
-            row[f"{self.prefix}/{name}/entropy"] = float(entropy.mean())
-            row[f"{self.prefix}/{name}/mutual_info"] = float(mean_off_diagonal(mutual_info))
-            with self.entropy_metrics[name].sync_context():  # all processes' counters (a small state)
-                row[f"{self.prefix}/{name}/clipped_fraction"] = self.entropy_metrics[name].clipped_fraction
-        row[f"{self.prefix}/entropy"] = float(torch.cat(entropies).mean())
-        row[f"{self.prefix}/mutual_info"] = pair_sums / pair_counts if pair_counts else 0.0
-        for key, value in row.items():
-            if key.endswith("/entropy") or key.endswith("/mutual_info"):
-                pl_module.log(key, torch.tensor(value, dtype=torch.float32, device=pl_module.device), sync_dist=True)
-        self._log_tensorboard(trainer, per_layer)
+            if not results[name].defined:
+                self._warn_once(
+                    f"undefined:{name}",
+                    f"InformationMeasures: layer {name!r} had no finite activation (only NaN or Inf: a diverged "
+                    f"model?) in the evaluation of epoch {trainer.current_epoch}; its values and the overall "
+                    "values are logged as NaN, which ModelCheckpoint ranks worst and EarlyStopping(check_finite=True) "
+                    "stops on",
+                )
+        self.results = results
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        scalars: dict[str, float] = {}
+        for name in measured:
+            result = results[name]
+            scalars[self._key(name, "entropy")] = result.mean_entropy
+            scalars[self._key(name, "mutual_info")] = result.mean_mutual_info
+            row[self._key(name, "entropy")] = result.mean_entropy
+            row[self._key(name, "mutual_info")] = result.mean_mutual_info
+            row[self._key(name, "clipped_fraction")] = result.clipped_fraction
+        entropy, mutual_info = summarize(results)
+        scalars[self._key("entropy")] = row[self._key("entropy")] = entropy
+        scalars[self._key("mutual_info")] = row[self._key("mutual_info")] = mutual_info
+        for key, value in scalars.items():
+            pl_module.log(key, torch.tensor(value, dtype=torch.float32, device=pl_module.device), sync_dist=True)
+        self._log_tensorboard(trainer, results)
         return row
 
-    def _log_tensorboard(self, trainer: Trainer, per_layer: dict[str, tuple[Tensor, Tensor]]) -> None:
+    def _log_tensorboard(self, trainer: Trainer, results: dict[str, LayerResult]) -> None:
         want_heatmap = self.heatmap_every_n_epochs > 0 and self._measurements % self.heatmap_every_n_epochs == 0
         if not (self.log_histograms or want_heatmap) or not trainer.loggers:
             return
@@ -429,20 +415,23 @@ class InformationMeasures(Callback):
             return
         step = trainer.global_step
         for writer in writers:
-            for name, (entropy, mutual_info) in per_layer.items():
+            for name, result in results.items():
+                if not result.defined:
+                    continue
+                n = result.mutual_info.shape[0]
+                off_diagonal = result.mutual_info[~torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)]
                 if self.log_histograms:
-                    writer.add_histogram(f"{self.prefix}/{name}/entropy_per_neuron", entropy.float().cpu(), step)
-                    n = mutual_info.shape[0]
-                    if n > 1:
-                        off_diagonal = mutual_info[~torch.eye(n, dtype=torch.bool, device=mutual_info.device)]
-                        writer.add_histogram(
-                            f"{self.prefix}/{name}/mutual_info_pairs", off_diagonal.float().cpu(), step
-                        )
-                if want_heatmap:
-                    off = mutual_info.clone()
-                    off.fill_diagonal_(float(mean_off_diagonal(mutual_info)) if off.shape[0] > 1 else 0.0)
+                    entropy = result.entropy[~torch.isnan(result.entropy)]
+                    if entropy.numel():
+                        writer.add_histogram(self._key(name, "entropy_per_neuron"), entropy.float().cpu(), step)
+                    pairs = off_diagonal[~torch.isnan(off_diagonal)]
+                    if pairs.numel():
+                        writer.add_histogram(self._key(name, "mutual_info_pairs"), pairs.float().cpu(), step)
+                if want_heatmap and n > 1:
+                    off = result.mutual_info.clone()
+                    off.fill_diagonal_(result.mean_mutual_info)
                     image = heatmap_image(off)
-                    writer.add_image(f"{self.prefix}/{name}/mutual_info_matrix", image, step, dataformats="HWC")
+                    writer.add_image(self._key(name, "mutual_info_matrix"), image, step, dataformats="HWC")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

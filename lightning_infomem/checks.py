@@ -29,7 +29,9 @@ def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Opt
         ValueError: every_n_epochs must be an integer >= 1, received 1.5 (float)
     """
     if isinstance(value, bool) or not _is_integral(value):
-        raise ValueError(f"{name} must be {_int_wording(minimum, maximum)}, received {value!r} ({type(value).__name__})")
+        raise ValueError(
+            f"{name} must be {_int_wording(minimum, maximum)}, received {value!r} ({type(value).__name__})"
+        )
     number = operator.index(value)
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ValueError(f"{name} must be {_int_wording(minimum, maximum)}, received {number}")
@@ -102,7 +104,9 @@ def _is_integral(value: Any) -> bool:
     if _is_tensor(value):
         import torch
 
-        return value.ndim == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+        return (
+            value.ndim == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+        )
     return False
 
 

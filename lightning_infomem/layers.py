@@ -14,6 +14,7 @@ __all__ = [
     "LayerSpec",
     "OutputTransform",
     "default_layers",
+    "module_output_width",
     "resolve_layers",
     "to_neuron_activations",
 ]
@@ -51,6 +52,30 @@ def default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> li
     last = len(hidden) - 1
     picks = sorted({round(last - k * last / (max_layers - 1)) for k in range(max_layers)})
     return [hidden[i] for i in picks]
+
+
+def module_output_width(module: nn.Module) -> Optional[int]:
+    """The number of neurons a module's output has once made ``[batch, neurons]``, where the module says it.
+
+    ``nn.Linear`` (``out_features``), convolutions (``out_channels``), batch / instance / group / layer
+    norms and embeddings; ``None`` for any other module (its width is known at its first output).
+
+    Example:
+        >>> from torch import nn
+        >>> module_output_width(nn.Conv2d(3, 16, 3)), module_output_width(nn.ReLU())
+        (16, None)
+    """
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, _CONV_TYPES):
+        return int(module.out_channels)
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):
+        return int(module.num_features if hasattr(module, "num_features") else module.num_channels)
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return int(module.normalized_shape[0])
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim)
+    return None
 
 
 def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:

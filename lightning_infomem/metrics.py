@@ -146,20 +146,33 @@ class _ActivationHistogramMetric(Metric):
         """Bytes of histogram state for ``num_neurons`` neurons and ``num_bins`` bins."""
         return 8 * num_neurons * num_bins
 
-    def _size_knobs(self) -> str:
+    @classmethod
+    def _size_knobs(cls, num_neurons: int, num_bins: int, budget: int) -> str:
         return "lower num_bins or num_neurons"
 
-    def _check_state_size(self) -> None:
-        need = self.state_bytes(self.num_neurons, self.num_bins)
-        budget = self.max_state_bytes
-        if budget is not None and need > budget:
+    @classmethod
+    def check_state_size(cls, num_neurons: int, num_bins: int, max_state_bytes: Optional[int]) -> None:
+        """Raise `StateTooLargeError` if the state for these sizes exceeds ``max_state_bytes`` (``None``: no budget).
+
+        Example:
+            >>> NeuronMutualInformation.check_state_size(4096, 16, 2**30)
+            Traceback (most recent call last):
+            ...
+            lightning_infomem.metrics.StateTooLargeError: NeuronMutualInformation would need 16.0 GiB ...
+        """
+        need = cls.state_bytes(num_neurons, num_bins)
+        if max_state_bytes is not None and need > max_state_bytes:
             raise StateTooLargeError(
-                f"{type(self).__name__} would need {format_bytes(need)} of histogram state for "
-                f"num_neurons={self.num_neurons}, num_bins={self.num_bins}: "
-                f"{format_bytes(need - budget)} over the budget max_state_bytes="
-                f"{budget} ({format_bytes(budget)}). To fit, {self._size_knobs()}, "
+                f"{cls.__name__} would need {format_bytes(need)} of histogram state for "
+                f"num_neurons={num_neurons}, num_bins={num_bins}: "
+                f"{format_bytes(need - max_state_bytes)} over the budget max_state_bytes="
+                f"{max_state_bytes} ({format_bytes(max_state_bytes)}). To fit, "
+                f"{cls._size_knobs(num_neurons, num_bins, max_state_bytes)}, "
                 "or raise max_state_bytes (None: no budget)."
             )
+
+    def _check_state_size(self) -> None:
+        self.check_state_size(self.num_neurons, self.num_bins, self.max_state_bytes)
 
     def _fixed_value_range(self, value_range: Any) -> tuple[Tensor, Tensor]:
         if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
@@ -278,14 +291,18 @@ class _ActivationHistogramMetric(Metric):
         found = calibrated_range(samples, per_neuron=self.per_neuron_range, quantile=self.range_quantile)
         if found is None:
             unusable = local if final else local[:quota]
-            self.num_samples += unusable.shape[0]
-            self.num_nonfinite += unusable.numel()
+            self._count_unusable(unusable.shape[0])
             if not final:
                 self._held_back.keep([local[quota:]])
             return
         self.range_low, self.range_high = (bound.to(torch.float64) for bound in found)
         if local.shape[0] > 0:
             self._count(local)
+
+    def _count_unusable(self, num_rows: int) -> None:
+        """Count ``num_rows`` samples without a finite value (nothing to bin, no range needed)."""
+        self.num_samples += num_rows
+        self.num_nonfinite += num_rows * self.num_neurons
 
     def set_value_range(self, low: Union[float, Tensor], high: Union[float, Tensor]) -> None:
         """Fix the binning range until the next ``reset()`` and count any held-back samples.
@@ -534,10 +551,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         resolve_counting_method(method, torch.device("cpu"))  # validates the name
         self.method = method
         self.pool_samples = 4 * (self.num_bins + 1) ** 2
-        # the smallest integer dtype that holds every bin index, num_bins (the skip index) included
-        self._pooled_dtype = (
-            torch.uint8 if self.num_bins <= 255 else torch.int16 if self.num_bins <= 32767 else torch.int32
-        )
+        self._pooled_dtype = self._pooled_index_dtype(self.num_bins)
         self._clear_pending()
         num_pairs = self.num_neurons * (self.num_neurons - 1) // 2
         self.add_state(
@@ -555,13 +569,17 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     def _result_shape(self) -> tuple[int, ...]:
         return (self.num_neurons, self.num_neurons)
 
-    def _size_knobs(self) -> str:
-        budget = self.max_state_bytes
-        assert budget is not None
-        fit_bins = _largest_fitting(lambda b: self.state_bytes(self.num_neurons, b), budget, 1)
-        fit_neurons = _largest_fitting(lambda n: self.state_bytes(n, self.num_bins), budget, 1)
-        bins = f"{fit_bins} would fit" if fit_bins else f"none fits {self.num_neurons} neurons"
-        neurons = f"{fit_neurons} would fit" if fit_neurons else f"none fits {self.num_bins} bins"
+    @staticmethod
+    def _pooled_index_dtype(num_bins: int) -> torch.dtype:
+        """The smallest integer dtype that holds every bin index, ``num_bins`` (the skip index) included."""
+        return torch.uint8 if num_bins <= 255 else torch.int16 if num_bins <= 32767 else torch.int32
+
+    @classmethod
+    def _size_knobs(cls, num_neurons: int, num_bins: int, budget: int) -> str:
+        fit_bins = _largest_fitting(lambda b: cls.state_bytes(num_neurons, b), budget, 1)
+        fit_neurons = _largest_fitting(lambda n: cls.state_bytes(n, num_bins), budget, 1)
+        bins = f"{fit_bins} would fit" if fit_bins else f"none fits {num_neurons} neurons"
+        neurons = f"{fit_neurons} would fit" if fit_neurons else f"none fits {num_bins} bins"
         return (
             f"lower num_bins (state grows with num_bins**2; {bins}) or monitor fewer neurons "
             f"(grows with num_neurons**2; {neurons})"

@@ -33,7 +33,8 @@ _VIRIDIS = torch.tensor(
 def heatmap_image(matrix: Tensor, min_size: int = 256) -> Tensor:
     """An ``[H, W, 3]`` float image in ``[0, 1]`` of a matrix, viridis colours, scaled to its own min..max.
 
-    Small matrices are enlarged by pixel repetition to at least ``min_size`` pixels a side.
+    Small matrices are enlarged by pixel repetition to at least ``min_size`` pixels a side. Non-finite
+    entries are drawn as 0; an empty matrix gives a blank ``min_size`` square.
 
     Example:
         >>> import torch
@@ -42,8 +43,10 @@ def heatmap_image(matrix: Tensor, min_size: int = 256) -> Tensor:
     """
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, received shape {list(matrix.shape)}")
+    if matrix.numel() == 0:  # nothing to show: a blank (darkest colour) square
+        return _VIRIDIS[0].expand(min_size, min_size, 3).clone()
     values = matrix.detach().to(torch.float32).cpu()
-    values = torch.nan_to_num(values)
+    values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = values.min(), values.max()
     scaled = (values - low) / (high - low) if high > low else torch.zeros_like(values)
     position = scaled * (len(_VIRIDIS) - 1)

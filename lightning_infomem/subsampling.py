@@ -2,25 +2,38 @@
 
 `train_on_subsets` trains ``num_models`` fresh models, model ``i`` on a random subset of
 ``round(fraction * n)`` training examples drawn from a generator seeded by ``(seed, i)``. Each finished
-model's record (subset mask, per-example correctness on the training and test sets) is written at once
-to ``out_dir/model_{i:05d}.pt`` (temp file + ``os.replace``, so a file is complete or absent). A rerun
-skips the models whose file exists, so a crash or Ctrl-C loses only the models in progress; several
-worker processes train models in parallel. Model ``i``'s subset, data order and initial seed depend
-only on ``(seed, i)``, so the result does not depend on the number of workers or on interruptions.
+model's record (subset mask, per-example correctness on the training and test sets, and the identity
+of its run) is written at once to ``out_dir/model_{i:05d}.pt``: into a temporary file, flushed and
+fsynced, then atomically renamed, so a file is complete or absent. A rerun verifies every record
+already there (a damaged one is retrained, with a warning naming it; one from another run is
+refused, naming it) and skips the models whose record is sound, so a crash or Ctrl-C loses only the
+models in progress; several worker processes train models in parallel, and they exit when the
+process that started them dies. Model ``i``'s subset, data order and initial seed depend only on
+``(seed, i)``, so the result does not depend on the number of workers or on interruptions.
 `SubsampleRecords` holds the stacked records and computes the estimates.
+
+A run's identity is what changes what its models learn: the training and test data (a fingerprint
+of their contents), ``fraction``, ``seed``, ``batch_size``, the user's ``settings`` and, read off
+each built model and trainer, the module class and its hyperparameters, the optimizer and its
+settings, and the trainer's epoch and step limits, gradient accumulation, clipping and precision.
+Records of different runs are never mixed.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -30,6 +43,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.subsampling import (
     DEFAULT_MAX_BYTES,
     InfluenceEstimate,
@@ -43,7 +57,7 @@ from lightning_infomem.functional.subsampling import (
 )
 from lightning_infomem.reporting import write_csv
 
-__all__ = ["Builder", "SubsampleRecords", "load_records", "subset_mask", "train_on_subsets"]
+__all__ = ["Builder", "RecordError", "SubsampleRecords", "load_records", "subset_mask", "train_on_subsets"]
 
 Builder = Callable[[int], tuple[LightningModule, Trainer]]
 Predict = Callable[[LightningModule, Tensor], Tensor]
@@ -72,9 +86,53 @@ def _record_path(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, f"model_{index:05d}.pt")
 
 
-def _labels(dataset: Dataset) -> Tensor:
-    """Labels of ``(x, y)`` items, in order."""
-    return torch.cat([torch.as_tensor(y).reshape(-1) for _, y in DataLoader(dataset, batch_size=4096)]).long()
+class RecordError(ValueError):
+    """A record file (or the run's ``config.json``) is damaged or belongs to another run; the message names it."""
+
+
+def _labels_and_fingerprint(dataset: Dataset) -> tuple[Tensor, str]:
+    """Labels of ``(x, y)`` items, in order, and a hash of every item's contents."""
+    digest = hashlib.blake2b(digest_size=16)
+    labels = []
+    for x, y in DataLoader(dataset, batch_size=4096):
+        for value in (torch.as_tensor(x), torch.as_tensor(y)):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.view(torch.int16).numpy())
+        labels.append(torch.as_tensor(y).reshape(-1))
+    return torch.cat(labels).long(), digest.hexdigest()
+
+
+def _training_identity(module: LightningModule, trainer: Trainer) -> dict[str, Any]:
+    """What the built model and trainer say about how a model learns (compared between records)."""
+    hparams = getattr(module, "hparams", {}) or {}
+    identity: dict[str, Any] = {
+        "module": f"{type(module).__module__}.{type(module).__qualname__}",
+        "hparams": {str(k): repr(v) for k, v in sorted(dict(hparams).items(), key=lambda kv: str(kv[0]))},
+    }
+    for name in ("max_epochs", "min_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision"):
+        identity[name] = repr(getattr(trainer, name, None))
+    return identity
+
+
+def _optimizer_identity(trainer: Trainer) -> list[Any]:
+    """The optimizers' classes and constructor settings (``defaults``: unchanged by learning-rate schedules)."""
+    return [
+        [type(optimizer).__name__, {str(k): repr(v) for k, v in sorted(optimizer.defaults.items())}]
+        for optimizer in getattr(trainer, "optimizers", [])
+    ]
+
+
+def _describe_difference(
+    first: Mapping[str, Any], second: Mapping[str, Any], first_label: str, second_label: str
+) -> str:
+    """The settings in which two identities differ, ``"key: value (label), value (label)"``."""
+    keys = sorted(set(first) | set(second))
+    return "; ".join(
+        f"{k}: {first.get(k)!r} ({first_label}), {second.get(k)!r} ({second_label})"
+        for k in keys
+        if first.get(k) != second.get(k)
+    )
 
 
 @torch.no_grad()
@@ -93,7 +151,30 @@ def _correct(module: LightningModule, dataset: Dataset, predict: Optional[Predic
 _JOB: dict[str, Any] = {}
 
 
+def _exit_with_parent() -> None:
+    """In a worker process: exit as soon as the process that started it dies (even by SIGKILL).
+
+    Otherwise orphaned workers would go on writing records for seconds, racing a rerun started at once.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lightning_infomem-parent-watch", daemon=True).start()
+
+
+def _parent_alive() -> bool:
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
+
+
 def _init_worker(job: dict[str, Any]) -> None:
+    if job.get("in_worker"):
+        _exit_with_parent()
     _JOB.clear()
     _JOB.update(job)
     torch.set_num_threads(job["threads"])
@@ -102,7 +183,7 @@ def _init_worker(job: dict[str, Any]) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _train_one(index: int) -> tuple[int, float]:
+def _train_one(index: int) -> tuple[int, float, dict[str, Any]]:
     job = _JOB
     start = time.perf_counter()
     train, n = job["train"], job["num_train"]
@@ -112,6 +193,7 @@ def _train_one(index: int) -> tuple[int, float]:
     random.seed(init_seed)
     np.random.seed(init_seed)  # noqa: NPY002 (the global generator user code may rely on)
     module, trainer = job["build"](index)
+    training = _training_identity(module, trainer)
     loader = DataLoader(
         Subset(train, torch.nonzero(mask)[:, 0].tolist()),
         batch_size=job["batch_size"],
@@ -119,10 +201,13 @@ def _train_one(index: int) -> tuple[int, float]:
         generator=torch.Generator().manual_seed(init_seed),
     )
     trainer.fit(module, loader)
+    training["optimizers"] = _optimizer_identity(trainer)
     record = {
         "index": index,
         "seed": job["seed"],
         "fraction": job["fraction"],
+        "run": job["identity"],
+        "training": training,
         "mask": mask,
         "train_correct": _correct(module, train, job["predict"], job["eval_batch_size"]),
         "test_correct": None
@@ -130,11 +215,68 @@ def _train_one(index: int) -> tuple[int, float]:
         else _correct(module, job["test"], job["predict"], job["eval_batch_size"]),
         "seconds": time.perf_counter() - start,
     }
-    path = _record_path(job["out_dir"], index)
-    tmp = f"{os.path.join(job['out_dir'], '.tmp')}_{index:05d}_{os.getpid()}.pt"
-    torch.save(record, tmp)
+    _write_record(record, job["out_dir"], index)
+    return index, record["seconds"], training
+
+
+def _write_record(record: dict[str, Any], out_dir: str, index: int) -> None:
+    """Write a record so that a crash leaves it complete or absent: temp file, flush, fsync, atomic rename."""
+    path = _record_path(out_dir, index)
+    tmp = f"{os.path.join(out_dir, '.tmp')}_{index:05d}_{os.getpid()}.pt"
+    with open(tmp, "wb") as handle:
+        torch.save(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if not _parent_alive():  # the run was killed: leave nothing for a rerun to race with
+        os.remove(tmp)
+        os._exit(1)
     os.replace(tmp, path)
-    return index, record["seconds"]
+    _fsync_directory(out_dir)
+
+
+def _fsync_directory(path: str) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on some platforms (Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _read_record(path: str) -> dict[str, Any]:
+    """A record file's contents, checked for the fields and shapes a record has; `RecordError` names the file."""
+    try:
+        record = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, empty or not a torch file: all mean "damaged"
+        first_line = (str(error).splitlines() or [""])[0][:160]
+        raise RecordError(
+            f"record {path} cannot be read: it is truncated, empty or not a record ({type(error).__name__}: "
+            f"{first_line})"
+        ) from error
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"holds a {type(record).__name__}, not a record"
+    else:
+        missing = [k for k in ("index", "mask", "train_correct", "test_correct", "run", "training") if k not in record]
+        if missing:
+            problem = f"lacks {missing} (written by another program or an older version)"
+        elif not (
+            isinstance(record["mask"], Tensor) and record["mask"].dtype == torch.bool and record["mask"].ndim == 1
+        ):
+            problem = "has no boolean subset mask"
+        elif not (
+            isinstance(record["train_correct"], Tensor) and record["train_correct"].shape == record["mask"].shape
+        ):
+            problem = "has training correctness of another shape than its mask"
+        elif os.path.basename(path) != os.path.basename(_record_path("", int(record["index"]))):
+            problem = f"holds the record of model {record['index']}"
+    if problem:
+        raise RecordError(f"record {path} {problem}")
+    return record
 
 
 def _format_seconds(seconds: float) -> str:
@@ -149,20 +291,54 @@ def _format_seconds(seconds: float) -> str:
 def _check_config(out_dir: str, config: dict[str, Any]) -> None:
     path = os.path.join(out_dir, _CONFIG)
     if os.path.exists(path):
-        with open(path) as handle:
-            saved = json.load(handle)
+        try:
+            with open(path) as handle:
+                saved = json.load(handle)
+            if not isinstance(saved, dict):
+                raise ValueError(f"holds a {type(saved).__name__}, not a settings object")
+        except ValueError as error:
+            raise RecordError(
+                f"{path} is damaged ({error}); it records the settings of the run in {out_dir}: restore it, "
+                "delete it to rebuild it from the records' own identity, or use a new out_dir"
+            ) from None
         different = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
         if different:
             details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
             raise ValueError(
-                f"{out_dir} holds models of a different run ({details}); pass the same settings and data to "
-                f"continue it, or a new out_dir"
+                f"{out_dir} holds models of a different run ({details}; see {path}); pass the same settings and "
+                "data to continue it, or a new out_dir"
             )
         return
     tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as handle:
         json.dump(config, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _verified_records(out_dir: str, num_models: int, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The sound records of this run in ``out_dir``; damaged ones are set aside (to retrain), foreign ones refused."""
+    sound: dict[int, dict[str, Any]] = {}
+    for index in range(num_models):
+        path = _record_path(out_dir, index)
+        if not os.path.exists(path):
+            continue
+        try:
+            record = _read_record(path)
+        except RecordError as error:
+            aside = path + ".damaged"
+            os.replace(path, aside)
+            warnings.warn(f"subsampling: {error}; moved it to {aside} and training model {index} again", stacklevel=3)
+            continue
+        if record["run"] != identity:
+            raise RecordError(
+                f"record {path} belongs to another run "
+                f"({_describe_difference(record['run'], identity, 'that record', 'this call')}); "
+                "continue that run with its own settings, or use a new out_dir"
+            )
+        sound[index] = record
+    return sound
 
 
 def train_on_subsets(
@@ -182,6 +358,7 @@ def train_on_subsets(
     eval_batch_size: int = 1024,
     progress: bool = True,
     quiet: bool = True,
+    settings: Optional[Mapping[str, Any]] = None,
 ) -> SubsampleRecords:
     """Train ``num_models`` models on random subsets (resumable, parallel) and return their records.
 
@@ -198,9 +375,13 @@ def train_on_subsets(
     ``functools.partial`` of one) importable by the workers, not a lambda or a local function, and a
     script using workers needs an ``if __name__ == "__main__":`` guard.
 
-    Resume: records already in ``out_dir`` are kept and their models skipped, so rerunning the same call
-    after a crash or Ctrl-C continues where it stopped (``out_dir/config.json`` guards against mixing
-    runs with other data, ``fraction`` or ``seed``). Raising ``num_models`` later adds models.
+    Resume: records already in ``out_dir`` are verified and their models skipped, so rerunning the same
+    call after a crash or Ctrl-C continues where it stopped. A damaged record (truncated, empty,
+    unreadable) is moved aside to ``model_XXXXX.pt.damaged`` and its model trained again, with a
+    warning naming it; a record of another run (other data, ``fraction``, ``seed``, ``batch_size`` or
+    ``settings``, also when ``config.json`` was deleted) and a model built with other training settings
+    than the records already there raise `RecordError` naming the file. Raising ``num_models`` later
+    adds models.
 
     Args:
         build: ``index -> (LightningModule, Trainer)``, fresh objects each call.
@@ -218,6 +399,9 @@ def train_on_subsets(
         eval_batch_size: batch size when predicting the datasets.
         progress: print progress and the estimated time left to stderr.
         quiet: silence Lightning's info messages while training.
+        settings: anything else that changes what the models learn and that the run cannot see (data
+            augmentation, a pretrained checkpoint, ...), as a JSON-serialisable mapping; part of the run's
+            identity.
 
     Returns:
         `SubsampleRecords` of all models finished in ``out_dir`` with index ``< num_models``.
@@ -245,37 +429,49 @@ def train_on_subsets(
         >>> records.in_train.shape, records.memorization().value.shape
         (torch.Size([4, 20]), torch.Size([20]))
     """
-    if not isinstance(num_models, int) or num_models < 1:
-        raise ValueError(f"num_models must be a positive integer, received {num_models!r}")
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1) (the paper uses 0.7), received {fraction!r}")
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, received {workers!r}")
-    if max_models is not None and (not isinstance(max_models, int) or max_models < 0):
-        raise ValueError(f"max_models must be an integer >= 0 or None, received {max_models!r}")
+    num_models = check_int(num_models, "num_models", minimum=1)
+    fraction = check_float(
+        fraction, "fraction", minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True
+    )
+    seed = check_int(seed, "seed")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    workers = check_int(workers, "workers", minimum=1)
+    threads_per_worker = check_int(threads_per_worker, "threads_per_worker", minimum=1)
+    max_models = check_optional_int(max_models, "max_models", minimum=0)
+    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
+    try:
+        user_settings = json.loads(json.dumps(dict(settings or {}), sort_keys=True))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"settings must be a JSON-serialisable mapping, received {settings!r} ({error})") from None
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    train_labels = _labels(train_dataset)
-    test_labels = None if test_dataset is None else _labels(test_dataset)
-    config = {
+    train_labels, train_fingerprint = _labels_and_fingerprint(train_dataset)
+    test_labels, test_fingerprint = (None, None) if test_dataset is None else _labels_and_fingerprint(test_dataset)
+    identity = {
         "num_train": int(train_labels.numel()),
         "num_test": None if test_labels is None else int(test_labels.numel()),
         "fraction": float(fraction),
         "seed": int(seed),
-        "train_labels_checksum": int((train_labels * torch.arange(1, train_labels.numel() + 1)).sum()),
+        "batch_size": int(batch_size),
+        "train_fingerprint": train_fingerprint,
+        "test_fingerprint": test_fingerprint,
+        "settings": user_settings,
     }
-    _check_config(out_dir, config)
+    _check_config(out_dir, identity)
     for stale in glob.glob(os.path.join(out_dir, ".tmp_*.pt")):
         os.remove(stale)  # left by a killed run
 
-    todo = [i for i in range(num_models) if not os.path.exists(_record_path(out_dir, i))]
+    existing = _verified_records(out_dir, num_models, identity)
+    reference_training = next(iter(existing.values()))["training"] if existing else None
+    reference_path = _record_path(out_dir, next(iter(existing))) if existing else None
+    todo = [i for i in range(num_models) if i not in existing]
     if max_models is not None:
         todo = todo[:max_models]
     job = {
         "build": build,
         "train": train_dataset,
         "test": test_dataset,
-        "num_train": config["num_train"],
+        "num_train": identity["num_train"],
         "fraction": float(fraction),
         "seed": int(seed),
         "batch_size": batch_size,
@@ -284,11 +480,23 @@ def train_on_subsets(
         "out_dir": out_dir,
         "threads": threads_per_worker,
         "quiet": quiet,
+        "identity": identity,
     }
-    done_before = num_models - len([i for i in range(num_models) if not os.path.exists(_record_path(out_dir, i))])
+    done_before = len(existing)
     start = time.perf_counter()
 
-    def report(count: int) -> None:
+    def finished(count: int, index: int, training: dict[str, Any]) -> None:
+        nonlocal reference_training, reference_path
+        if reference_training is None:
+            reference_training, reference_path = training, _record_path(out_dir, index)
+        elif training != reference_training:
+            raise RecordError(
+                f"model {index} was built with other training settings than {reference_path} "
+                f"({_describe_difference(training, reference_training, f'model {index}', 'earlier records')}); "
+                "records of one out_dir must come from "
+                f"one run: build the models as before, or use a new out_dir (the new record is "
+                f"{_record_path(out_dir, index)})"
+            )
         if not progress:
             return
         elapsed = time.perf_counter() - start
@@ -308,8 +516,8 @@ def train_on_subsets(
                 try:
                     _init_worker(job)
                     for count, index in enumerate(todo, 1):
-                        _train_one(index)
-                        report(count)
+                        _, _, training = _train_one(index)
+                        finished(count, index, training)
                 finally:
                     torch.set_num_threads(saved_threads)
                     _JOB.clear()
@@ -318,13 +526,14 @@ def train_on_subsets(
                         logging.getLogger(name).setLevel(level)
             else:
                 context = multiprocessing.get_context("spawn")
-                with context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(job,)) as pool:
-                    for count, _ in enumerate(pool.imap_unordered(_train_one, todo, chunksize=1), 1):
-                        report(count)
+                worker_job = {**job, "in_worker": True}
+                with context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(worker_job,)) as pool:
+                    for count, (index, _, training) in enumerate(pool.imap_unordered(_train_one, todo, chunksize=1), 1):
+                        finished(count, index, training)
         except KeyboardInterrupt:
-            finished = len([i for i in range(num_models) if os.path.exists(_record_path(out_dir, i))])
+            finished_models = len([i for i in range(num_models) if os.path.exists(_record_path(out_dir, i))])
             print(
-                f"subsampling: interrupted; {finished}/{num_models} model records are saved in {out_dir}, "
+                f"subsampling: interrupted; {finished_models}/{num_models} model records are saved in {out_dir}, "
                 f"rerun the same call to continue",
                 file=sys.stderr,
             )
@@ -340,6 +549,10 @@ def load_records(
 ) -> SubsampleRecords:
     """Stack the records in ``out_dir`` (those with index ``< num_models``, or all), in index order.
 
+    Every record is read and checked: a damaged one, records of different runs (data, ``fraction``,
+    ``seed``, ``batch_size``, ``settings``) and models built with different training settings raise
+    `RecordError` naming the first odd file.
+
     Example:
         >>> import tempfile
         >>> load_records(tempfile.mkdtemp())  # doctest: +ELLIPSIS
@@ -349,9 +562,24 @@ def load_records(
     """
     out_dir = os.fspath(out_dir)
     paths = sorted(glob.glob(os.path.join(out_dir, "model_*.pt")))
-    records = [torch.load(p, weights_only=True) for p in paths]
-    if num_models is not None:
-        records = [r for r in records if r["index"] < num_models]
+    records, first = [], None
+    for path in paths:
+        record = _read_record(path)
+        if num_models is not None and record["index"] >= num_models:
+            continue
+        if first is None:
+            first = (path, record)
+        else:
+            for part, what in (("run", "another run"), ("training", "models built with other training settings")):
+                if record[part] != first[1][part]:
+                    raise RecordError(
+                        f"record {path} belongs to {what} than {first[0]} "
+                        f"({_describe_difference(record[part], first[1][part], 'that record', 'the first')}); "
+                        "keep one run per out_dir"
+                    )
+            if (record["test_correct"] is None) != (first[1]["test_correct"] is None):
+                raise RecordError(f"record {path} and {first[0]} disagree on whether there is a test set")
+        records.append(record)
     if not records:
         raise ValueError(f"no model records (model_*.pt) in {out_dir}; train them with train_on_subsets first")
     has_test = records[0]["test_correct"] is not None

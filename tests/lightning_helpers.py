@@ -230,7 +230,7 @@ class HistoryDump(Callback):
                 {
                     "history": callback.history,
                     "neuron_indices": callback.neuron_indices,
-                    "samples_seen": dict(callback._seen),
+                    "samples_seen": dict(callback.measurement.seen),
                     "world_size": world_size,
                 },
                 self.path,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +27,7 @@ from lightning_infomem.functional import (
     memorization_from_masks,
     rms_error_bound,
 )
+from lightning_infomem.subsampling import RecordError
 
 NUM_MODELS = 6
 
@@ -184,3 +190,138 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Any) -> None:
     _run(tmp_path, num_models=1)
     with pytest.raises(ValueError, match="different run.*fraction"):
         _run(tmp_path, num_models=1, fraction=0.5)
+
+
+# ----------------------------------------------------------------------------- damaged and foreign records
+def build_longer(index: int) -> tuple[Any, Any]:
+    return DigitsMLP(lr=0.02, hidden=16), fast_trainer(".", max_epochs=3)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
+def test_damaged_record_is_retrained_with_a_warning_naming_it(tmp_path: Any, reference: SubsampleRecords, damage):
+    _run(tmp_path)
+    path = tmp_path / "model_00003.pt"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"not a torch file"}[damage])
+    with pytest.raises(RecordError, match="model_00003.pt cannot be read"):
+        load_records(tmp_path)
+    with pytest.warns(UserWarning, match=r"model_00003.pt cannot be read.*training model 3 again"):
+        again = _run(tmp_path)
+    _assert_same(again, reference)
+    assert (tmp_path / "model_00003.pt.damaged").exists()
+
+
+def test_rerun_without_config_at_another_fraction_is_refused(tmp_path: Any) -> None:
+    _run(tmp_path, num_models=2)
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(
+        RecordError, match=r"model_00000.pt belongs to another run \(fraction: 0.7 \(that record\), 0.5"
+    ):
+        _run(tmp_path, num_models=3, fraction=0.5)
+
+
+def test_record_of_another_seed_is_refused(tmp_path: Any) -> None:
+    _run(tmp_path / "a", num_models=2)
+    _run(tmp_path / "b", num_models=3, seed=7)
+    shutil.copy(tmp_path / "b" / "model_00002.pt", tmp_path / "a" / "model_00002.pt")
+    with pytest.raises(RecordError, match=r"model_00002.pt belongs to another run.*seed: 7"):
+        load_records(tmp_path / "a")
+    with pytest.raises(RecordError, match=r"model_00002.pt belongs to another run.*seed: 7"):
+        _run(tmp_path / "a", num_models=3)
+
+
+def test_models_built_with_other_training_settings_are_refused(tmp_path: Any) -> None:
+    _run(tmp_path, num_models=2)
+    with pytest.raises(RecordError, match=r"model 2 was built with other training settings.*max_epochs"):
+        _run(tmp_path, builder=build_longer, num_models=3)
+    with pytest.raises(RecordError, match=r"model_00002.pt belongs to models built with other training settings"):
+        load_records(tmp_path)
+
+
+def test_damaged_config_is_named(tmp_path: Any) -> None:
+    _run(tmp_path, num_models=1)
+    (tmp_path / "config.json").write_text("{ not json")
+    with pytest.raises(RecordError, match=r"config.json is damaged"):
+        _run(tmp_path, num_models=1)
+
+
+def test_runner_arguments_are_checked(tmp_path: Any) -> None:
+    for kwargs in ({"num_models": 2.0}, {"workers": True}, {"fraction": 1.0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            _run(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="settings must be a JSON"):
+        _run(tmp_path, settings={"augment": object()})
+
+
+KILL_SCRIPT = """
+import os, sys, time
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from lightning.pytorch import LightningModule, Trainer
+from lightning_infomem import train_on_subsets
+
+
+class Slow(LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.05)
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def build(index):
+    pids = os.path.join(sys.argv[1], "pids")
+    os.makedirs(pids, exist_ok=True)
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    return Slow(), Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, accelerator="cpu")
+
+
+if __name__ == "__main__":
+    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    train_on_subsets(build, data, sys.argv[1], num_models=40, batch_size=8, workers=2, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie has exited
+        return handle.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("model_*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.name) for p in (out / "pids").iterdir()]
+        assert list(out.glob("model_*.pt")) and len(workers) == 2, "the run did not start"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    killed_at = time.monotonic()
+    records_at_kill = len(list(out.glob("model_*.pt")))
+    while any(_alive(pid) for pid in workers) and time.monotonic() < killed_at + 10:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "orphaned workers still run 10 s after the parent died"
+    assert time.monotonic() - killed_at < 5
+    assert len(list(out.glob("model_*.pt"))) <= records_at_kill + 1
+    assert not list(out.glob(".tmp_*"))

@@ -145,6 +145,9 @@ def input_loss_curvature_estimates(
     was_training = [module.training for module in modules]
     for module in modules:
         module.train(False)
+    if num_samples == 0:  # nothing to score: no forward pass (a model may not accept an empty batch)
+        empty = inputs.new_zeros(0)
+        return CurvatureEstimates(empty, empty.clone(), empty.clone())
     chunk = num_samples if chunk_size is None else chunk_size
     norm, squared, trace = [], [], []
     try:
@@ -171,9 +174,6 @@ def input_loss_curvature_estimates(
     finally:
         for module, mode in zip(modules, was_training, strict=True):
             module.train(mode)
-    if num_samples == 0:
-        empty = inputs.new_zeros(0)
-        return CurvatureEstimates(empty, empty.clone(), empty.clone())
     return CurvatureEstimates(torch.cat(norm), torch.cat(squared), torch.cat(trace))
 
 

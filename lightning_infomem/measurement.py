@@ -1,0 +1,257 @@
+"""One evaluation's information measurement of a set of layers: metrics, sample quota, range calibration.
+
+`InformationMeasures` keeps one `ActivationMeasurement` per validation dataloader; the
+measurement receives ``[batch, neurons]`` activations per layer (already reduced and subset) and
+turns them into per-layer entropy vectors and MI matrices, and into the values the callback logs.
+It knows nothing of Lightning: it is driven by ``observe`` and ``results`` calls, which makes it
+usable (and testable) on its own.
+
+Binning ranges are calibrated on each process's first ``calibration_samples / world_size``
+samples of every layer (gathered under DDP): one range per layer, per neuron, or one over all
+layers (``binning="global"``), from finite values only. A layer whose calibration samples hold no
+finite value keeps waiting for finite samples; at the end, a layer that never had one is
+undefined and its values are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
+from lightning_infomem.functional.mutual_information import mean_off_diagonal
+from lightning_infomem.metrics import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
+
+__all__ = ["ActivationMeasurement", "Binning", "LayerResult", "MeasurementSettings", "summarize"]
+
+Binning = Literal["layer", "neuron", "global"]
+
+
+@dataclass(frozen=True)
+class MeasurementSettings:
+    """Estimator settings shared by every layer of a measurement (see `InformationMeasures`)."""
+
+    entropy_bins: int = 100
+    mutual_info_bins: int = 16
+    binning: Binning = "layer"
+    range_quantile: float = 0.0
+    calibration_samples: int = 512
+    miller_madow: bool = False
+    max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES
+
+
+class LayerResult(NamedTuple):
+    """One layer's measurement: ``entropy`` ``[N]``, ``mutual_info`` ``[N, N]`` (diagonal: entropy), both
+    float64 and NaN where undefined, the ``clipped_fraction`` of its values (over all processes), and
+    whether the layer had any finite activation at all (``defined``)."""
+
+    entropy: Tensor
+    mutual_info: Tensor
+    clipped_fraction: float
+    defined: bool
+
+    @property
+    def mean_entropy(self) -> float:
+        """Mean entropy over the neurons with a defined entropy; NaN for an undefined layer."""
+        if not self.defined:
+            return math.nan
+        return float(torch.nanmean(self.entropy))
+
+    @property
+    def mean_mutual_info(self) -> float:
+        """Mean MI over the defined pairs (0 for one neuron: no pairs); NaN for an undefined layer."""
+        if not self.defined:
+            return math.nan
+        return float(mean_off_diagonal(self.mutual_info, nan_policy="omit"))
+
+
+def summarize(results: dict[str, LayerResult]) -> tuple[float, float]:
+    """``(entropy, mutual_info)`` over all layers: the mean over every defined neuron and every defined pair.
+
+    NaN when any layer is undefined (a diverged model must not look like a measured one); the MI is 0
+    when no layer has a pair of neurons.
+    """
+    if not results or any(not result.defined for result in results.values()):
+        return math.nan, math.nan
+    entropies = torch.cat([result.entropy for result in results.values()])
+    entropy = float(torch.nanmean(entropies))
+    pair_sum, pair_count = 0.0, 0
+    for result in results.values():
+        n = result.mutual_info.shape[0]
+        off = result.mutual_info[~torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)]
+        defined = ~torch.isnan(off)
+        pair_sum += float(off[defined].sum())
+        pair_count += int(defined.sum())
+    return entropy, (pair_sum / pair_count if pair_count else 0.0)
+
+
+class ActivationMeasurement:
+    """Streaming H and I of several layers over one stream of evaluation samples.
+
+    Args:
+        layer_names: the layers, in a fixed order (the order of collective steps under DDP).
+        settings: estimator settings.
+        max_samples: samples per layer over all processes (``None``: all).
+        world_size: number of processes sharing the samples (each takes ``ceil(max_samples / world_size)``).
+        distributed: whether this measurement runs under a distributed strategy (collective steps).
+
+    Example:
+        >>> import torch
+        >>> measurement = ActivationMeasurement(["a"], MeasurementSettings(calibration_samples=64))
+        >>> measurement.observe("a", torch.randn(100, 4))
+        >>> result = measurement.results()["a"]
+        >>> result.entropy.shape, result.mutual_info.shape, result.defined
+        (torch.Size([4]), torch.Size([4, 4]), True)
+    """
+
+    def __init__(
+        self,
+        layer_names: list[str],
+        settings: MeasurementSettings,
+        *,
+        max_samples: Optional[int] = None,
+        world_size: int = 1,
+        distributed: bool = False,
+    ) -> None:
+        self.layer_names = list(layer_names)
+        self.settings = settings
+        self.world_size = world_size
+        self.distributed = distributed
+        self.sample_quota = None if max_samples is None else -(-max_samples // world_size)
+        self.calibration_quota = -(-settings.calibration_samples // world_size)
+        self.entropy_metrics: dict[str, NeuronEntropy] = {}
+        self.mutual_info_metrics: dict[str, NeuronMutualInformation] = {}
+        self.seen = {name: 0 for name in self.layer_names}
+        self._held_back = {name: HeldBackSamples() for name in self.layer_names}
+        self._calibrated: set[str] = set()
+        self._first_calibration_done = False
+
+    # ------------------------------------------------------------------------------ sampling
+    def remaining(self, name: str) -> Optional[int]:
+        """Samples layer ``name`` still takes on this process (``None``: no limit)."""
+        if self.sample_quota is None:
+            return None
+        return max(0, self.sample_quota - self.seen[name])
+
+    def observe(self, name: str, activations: Tensor) -> None:
+        """Add a batch ``[B, N]`` of layer ``name`` (cut to the remaining quota by the caller or here)."""
+        remaining = self.remaining(name)
+        if remaining is not None:
+            activations = activations[:remaining]
+        if activations.shape[0] == 0:
+            return
+        self.seen[name] += int(activations.shape[0])
+        if name not in self.entropy_metrics:
+            self._create_metrics(name, activations)
+        if name in self._calibrated:
+            self._update(name, activations)
+            return
+        self._held_back[name].add(activations)
+        self._try_calibration(final=False)
+
+    def _create_metrics(self, name: str, activations: Tensor) -> None:
+        settings, width = self.settings, int(activations.shape[1])
+        common: dict[str, Any] = {
+            "miller_madow": settings.miller_madow,
+            "sync_on_compute": True,
+            "distributed_available_fn": lambda: self.distributed,
+        }
+        entropy = NeuronEntropy(width, settings.entropy_bins, **common)
+        mutual_info = NeuronMutualInformation(
+            width, settings.mutual_info_bins, max_state_bytes=settings.max_state_bytes, **common
+        )
+        self.entropy_metrics[name] = entropy.to(activations.device)
+        self.mutual_info_metrics[name] = mutual_info.to(activations.device)
+
+    def _update(self, name: str, activations: Tensor) -> None:
+        self.entropy_metrics[name].update(activations)
+        self.mutual_info_metrics[name].update(activations)
+
+    # --------------------------------------------------------------------------- calibration
+    def _target(self) -> int:
+        return self.calibration_quota if self.sample_quota is None else min(self.calibration_quota, self.sample_quota)
+
+    def _try_calibration(self, final: bool) -> None:
+        """Calibrate the layers whose held-back samples reached the target (all waiting layers if ``final``).
+
+        The first calibration waits until every layer has its samples, so that one global range can
+        pool them; afterwards a layer still without a range (no finite value yet) is retried on its own
+        (all of them together under global binning). Decisions depend only on sample counts, which are
+        equal on every process, so every process takes the same collective steps.
+        """
+        waiting = [name for name in self.layer_names if name not in self._calibrated and name in self.entropy_metrics]
+        if not waiting:
+            return
+        target = self._target()
+        if not self._first_calibration_done or self.settings.binning == "global":
+            watched = self.layer_names if not self._first_calibration_done else waiting
+            if final or all(self._held_back[name].rows >= target for name in watched):
+                self._calibrate(waiting, final)
+            return
+        for name in waiting:
+            if final or self._held_back[name].rows >= target:
+                self._calibrate([name], final)
+
+    def _calibrate(self, group: list[str], final: bool) -> None:
+        """Fix the ranges of ``group`` on its held-back samples (a collective step under DDP)."""
+        self._first_calibration_done = True
+        quota = self.calibration_quota
+        samples, local = {}, {}
+        for name in group:
+            width = self.entropy_metrics[name].num_neurons
+            device = self.entropy_metrics[name].counts.device
+            samples[name], local[name] = gather_calibration_samples(
+                self._held_back[name].take(), quota, width, device, distributed=self.distributed
+            )
+        ranges: dict[str, Optional[tuple[Tensor, Tensor]]]
+        if self.settings.binning == "global":
+            pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()]) if samples else torch.zeros(0, 1)
+            found = calibrated_range(pooled, quantile=self.settings.range_quantile)
+            ranges = {name: found for name in group}
+        else:
+            per_neuron = self.settings.binning == "neuron"
+            ranges = {
+                name: calibrated_range(samples[name], per_neuron=per_neuron, quantile=self.settings.range_quantile)
+                for name in group
+            }
+        for name in group:
+            found = ranges[name]
+            if found is None:  # no finite value: these samples are unusable; wait for finite ones
+                unusable = local[name] if final else local[name][:quota]
+                for metric in (self.entropy_metrics[name], self.mutual_info_metrics[name]):
+                    metric._count_unusable(unusable.shape[0])
+                if not final:
+                    self._held_back[name].keep([local[name][quota:]])
+                continue
+            low, high = found
+            self.entropy_metrics[name].set_value_range(low, high)
+            self.mutual_info_metrics[name].set_value_range(low, high)
+            if local[name].shape[0]:
+                self._update(name, local[name])
+            self._calibrated.add(name)
+
+    # ------------------------------------------------------------------------------- results
+    @property
+    def measured(self) -> list[str]:
+        """Layers that received activations (on this process)."""
+        return [name for name in self.layer_names if name in self.entropy_metrics]
+
+    def results(self) -> dict[str, LayerResult]:
+        """Finish calibration and compute every measured layer (collective steps under DDP)."""
+        self._try_calibration(final=True)
+        out: dict[str, LayerResult] = {}
+        for name in self.measured:
+            entropy_metric = self.entropy_metrics[name]
+            entropy = entropy_metric.compute()
+            mutual_info = self.mutual_info_metrics[name].compute()
+            with entropy_metric.sync_context(should_sync=self.distributed):  # all processes' small counters
+                clipped = entropy_metric.clipped_fraction
+                defined = int(entropy_metric.num_samples) * entropy_metric.num_neurons > int(
+                    entropy_metric.num_nonfinite
+                )
+            out[name] = LayerResult(entropy, mutual_info, clipped, defined)
+        return out
