@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
 from lightning_infomem.reporting import write_csv
 
@@ -185,29 +186,19 @@ class LossCurvature(Callback):
         prefix: str = "curvature",
         seed: int = 0,
     ) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, received {every_n_epochs!r}")
-        if not isinstance(num_probes, int) or isinstance(num_probes, bool) or num_probes < 1:
-            raise ValueError(f"num_probes must be a positive integer, received {num_probes!r}")
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < float("inf"):
-            raise ValueError(f"step must be a finite float > 0, received {step!r}")
-        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-            raise ValueError(f"max_batches must be a positive integer or None, received {max_batches!r}")
-        if not isinstance(num_images, int) or num_images < 0:
-            raise ValueError(f"num_images must be an integer >= 0, received {num_images!r}")
         self.dataloader = dataloader
-        self.every_n_epochs = every_n_epochs
-        self.num_probes = num_probes
-        self.step = step
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        self.num_probes = check_int(num_probes, "num_probes", minimum=1)
+        self.step = check_float(step, "step", minimum=0.0, exclusive_minimum=True)
         self.squared = squared
         self.loss_fn = loss_fn
         self.forward = forward
         self.batch_unpack = default_batch_unpack if batch_unpack is None else batch_unpack
-        self.max_batches = max_batches
-        self.num_images = num_images
+        self.max_batches = check_optional_int(max_batches, "max_batches", minimum=1)
+        self.num_images = check_int(num_images, "num_images", minimum=0)
         self.log_histogram = log_histogram
         self.prefix = prefix
-        self.seed = seed
+        self.seed = check_int(seed, "seed")
 
         self.score_sum = torch.zeros(0, dtype=torch.float64)
         self.num_scored = torch.zeros(0, dtype=torch.int64)

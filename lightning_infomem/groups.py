@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_infomem.checks import check_int
+
 __all__ = ["GroupAccuracy", "GroupMemorizationGap", "WorstGroupAccuracy", "group_accuracy_counts"]
 
 
-def _check_num_groups(num_groups: int) -> None:
-    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive integer, received {num_groups!r}")
+def _check_num_groups(num_groups: int) -> int:
+    return check_int(num_groups, "num_groups", minimum=1)
 
 
 def group_accuracy_counts(preds: Tensor, target: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
@@ -43,7 +44,7 @@ def group_accuracy_counts(preds: Tensor, target: Tensor, groups: Tensor, num_gro
         >>> correct.tolist(), total.tolist()
         ([2, 1], [2, 2])
     """
-    _check_num_groups(num_groups)
+    num_groups = _check_num_groups(num_groups)
     if preds.ndim == 2:
         preds = preds.argmax(dim=1)
     if preds.ndim != 1 or target.ndim != 1 or groups.ndim != 1:
@@ -100,7 +101,7 @@ class GroupAccuracy(Metric):
 
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_num_groups(num_groups)
+        num_groups = _check_num_groups(num_groups)
         self.num_groups = num_groups
         self.add_state("correct", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
@@ -172,7 +173,7 @@ class GroupMemorizationGap(Metric):
 
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_num_groups(num_groups)
+        num_groups = _check_num_groups(num_groups)
         self.num_groups = num_groups
         for name in ("train_correct", "train_total", "test_correct", "test_total"):
             self.add_state(name, torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")

@@ -9,6 +9,8 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from torch import Tensor, nn
 
+from lightning_infomem.checks import check_int
+
 __all__ = [
     "DEFAULT_MAX_LAYERS",
     "LayerSpec",
@@ -41,8 +43,7 @@ def default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> li
         >>> default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
         ['0', '2']
     """
-    if not isinstance(max_layers, int) or max_layers < 1:
-        raise ValueError(f"max_layers must be a positive integer, received {max_layers!r}")
+    max_layers = check_int(max_layers, "max_layers", minimum=1)
     names = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, *_CONV_TYPES))]
     hidden = names[:-1] if len(names) > 1 else names
     if len(hidden) <= max_layers:

@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_infomem.checks import check_int
 from lightning_infomem.groups import group_accuracy_counts
 
 __all__ = [
@@ -152,8 +153,7 @@ def critical_units(
         >>> len(units), units[0].score >= units[1].score
         (2, True)
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, received {k!r}")
+    k = check_int(k, "k", minimum=1)
     found = supported_layers(model, layers)
     scores: list[Unit] = []
     if method == "weight":

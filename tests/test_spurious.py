@@ -65,7 +65,7 @@ def test_memorization_gap() -> None:
 
 
 def test_group_metric_errors() -> None:
-    with pytest.raises(ValueError, match="num_groups must be a positive integer"):
+    with pytest.raises(ValueError, match="num_groups must be an integer >= 1"):
         GroupAccuracy(0)
     with pytest.raises(ValueError, match=r"group ids must be in \[0, 2\)"):
         group_accuracy_counts(torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), 2)

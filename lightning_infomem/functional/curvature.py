@@ -23,6 +23,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_infomem.checks import check_float, check_int, check_optional_int
+
 __all__ = ["CurvatureEstimates", "input_loss_curvature", "input_loss_curvature_estimates", "rademacher_probes"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -88,7 +90,9 @@ def _input_gradient(model: Callable[[Tensor], Tensor], loss_fn: LossFn, x: Tenso
     return grad
 
 
-def _check_args(inputs: Tensor, targets: Tensor, num_probes: int, step: float, chunk_size: Optional[int]) -> None:
+def _check_args(
+    inputs: Tensor, targets: Tensor, num_probes: int, step: float, chunk_size: Optional[int]
+) -> tuple[int, float, Optional[int]]:
     if not isinstance(inputs, Tensor) or inputs.ndim < 1:
         raise ValueError(f"inputs must be a tensor [S, ...], received {type(inputs).__name__}")
     if not inputs.is_floating_point():
@@ -98,12 +102,11 @@ def _check_args(inputs: Tensor, targets: Tensor, num_probes: int, step: float, c
             f"inputs and targets must have the same number of samples, received {inputs.shape[0]} and "
             f"{targets.shape[0]}"
         )
-    if not isinstance(num_probes, int) or isinstance(num_probes, bool) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive integer, received {num_probes!r}")
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0 or step == float("inf"):
-        raise ValueError(f"step must be a finite float > 0, received {step!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, received {chunk_size!r}")
+    return (
+        check_int(num_probes, "num_probes", minimum=1),
+        check_float(step, "step", minimum=0.0, exclusive_minimum=True),
+        check_optional_int(chunk_size, "chunk_size", minimum=1),
+    )
 
 
 def input_loss_curvature_estimates(
@@ -131,7 +134,7 @@ def input_loss_curvature_estimates(
         >>> estimates.norm.shape, estimates.squared_norm.shape, estimates.trace.shape
         (torch.Size([5]), torch.Size([5]), torch.Size([5]))
     """
-    _check_args(inputs, targets, num_probes, step, chunk_size)
+    num_probes, step, chunk_size = _check_args(inputs, targets, num_probes, step, chunk_size)
     loss_fn = _default_loss if loss_fn is None else loss_fn
     num_samples = inputs.shape[0]
     if probes is None:

@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.binning import check_activations
 
 __all__ = ["ksg_mutual_information"]
@@ -46,21 +47,18 @@ _CPU_CHUNK_ELEMENTS = 2**19  # CPU: a few MiB per temporary; much larger blocks 
 _DEVICE_CHUNK_ELEMENTS = 2**24  # accelerators: large blocks amortise kernel launches
 
 
-def _check_args(activations: Tensor, k: int, noise: float, max_chunk_elements: Optional[int]) -> None:
+def _check_args(
+    activations: Tensor, k: int, noise: float, max_chunk_elements: Optional[int]
+) -> tuple[int, float, Optional[int]]:
     check_activations(activations)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, received {k!r}")
+    k = check_int(k, "k", minimum=1)
     if k >= activations.shape[0]:
         raise ValueError(
             f"k must be smaller than the number of samples S (every sample needs k other samples), "
             f"received k={k} for activations of shape {list(activations.shape)}"
         )
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite float >= 0, received {noise!r}")
-    if max_chunk_elements is not None and (
-        isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, int) or max_chunk_elements < 1
-    ):
-        raise ValueError(f"max_chunk_elements must be None or a positive integer, received {max_chunk_elements!r}")
+    noise = check_float(noise, "noise", minimum=0.0)
+    max_chunk_elements = check_optional_int(max_chunk_elements, "max_chunk_elements", minimum=1)
     if activations.device.type == "mps":
         raise ValueError("ksg_mutual_information computes in float64, which MPS lacks; pass activations.cpu()")
     num_bad = int((~torch.isfinite(activations)).sum())
@@ -70,6 +68,7 @@ def _check_args(activations: Tensor, k: int, noise: float, max_chunk_elements: O
             f"of shape {list(activations.shape)}. Dropping samples pair by pair would give every pair its own S; "
             "filter the samples first, e.g. activations[torch.isfinite(activations).all(dim=1)]"
         )
+    return k, noise, max_chunk_elements
 
 
 def _prepare(activations: Tensor, standardize: bool, noise: float, generator: Optional[torch.Generator]) -> Tensor:
@@ -364,7 +363,7 @@ def ksg_mutual_information(
         >>> round(float(mean_off_diagonal(mi)), 3)  # the diagonal, psi(S) - psi(k), is left out
         0.136
     """
-    _check_args(activations, k, noise, max_chunk_elements)
+    k, noise, max_chunk_elements = _check_args(activations, k, noise, max_chunk_elements)
     num_samples, num_neurons = activations.shape
     device = activations.device
     if max_chunk_elements is None:

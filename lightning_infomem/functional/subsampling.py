@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from lightning_infomem.checks import check_float, check_int
+
 __all__ = [
     "InfluenceEstimate",
     "InfluenceTooLargeError",
@@ -269,8 +271,7 @@ def influence_topk(
     in_train, test_correct = _check_masks(in_train, test_correct, "test_correct")
     t, n = in_train.shape
     m = test_correct.shape[1]
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, received {k!r}")
+    k = check_int(k, "k", minimum=1)
     if (train_labels is None) != (test_labels is None):
         raise ValueError("pass both train_labels and test_labels (same-class top-k) or neither")
     train_labels = _check_labels(train_labels, n, "train_labels")
@@ -354,8 +355,8 @@ def rms_error_bound(num_models: int, fraction: float = 0.7) -> float:
         >>> round(rms_error_bound(2000, 0.7), 4)
         0.0488
     """
-    if not isinstance(num_models, int) or num_models < 1:
-        raise ValueError(f"num_models must be a positive integer, received {num_models!r}")
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), received {fraction!r}")
+    num_models = check_int(num_models, "num_models", minimum=1)
+    fraction = check_float(
+        fraction, "fraction", minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True
+    )
     return math.sqrt(1 / (fraction * num_models) + 1 / ((1 - fraction) * num_models))
