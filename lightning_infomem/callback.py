@@ -58,6 +58,11 @@ class InformationMeasures(Callback):
     Shortcut memorization shows low H and high I (monitor ``mode="min"`` on ``mutual_info`` or
     ``mode="max"`` on ``entropy`` to avoid it); fitting noisy labels shows high H and low I.
 
+    A layer with no finite activation in an evaluation (a diverged model) logs NaN for its keys and
+    for the overall ones, with one warning; ``ModelCheckpoint`` ranks NaN worst and
+    ``EarlyStopping(check_finite=True)`` stops on it. A layer of one monitored neuron logs its
+    entropy and an MI of 0 (no pairs). With ``prefix=""`` keys have no prefix (``entropy``).
+
     Args:
         layers: modules to monitor: exact names (``"net.0"``), glob patterns (``"encoder.layer.*"``),
             module types (``nn.Linear``), or a list of these. ``None``: up to four ``nn.Linear`` /
@@ -86,7 +91,8 @@ class InformationMeasures(Callback):
             measurements (0 disables).
         prefix: first part of every logged key; two instances with different prefixes coexist.
         seed: seed of the neuron subsets.
-        max_state_bytes: memory budget of each layer's MI histogram state.
+        max_state_bytes: memory budget of each layer's MI histogram state (``None``: no budget);
+            checked at setup where the module gives its width (``nn.Linear``, convolutions).
 
     Example:
         >>> import torch
