@@ -39,11 +39,14 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
 from lightning_infomem.checks import check_float, check_int, check_log_base, check_optional_int
 from lightning_infomem.functional.binning import (
+    BinGrid,
     ValueRange,
-    assign_bins,
+    bin_grid,
+    bin_positions,
     binning_dtype,
     check_activations,
     check_num_bins,
+    grid_bin_indices,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts
 from lightning_infomem.functional.mutual_information import (
@@ -133,6 +136,7 @@ class _ActivationHistogramMetric(Metric):
         low, high = self._fixed_value_range(value_range) if value_range is not None else (None, None)
         self.register_buffer("range_low", low, persistent=False)
         self.register_buffer("range_high", high, persistent=False)
+        self._grid = None
         self._held_back = HeldBackSamples()
 
         self.add_state("num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -255,7 +259,7 @@ class _ActivationHistogramMetric(Metric):
         if self.range_low is None:
             bins = torch.full(activations.shape, self.num_bins, dtype=torch.int64, device=activations.device)
         else:
-            bins = assign_bins(activations, self.range_low, self.range_high, self.num_bins)
+            bins = self._bins(activations)
         self._forward_cache = self._batch_value(bins).reshape(self._result_shape)
         return self._forward_cache
 
@@ -295,7 +299,7 @@ class _ActivationHistogramMetric(Metric):
             if not final:
                 self._held_back.keep([local[quota:]])
             return
-        self.range_low, self.range_high = (bound.to(torch.float64) for bound in found)
+        self._set_range(*found)
         if local.shape[0] > 0:
             self._count(local)
 
@@ -321,7 +325,7 @@ class _ActivationHistogramMetric(Metric):
             raise RuntimeError(f"{type(self).__name__} has already counted samples; call reset() before a new range")
         low_t, high_t = self._fixed_value_range((low, high))
         device = self.counts.device
-        self.range_low, self.range_high = low_t.to(device), high_t.to(device)
+        self._set_range(low_t.to(device), high_t.to(device))
         for activations in self._held_back.take():
             self._count(activations)
 
@@ -337,14 +341,34 @@ class _ActivationHistogramMetric(Metric):
         if self.range_low is None and (len(self._held_back) or self._distributed()):
             self._calibrate(final=True)
 
+    def _set_range(self, low: Optional[Tensor], high: Optional[Tensor]) -> None:
+        """Set (or clear) the range in use, as float64 tensors."""
+        self.range_low = None if low is None else low.to(torch.float64)
+        self.range_high = None if high is None else high.to(device=self.range_low.device, dtype=torch.float64)
+        self._grid: Optional[BinGrid] = None
+
+    def _bin_grid(self, device: torch.device) -> BinGrid:
+        """The range prepared for binning on ``device`` (one host synchronisation per range and device)."""
+        grid = getattr(self, "_grid", None)
+        if grid is None or grid.low.device != device:
+            assert self.range_low is not None and self.range_high is not None
+            grid = bin_grid(self.range_low.to(device), self.range_high.to(device), self.num_bins)
+            self._grid = grid
+        return grid
+
+    def _bins(self, activations: Tensor) -> Tensor:
+        """Bin indices of a batch on the metric's range."""
+        return grid_bin_indices(activations, self._bin_grid(activations.device))
+
     def _count(self, activations: Tensor) -> None:
+        grid = self._bin_grid(activations.device)
+        finite = torch.isfinite(activations)
         values = activations.to(binning_dtype(activations.device))
         low = self.range_low.to(device=values.device, dtype=values.dtype)
         high = self.range_high.to(device=values.device, dtype=values.dtype)
-        bins = assign_bins(values, low, high, self.num_bins)
-        finite = torch.isfinite(values)
+        bins = grid_bin_indices(activations, grid, finite=finite, positions=bin_positions(values, grid))
         self.num_samples += values.shape[0]
-        self.num_nonfinite += (~finite).sum()
+        self.num_nonfinite += finite.numel() - finite.sum()
         self.num_clipped += (((values < low) | (values > high)) & finite).sum()
         self.counts += histogram_counts(bins, self.num_bins)
         self._count_pairs(bins)
@@ -378,7 +402,7 @@ class _ActivationHistogramMetric(Metric):
         self._held_back = HeldBackSamples()
         self._clear_pending()
         if not self._fixed_range:
-            self.range_low, self.range_high = None, None
+            self._set_range(None, None)
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Add another metric's counts; both must bin with the same range."""
@@ -445,9 +469,9 @@ class _ActivationHistogramMetric(Metric):
             device = self.counts.device
             status = int(status)
             if status == _NO_RANGE:
-                self.range_low, self.range_high = None, None
+                self._set_range(None, None)
             else:
-                self.range_low, self.range_high = low.to(device), high.to(device)
+                self._set_range(low.to(device), high.to(device))
             self._fixed_range = status == _FIXED
             self._held_back = HeldBackSamples()
             if held.shape[0]:

@@ -12,7 +12,7 @@ overflows it. A range is read off finite values only; with none (no samples, or 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,13 +22,17 @@ from lightning_infomem.checks import check_float, check_int
 ValueRange = Union[None, Tuple[float, float], Tuple[Tensor, Tensor], Sequence[float]]
 
 __all__ = [
+    "BinGrid",
     "ValueRange",
     "assign_bins",
+    "bin_grid",
+    "bin_positions",
     "bin_indices",
     "calibrate_value_range",
     "check_activations",
     "binning_dtype",
     "check_num_bins",
+    "grid_bin_indices",
     "resolve_value_range",
 ]
 
@@ -108,10 +112,13 @@ def calibrate_value_range(
     """
     check_activations(activations)
     check_float(quantile, "quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True)
-    x = activations.detach().to(binning_dtype(activations.device))
+    dtype = binning_dtype(activations.device)
     dim = 0 if per_neuron else None
-    if quantile == 0.0 or x.numel() == 0:
-        return _finite_min_max(x, dim)
+    if quantile == 0.0 or activations.numel() == 0:
+        # the minimum and maximum are exact in the input's own dtype: no float64 copy needed
+        low, high = _finite_min_max(activations.detach(), dim)
+        return low.to(dtype), high.to(dtype)
+    x = activations.detach().to(dtype)
     x = torch.where(torch.isfinite(x), x, torch.nan)
     if not per_neuron:
         x = x.reshape(-1)
@@ -167,7 +174,70 @@ def bin_indices(activations: Tensor, num_bins: int, value_range: ValueRange = No
     check_activations(activations)
     num_bins = check_num_bins(num_bins)
     low, high = resolve_value_range(activations, value_range)
-    return assign_bins(activations, low, high, num_bins)
+    return grid_bin_indices(activations, bin_grid(low, high, num_bins))
+
+
+class BinGrid(NamedTuple):
+    """A binning range prepared once for many batches (see `bin_grid`): ``[N]`` or 0-d float64 tensors.
+
+    Attributes:
+        low: the range's lower bound, times ``factor``.
+        width: ``(high - low)`` times ``factor``; ``+inf`` where the range has zero width, so that
+            every value of such a neuron lands in bin 0.
+        factor: ``0.5`` where the width overflows float64 (values are halved first), ``None`` if none does.
+        defined: where the range is defined (not NaN); ``None`` if it is everywhere.
+        num_bins: the number of bins.
+    """
+
+    low: Tensor
+    width: Tensor
+    factor: Optional[Tensor]
+    defined: Optional[Tensor]
+    num_bins: int
+
+
+def bin_grid(low: Tensor, high: Tensor, num_bins: int, simplify: bool = True) -> BinGrid:
+    """Prepare ``[low, high]`` for `grid_bin_indices`, once per range rather than once per batch.
+
+    ``simplify=True`` drops the halving and the undefined-range check where no neuron needs them,
+    at the cost of one host synchronisation; ``simplify=False`` never synchronises.
+    """
+    dtype = binning_dtype(low.device)
+    low, high = low.to(dtype), high.to(device=low.device, dtype=dtype)
+    # (x - low) / (high - low) is unchanged by scaling all three by 1/2 (exactly, barring subnormals);
+    # halving only where the width overflows keeps every other range bit-for-bit as written
+    overflow = torch.isinf(high - low)
+    undefined = torch.isnan(low) | torch.isnan(high)
+    need_factor, need_defined = (bool(overflow.any()), bool(undefined.any())) if simplify else (True, True)
+    factor = torch.where(overflow, 0.5, 1.0).to(dtype) if need_factor else None
+    scaled_low, scaled_high = (low * factor, high * factor) if factor is not None else (low, high)
+    width = scaled_high - scaled_low
+    width = torch.where(width > 0, width, math.inf)  # zero width: (v - low) / inf = 0, bin 0
+    return BinGrid(scaled_low, width, factor, ~undefined if need_defined else None, num_bins)
+
+
+def bin_positions(values: Tensor, grid: BinGrid) -> Tensor:
+    """``(v - low) / (high - low) * num_bins`` of float64 ``values``, not yet floored or clamped."""
+    if grid.factor is not None:
+        values = values * grid.factor
+    return values.sub(grid.low).div_(grid.width).mul_(grid.num_bins)
+
+
+def grid_bin_indices(
+    activations: Tensor, grid: BinGrid, finite: Optional[Tensor] = None, positions: Optional[Tensor] = None
+) -> Tensor:
+    """`bin_indices` on a prepared `BinGrid` (no checks, no host synchronisation): ``[S, N]`` int64.
+
+    ``finite`` (``torch.isfinite(activations)``) and ``positions`` (`bin_positions`) may be passed
+    when the caller has them already; ``positions`` is consumed (floored in place).
+    """
+    if finite is None:
+        finite = torch.isfinite(activations)
+    if positions is None:
+        positions = bin_positions(activations.detach().to(binning_dtype(activations.device)), grid)
+    index = positions.floor_().clamp_(0, grid.num_bins - 1)
+    keep = finite if grid.defined is None else finite & grid.defined
+    return torch.where(keep, index, float(grid.num_bins)).to(torch.int64)
 
 
 def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -> Tensor:
@@ -177,23 +247,12 @@ def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -
     ``floor((v - low) / (high - low) * num_bins)`` as float64 computes it, whatever the range: a width
     beyond float32's maximum, a range below its smallest normal number, or (for float64 inputs) a
     width that overflows float64 itself, which is computed on halved values instead. A NaN bound
-    (an undefined range) sends every value of its neuron to the skip index ``num_bins``.
+    (an undefined range) sends every value of its neuron to the skip index ``num_bins``. For many
+    batches on one range, prepare it once with `bin_grid` and use `grid_bin_indices`.
     """
     dtype = binning_dtype(activations.device)
-    x = activations.detach().to(dtype)
-    low = low.to(device=x.device, dtype=dtype)
-    high = high.to(device=x.device, dtype=dtype)
-    # (x - low) / (high - low) is unchanged by scaling all three by 1/2 (exactly, barring subnormals);
-    # halving only where the width overflows keeps every other range bit-for-bit as written
-    factor = torch.where(torch.isinf(high - low), 0.5, 1.0).to(dtype)
-    scaled_low = low * factor
-    width = high * factor - scaled_low
-    positive = width > 0
-    position = (x * factor - scaled_low) / torch.where(positive, width, 1.0) * num_bins
-    position = torch.where(positive, position, 0.0)  # a zero-width range: every value in bin 0
-    index = position.floor_().clamp_(0, num_bins - 1)
-    defined = torch.isfinite(x) & ~(torch.isnan(low) | torch.isnan(high))
-    return torch.where(defined, index, float(num_bins)).to(torch.int64)
+    grid = bin_grid(low.to(activations.device), high.to(activations.device), num_bins, simplify=False)
+    return grid_bin_indices(activations, grid, positions=bin_positions(activations.detach().to(dtype), grid))
 
 
 def check_num_bins(num_bins: Any) -> int:
