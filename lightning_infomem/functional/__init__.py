@@ -1,11 +1,14 @@
 """Functional core: tensors in, tensors out. Binning, histograms, entropy, mutual information, loss curvature."""
 
 from lightning_infomem.functional.binning import (
+    BinGrid,
     ValueRange,
     assign_bins,
+    bin_grid,
     bin_indices,
     calibrate_value_range,
     check_activations,
+    grid_bin_indices,
     resolve_value_range,
 )
 from lightning_infomem.functional.curvature import (
@@ -41,6 +44,7 @@ from lightning_infomem.functional.subsampling import (
 )
 
 __all__ = [
+    "BinGrid",
     "CountingMethod",
     "CurvatureEstimates",
     "InfluenceEstimate",
@@ -49,10 +53,12 @@ __all__ = [
     "TopKInfluence",
     "ValueRange",
     "assign_bins",
+    "bin_grid",
     "bin_indices",
     "calibrate_value_range",
     "check_activations",
     "entropy_from_counts",
+    "grid_bin_indices",
     "histogram_counts",
     "influence_estimates",
     "influence_from_masks",
