@@ -1,11 +1,22 @@
-"""Choosing the monitored modules and turning their outputs into ``[batch, neurons]`` activations."""
+"""Choosing the monitored modules and turning their outputs into ``[batch, neurons]`` activations.
+
+Module names are the dotted names of ``model.named_modules()`` with the ``_orig_mod`` parts that
+``torch.compile`` inserts left out, so a layer has the same name whether or not (and however) the
+model was compiled.
+
+Patterns have path semantics: a name is a dotted path of parts, ``*`` matches within one part (no
+dot), ``**`` as a whole part matches any number of parts (none included), ``?`` one character and
+``[...]`` one of a set, all within a part. ``"blocks.*"`` selects the items of ``blocks`` and
+nothing below them; ``"**.output"`` selects every module named ``output`` at any depth.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 from torch import Tensor, nn
 
@@ -13,10 +24,14 @@ from lightning_infomem.checks import check_int
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",
+    "DefaultLayers",
     "LayerSpec",
     "OutputTransform",
+    "choose_default_layers",
     "default_layers",
+    "match_layer_pattern",
     "module_output_width",
+    "named_layers",
     "resolve_layers",
     "to_neuron_activations",
 ]
@@ -25,34 +40,191 @@ LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
 OutputTransform = Callable[[Any], Tensor]
 SequenceReduction = Literal["first", "mean"]
 
-DEFAULT_MAX_LAYERS = 4
+DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_COMPILED_PART = "_orig_mod"
+
+
+# ------------------------------------------------------------------------------------------ names
+def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every submodule, in registration order, named as if nothing were compiled.
+
+    ``torch.compile(module)`` wraps a module in an ``OptimizedModule`` whose child ``_orig_mod`` is the
+    module itself; both get the module's own name here, and the name maps to the real module (the
+    one that runs, and whose forward hooks the compiled graph includes). The root is left out.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 3))
+        >>> model[0] = torch.compile(model[0])
+        >>> [name for name, _ in named_layers(model)]
+        ['0']
+    """
+    layers: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        clean = ".".join(part for part in name.split(".") if part != _COMPILED_PART) if name else ""
+        if clean:
+            layers[clean] = module  # a later _orig_mod replaces its wrapper: the real module
+    return list(layers.items())
+
+
+def match_layer_pattern(pattern: str, name: str) -> bool:
+    """Whether the dotted ``name`` matches ``pattern`` with path semantics (see the module docs).
+
+    Example:
+        >>> match_layer_pattern("blocks.*", "blocks.11"), match_layer_pattern("blocks.*", "blocks.11.mlp")
+        (True, False)
+        >>> match_layer_pattern("**.output", "encoder.layer.0.output"), match_layer_pattern("**.output", "output")
+        (True, True)
+    """
+    return _match_parts(pattern.split("."), name.split("."))
+
+
+def _match_parts(pattern: Sequence[str], name: Sequence[str]) -> bool:
+    if not pattern:
+        return not name
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match_parts(rest, name[i:]) for i in range(len(name) + 1))
+    return bool(name) and fnmatch.fnmatchcase(name[0], head) and _match_parts(rest, name[1:])
+
+
+def _is_pattern(spec: str) -> bool:
+    return any(ch in spec for ch in "*?[")
+
+
+# ------------------------------------------------------------------------------- default layers
+class DefaultLayers(NamedTuple):
+    """The default choice of layers: ``names``, the architecture ``family`` it was recognised as, and a
+    one-line ``description`` of what was picked (printed when the callback starts)."""
+
+    names: list[str]
+    family: Literal["transformer", "cnn", "mlp", "none"]
+    description: str
+
+
+class _BlockList(NamedTuple):
+    name: str
+    module: nn.Module
+    items: list[tuple[str, nn.Module]]
+
+
+def _block_lists(layers: list[tuple[str, nn.Module]]) -> list[_BlockList]:
+    """Containers whose items (two or more) are all composite blocks of one class: repeated blocks."""
+    found = []
+    for name, module in layers:
+        if not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            continue
+        items = [(f"{name}.{child}", block) for child, block in module.named_children()]
+        if len(items) < 2:
+            continue
+        block_type = type(_unwrap(items[0][1]))
+        if block_type in _CONTAINERS or isinstance(_unwrap(items[0][1]), _CONTAINERS):
+            continue
+        if not all(type(_unwrap(block)) is block_type for _, block in items):
+            continue
+        if not any(True for _ in _unwrap(items[0][1]).children()) or not any(True for _ in module.parameters()):
+            continue  # bare layers (a list of Linear) are not blocks
+        found.append(_BlockList(name, module, items))
+    return found
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, _COMPILED_PART, module)
+
+
+def _signature(module: nn.Module) -> tuple:
+    return tuple(tuple(p.shape) for p in _unwrap(module).parameters())
+
+
+def _evenly_spaced(names: list[str], max_layers: int) -> list[str]:
+    """At most ``max_layers`` of ``names``, evenly spaced, always including the first and the deepest."""
+    if len(names) <= max_layers:
+        return list(names)
+    if max_layers == 1:
+        return names[-1:]
+    last = len(names) - 1
+    picks = sorted({round(last - k * last / (max_layers - 1)) for k in range(max_layers)})
+    return [names[i] for i in picks]
+
+
+def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> DefaultLayers:
+    """The layers monitored when none are named, found from the module tree (no list of model names).
+
+    What the paper measures, by architecture family:
+
+    - **transformer / ViT**: a container (``ModuleList`` or ``Sequential``) of two or more blocks of one
+      class with identical parameter shapes (HF ``encoder.layer``, ``transformer.h``, timm ``blocks``):
+      each block's output, the hidden state whose first token (or mean, see ``sequence_reduction``)
+      is taken;
+    - **CNN**: several such containers whose blocks have the same class but different widths (the
+      stages ``layer1`` .. ``layer4`` of a ResNet): each stage's output, averaged over space;
+    - **MLP** (anything else): every ``nn.Linear`` (or, without any, convolution) but the last (the
+      output head, whose neurons are the logits): the pre-activation outputs.
+
+    Where the family has more than ``max_layers`` candidates, that many evenly spaced ones, always
+    including the first and the deepest. Where several block containers qualify, the one with the
+    most parameters wins.
+
+    Example:
+        >>> from torch import nn
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> choose_default_layers(mlp).names
+        ['0', '2']
+    """
+    max_layers = check_int(max_layers, "max_layers", minimum=1)
+    layers = named_layers(model)
+    lists = _block_lists(layers)
+    if lists:
+        groups: dict[tuple, list[_BlockList]] = {}
+        for block_list in lists:
+            groups.setdefault((type(_unwrap(block_list.items[0][1])),), []).append(block_list)
+        group = max(groups.values(), key=lambda g: sum(p.numel() for b in g for p in b.module.parameters()))
+        signatures = {_signature(block_list.items[0][1]) for block_list in group}
+        block_type = type(_unwrap(group[0].items[0][1])).__name__
+        if len(group) >= 2 and len(signatures) > 1:  # stages of different widths: a CNN
+            stages = [b.name if not isinstance(b.module, nn.ModuleList) else b.items[-1][0] for b in group]
+            names = _evenly_spaced(stages, max_layers)
+            description = (
+                f"CNN stages ({len(group)} containers of {block_type} blocks of different widths): "
+                f"{len(names)} stage outputs, averaged over space"
+            )
+            return DefaultLayers(names, "cnn", description)
+        blocks = [name for block_list in group for name, _ in block_list.items]
+        names = _evenly_spaced(blocks, max_layers)
+        where = ", ".join(repr(b.name) for b in group)
+        description = (
+            f"transformer blocks ({len(blocks)} {block_type} blocks in {where}): "
+            f"{len(names)} block outputs, one token per sample (sequence_reduction)"
+        )
+        return DefaultLayers(names, "transformer", description)
+    linear = [name for name, module in layers if isinstance(_unwrap(module), nn.Linear)]
+    conv = [name for name, module in layers if isinstance(_unwrap(module), _CONV_TYPES)]
+    candidates = [name for name, module in layers if isinstance(_unwrap(module), (nn.Linear, *_CONV_TYPES))]
+    if not candidates:
+        return DefaultLayers([], "none", "no nn.Linear, convolution or repeated block to monitor")
+    hidden = candidates[:-1] if len(candidates) > 1 else candidates
+    names = _evenly_spaced(hidden, max_layers)
+    kinds = "linear" if not conv else ("convolution" if not linear else "linear and convolution")
+    description = (
+        f"MLP-style: {len(names)} of {len(hidden)} hidden {kinds} layers (pre-activation outputs; "
+        "the last one, the output head, is left out)"
+    )
+    return DefaultLayers(names, "mlp", description)
 
 
 def default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> list[str]:
-    """The layers monitored when none are named.
-
-    Every ``nn.Linear`` and convolution in registration order, without the last one (the output
-    head, whose neurons are the logits); if there are more than ``max_layers``, that many evenly
-    spaced ones, always including the deepest. The paper monitors the pre-activation outputs of
-    the hidden linear layers, which is what this picks for an MLP.
+    """The names of `choose_default_layers`.
 
     Example:
         >>> from torch import nn
         >>> default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
         ['0', '2']
     """
-    max_layers = check_int(max_layers, "max_layers", minimum=1)
-    names = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, *_CONV_TYPES))]
-    hidden = names[:-1] if len(names) > 1 else names
-    if len(hidden) <= max_layers:
-        return hidden
-    if max_layers == 1:
-        return hidden[-1:]
-    last = len(hidden) - 1
-    picks = sorted({round(last - k * last / (max_layers - 1)) for k in range(max_layers)})
-    return [hidden[i] for i in picks]
+    return choose_default_layers(model, max_layers).names
 
 
 def module_output_width(module: nn.Module) -> Optional[int]:
@@ -66,6 +238,7 @@ def module_output_width(module: nn.Module) -> Optional[int]:
         >>> module_output_width(nn.Conv2d(3, 16, 3)), module_output_width(nn.ReLU())
         (16, None)
     """
+    module = _unwrap(module)
     if isinstance(module, nn.Linear):
         return int(module.out_features)
     if isinstance(module, _CONV_TYPES):
@@ -79,32 +252,41 @@ def module_output_width(module: nn.Module) -> Optional[int]:
     return None
 
 
+# ------------------------------------------------------------------------------- named layers
 def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
-    """Module names selected by exact names, glob patterns or module types, in registration order.
+    """Module names selected by exact names, path patterns or module types, in registration order.
 
+    Names are those of `named_layers` (no ``_orig_mod``); patterns have path semantics (module docs).
     A module type can also be given as its dotted class path (``"torch.nn.Linear"``), the form a
-    ``LightningCLI`` config file passes; a module name takes precedence over a class path.
+    ``LightningCLI`` config file passes; a module name takes precedence over a class path. ``None``
+    gives `default_layers`.
+
+    A pattern that selects some but not all same-class items of a container (``"blocks.?"`` on 12
+    blocks) warns, naming the ones left out and a pattern that takes them all.
 
     Raises:
-        ValueError: a name or pattern that matches no module (the message lists the valid names),
-            a type with no instance in the model, or an empty selection.
+        ValueError: a name or pattern that matches no module (the message lists the valid names, and a
+            ``**.``-prefixed pattern that would match), a type with no instance in the model, or an
+            empty selection.
 
     Example:
         >>> from torch import nn
-        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 2)))
         >>> resolve_layers(model, ["0", nn.ReLU])
         ['0', '1']
         >>> resolve_layers(model, "*")
         ['0', '1', '2']
+        >>> resolve_layers(model, "**")
+        ['0', '1', '2', '2.0']
         >>> resolve_layers(model, "torch.nn.Linear")
-        ['0', '2']
+        ['0', '2.0']
     """
-    named = [(name, module) for name, module in model.named_modules() if name]
+    named = named_layers(model)
     if layers is None:
         chosen = default_layers(model)
         if not chosen:
             raise ValueError(
-                f"{type(model).__name__} has no nn.Linear or convolution layer to monitor by default; "
+                f"{type(model).__name__} has no nn.Linear, convolution or repeated block to monitor by default; "
                 f"name the layers to monitor with layers=[...]. Valid names: {_name_list(named)}"
             )
         return chosen
@@ -114,25 +296,62 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
     selected: set[str] = set()
     for spec in specs:
         if isinstance(spec, type):
-            matches = {name for name, module in named if isinstance(module, spec)}
+            matches = {name for name, module in named if isinstance(_unwrap(module), spec)}
             if not matches:
                 raise ValueError(f"{type(model).__name__} has no module of type {spec.__name__}")
         elif isinstance(spec, str):
-            if any(ch in spec for ch in "*?["):
-                matches = {name for name, _ in named if fnmatch.fnmatchcase(name, spec)}
+            if _is_pattern(spec):
+                matches = {name for name, _ in named if match_layer_pattern(spec, name)}
+                _warn_about_partial_selection(spec, matches, named)
             else:
                 matches = {name for name, _ in named if name == spec}
                 module_type = None if matches else _import_module_type(spec)
                 if module_type is not None:  # a dotted class path, as config files give types
-                    matches = {name for name, module in named if isinstance(module, module_type)}
+                    matches = {name for name, module in named if isinstance(_unwrap(module), module_type)}
             if not matches:
-                raise ValueError(
-                    f"no module of {type(model).__name__} matches {spec!r}. Valid names: {_name_list(named)}"
-                )
+                raise ValueError(_no_match_message(model, spec, named))
         else:
             raise TypeError(f"layers entries must be module names, glob patterns or module types, received {spec!r}")
         selected |= matches
     return [name for name, _ in named if name in selected]
+
+
+def _no_match_message(model: nn.Module, spec: str, named: list[tuple[str, nn.Module]]) -> str:
+    message = f"no module of {type(model).__name__} matches {spec!r}"
+    if not spec.startswith("**"):
+        anywhere = f"**.{spec}"
+        found = [name for name, _ in named if match_layer_pattern(anywhere, name)]
+        if found:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            message += f" (names are full dotted paths: {anywhere!r} matches {len(found)}: {shown})"
+    return f"{message}. Valid names: {_name_list(named)}"
+
+
+def _warn_about_partial_selection(spec: str, matches: set[str], named: list[tuple[str, nn.Module]]) -> None:
+    modules = dict(named)
+    parents: dict[str, list[str]] = {}
+    for name in matches:
+        parent, _, _ = name.rpartition(".")
+        if isinstance(modules.get(parent), (nn.Sequential, nn.ModuleList)):
+            parents.setdefault(parent, []).append(name)
+    for parent, chosen in parents.items():
+        block_type = type(_unwrap(modules[chosen[0]]))
+        siblings = [
+            f"{parent}.{child}"
+            for child, module in modules[parent].named_children()
+            if type(_unwrap(module)) is block_type
+        ]
+        left_out = [name for name in siblings if name not in matches]
+        if left_out and len(siblings) > 2:
+            tail = spec[len(parent) + 1 :] if spec.startswith(parent + ".") else None
+            better = f"{parent}.*" + ("" if tail is None or "." not in tail else tail[tail.index(".") :])
+            warnings.warn(
+                f"layer pattern {spec!r} selects {len(siblings) - len(left_out)} of the {len(siblings)} "
+                f"{block_type.__name__} items of {parent!r}, leaving out {', '.join(left_out[:6])}"
+                f"{', ...' if len(left_out) > 6 else ''}; {better!r} selects them all",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _import_module_type(path: str) -> Optional[type]:

@@ -63,8 +63,11 @@ def test_resolve_glob_patterns():
     assert resolve_layers(model, "layer.*.0") == ["layer.0.0", "layer.1.0", "layer.2.0"]
     assert resolve_layers(model, "layer.[02].1") == ["layer.0.1", "layer.2.1"]
     assert resolve_layers(model, ["head", "layer.?.0"]) == ["layer.0.0", "layer.1.0", "layer.2.0", "head"]
-    # "*" matches dots too: every named module, the root (name "") excluded
-    assert resolve_layers(model, "*") == [name for name, _ in model.named_modules() if name]
+    # path semantics: "*" stays within one dotted part, "**" crosses parts (none included)
+    assert resolve_layers(model, "*") == ["embed", "layer", "norm", "head"]
+    assert resolve_layers(model, "layer.*") == ["layer.0", "layer.1", "layer.2"]
+    assert resolve_layers(model, "**") == [name for name, _ in model.named_modules() if name]
+    assert resolve_layers(model, "**.1") == ["layer.0.1", "layer.1", "layer.1.1", "layer.2.1"]  # registration order
 
 
 def test_resolve_module_types_and_mixtures():
@@ -80,7 +83,7 @@ def test_resolve_module_types_and_mixtures():
 
 def test_resolve_none_gives_the_default_layers():
     assert resolve_layers(DigitsMLP(), None) == default_layers(DigitsMLP())
-    with pytest.raises(ValueError, match="no nn.Linear or convolution") as info:
+    with pytest.raises(ValueError, match="no nn.Linear, convolution or repeated block") as info:
         resolve_layers(nn.Sequential(nn.ReLU(), nn.Tanh()), None)
     assert "0 (ReLU)" in str(info.value)
 
@@ -206,3 +209,78 @@ def test_a_dotted_class_path_selects_by_type_as_config_files_give_it():
         resolve_layers(model, "torch.nn.Conv2d")  # a type with no instance: nothing matches
     with pytest.raises(ValueError, match="Valid names"):
         resolve_layers(model, "no.such.module.Linear")
+
+
+# ------------------------------------------------------------------------------- real module trees
+from model_zoo import ResNet18, VisionTransformer, hf_model, real_timm_vit, real_torchvision_resnet18  # noqa: E402
+
+from lightning_infomem.layers import choose_default_layers, named_layers  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "bert", "gpt2"])
+def test_defaults_on_hugging_face_transformers_are_the_blocks(kind):
+    blocks = {"distilbert": "distilbert.transformer.layer", "bert": "bert.encoder.layer", "gpt2": "transformer.h"}[kind]
+    six = choose_default_layers(hf_model(kind, layers=6))
+    assert six.family == "transformer" and six.names == [f"{blocks}.{i}" for i in range(6)]
+    twelve = choose_default_layers(hf_model(kind, layers=12))
+    assert twelve.names == [f"{blocks}.{i}" for i in (0, 2, 4, 7, 9, 11)]  # evenly spaced, first and deepest
+
+
+def test_defaults_on_a_resnet_are_its_stages():
+    chosen = choose_default_layers(ResNet18())
+    assert chosen.family == "cnn" and chosen.names == ["layer1", "layer2", "layer3", "layer4"]
+    real = real_torchvision_resnet18()
+    if real is not None:  # the real library, where it imports beside this torch
+        assert choose_default_layers(real).names == chosen.names
+
+
+def test_defaults_on_a_vit_are_its_blocks():
+    chosen = choose_default_layers(VisionTransformer(depth=12))
+    assert chosen.family == "transformer" and chosen.names == [f"blocks.{i}" for i in (0, 2, 4, 7, 9, 11)]
+    assert choose_default_layers(VisionTransformer(depth=4)).names == [f"blocks.{i}" for i in range(4)]
+    real = real_timm_vit()
+    if real is not None:
+        assert choose_default_layers(real).names == chosen.names
+
+
+def test_defaults_on_mlps_are_the_hidden_linear_layers():
+    mlp = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+    )
+    chosen = choose_default_layers(mlp)
+    assert chosen.family == "mlp" and chosen.names == ["0", "2", "4"]
+    # an MLP made of repeated Linear blocks inside a Sequential is still an MLP: pre-activation linears
+    blocks = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(3)], nn.Linear(8, 2))
+    assert choose_default_layers(blocks).names == ["0.0", "1.0", "2.0"]
+
+
+def test_patterns_have_path_semantics_on_real_trees():
+    distilbert = hf_model("distilbert", layers=6)
+    # "*" no longer crosses dots: the items of the block list, not their 22 submodules
+    assert resolve_layers(distilbert, "distilbert.transformer.layer.*") == [
+        f"distilbert.transformer.layer.{i}" for i in range(6)
+    ]
+    bert = hf_model("bert", layers=3)
+    # the block outputs (BertOutput), not attention.output (BertSelfOutput)
+    assert resolve_layers(bert, "**.layer.*.output") == [f"bert.encoder.layer.{i}.output" for i in range(3)]
+    assert resolve_layers(bert, "bert.encoder.layer.*.output") == [f"bert.encoder.layer.{i}.output" for i in range(3)]
+    with pytest.raises(ValueError, match=r"'\*\*.encoder.layer.\*' matches 3: bert.encoder.layer.0"):
+        resolve_layers(bert, "encoder.layer.*")  # names are full paths; the message says how to match anywhere
+    vit = VisionTransformer(depth=12)
+    with pytest.warns(
+        UserWarning,
+        match=r"'blocks.\?' selects 10 of the 12 Block items of 'blocks'.*blocks.10.*"
+        r"'blocks.\*' selects them all",
+    ):
+        assert len(resolve_layers(vit, "blocks.?")) == 10
+    assert resolve_layers(vit, "blocks.*.mlp.fc1")[-1] == "blocks.11.mlp.fc1"
+
+
+def test_compiled_submodules_keep_their_names():
+    model = DigitsMLP()
+    model.net = torch.compile(model.net, backend="eager")
+    names = [name for name, _ in named_layers(model)]
+    assert "net.0" in names and not any("_orig_mod" in name for name in names)
+    assert dict(named_layers(model))["net.0"] is model.net._orig_mod[0]
+    assert resolve_layers(model, None) == ["net.0", "net.2"]
+    assert resolve_layers(model, "net.*") == ["net.0", "net.1", "net.2", "net.3", "net.4"]
