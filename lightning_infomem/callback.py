@@ -1,21 +1,30 @@
-"""The ``InformationMeasures`` callback: activation entropy and mutual information at every validation.
+"""The ``InformationMeasures`` callback: activation entropy and mutual information at validation.
 
-Forward hooks on the monitored modules exist only while a validation epoch runs. Each batch's
-activations update streaming `NeuronEntropy` and
-`NeuronMutualInformation` metrics on the model's device; at the end of the
-epoch the callback logs the diversity curves through ``pl_module.log`` so that ``ModelCheckpoint``
-and ``EarlyStopping`` can monitor them.
+The callback is a thin Lightning adapter. During each validation epoch it puts a forward hook on
+every monitored module; the hook only reduces the module's output to ``[batch, neurons]``
+activations and keeps them (plain tensor operations, which ``torch.compile`` traces into its graph
+without a break). After each validation batch the kept activations go to the
+`ActivationMeasurement` of that batch's dataloader, which owns the streaming metrics, the sample
+quota and the range calibration; at the end of the epoch the callback logs the results through
+``pl_module.log`` so that ``ModelCheckpoint`` and ``EarlyStopping`` can monitor them.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import re
+import tempfile
+import uuid
 import warnings
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
@@ -23,7 +32,9 @@ from lightning_infomem.layers import (
     LayerSpec,
     OutputTransform,
     SequenceReduction,
+    choose_default_layers,
     module_output_width,
+    named_layers,
     resolve_layers,
     to_neuron_activations,
 )
@@ -44,6 +55,8 @@ from lightning_infomem.reporting import heatmap_image, write_csv
 
 __all__ = ["Binning", "InformationMeasures"]
 
+_LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
+
 
 class InformationMeasures(Callback):
     """Log the entropy H and mutual information I of neuron activations at validation epochs.
@@ -55,27 +68,37 @@ class InformationMeasures(Callback):
       diagonal left out);
     - ``infomem/<layer>/entropy`` and ``infomem/<layer>/mutual_info``: the same per layer.
 
-    Shortcut memorization shows low H and high I (monitor ``mode="min"`` on ``mutual_info`` or
-    ``mode="max"`` on ``entropy`` to avoid it); fitting noisy labels shows high H and low I.
+    With several validation dataloaders every key ends in ``/dataloader_idx_K`` (Lightning's
+    convention) and each loader is measured on its own: its own sample quota, ranges and values.
+
+    Shortcut memorization shows low H and high I; fitting noisy labels shows high H and low I (the
+    paper's finding; see the docs for what the package's own experiments show about monitoring them).
 
     A layer with no finite activation in an evaluation (a diverged model) logs NaN for its keys and
     for the overall ones, with one warning; ``ModelCheckpoint`` ranks NaN worst and
-    ``EarlyStopping(check_finite=True)`` stops on it. A layer of one monitored neuron logs its
-    entropy and an MI of 0 (no pairs). With ``prefix=""`` keys have no prefix (``entropy``).
+    ``EarlyStopping(check_finite=True)`` stops on it. A layer whose activations have no spread (every
+    neuron constant) keeps its own keys but is left out of the overall keys, with one warning. A
+    layer of one monitored neuron logs its entropy and an MI of 0 (no pairs). With ``prefix=""`` keys
+    have no prefix (``entropy``).
 
     Args:
-        layers: modules to monitor: exact names (``"net.0"``), glob patterns (``"encoder.layer.*"``),
-            module types (``nn.Linear``), or a list of these. ``None``: up to four ``nn.Linear`` /
-            convolution layers, evenly spaced, without the output layer
-            (see `default_layers`).
+        layers: modules to monitor: exact names (``"net.0"``), path patterns (``"encoder.layer.*"``:
+            ``*`` within one dotted part, ``**`` across parts), module types (``nn.Linear``), or a list
+            of these. ``None``: chosen from the module tree (see `choose_default_layers`): the blocks
+            of a transformer or ViT, the stages of a CNN, the hidden linear layers of an MLP. The
+            choice is printed at the start.
         entropy_bins: equal-width bins for entropy (the paper uses 100).
         mutual_info_bins: bins per neuron for MI; the plug-in bias of MI grows like
             ``(bins - 1)**2 / (2 * samples)``, so MI uses fewer bins than entropy.
-        max_samples: samples per evaluation (over all processes); ``None`` for the whole set.
+        max_samples: samples per evaluation and dataloader (over all processes); ``None`` for all.
         max_neurons: neurons per layer; a layer with more is monitored through a random subset
             drawn once with ``seed``, kept for the whole run and stored in checkpoints. ``None`` for all.
         every_n_epochs: measure when ``(epoch + 1) % every_n_epochs == 0`` (``trainer.validate()``
-            always measures). Give ``ModelCheckpoint`` / ``EarlyStopping`` a matching schedule.
+            always measures). The keys exist only after measured epochs: monitor them with
+            ``ModelCheckpoint(every_n_epochs=k * every_n_epochs)`` and ``EarlyStopping(strict=False)``
+            (its patience then counts measurements), or measure at every validation and run validation
+            every n epochs (``Trainer(check_val_every_n_epoch=n)``). Other monitor set-ups are refused
+            at setup, naming the fix.
         binning: the range of the equal-width bins, re-calibrated at every evaluation on its first
             ``calibration_samples`` samples: ``"layer"`` one range per layer, ``"neuron"`` one per
             neuron, ``"global"`` one over all monitored layers (the paper's choice; one outlying layer
@@ -83,16 +106,18 @@ class InformationMeasures(Callback):
         range_quantile: calibrate with the ``q`` / ``1 - q`` quantiles instead of min / max.
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
-        sequence_reduction: for ``[batch, tokens, features]`` outputs, ``"first"`` token or ``"mean"``.
+        sequence_reduction: for ``[batch, tokens, features]`` outputs, ``"first"`` token (a [CLS]
+            vector) or ``"mean"`` over tokens (for decoder-only models such as GPT-2).
         output_transform: function from a module's output to the activation tensor (for outputs
             that are not tensors, tuples or dicts with the tensor first).
         log_histograms: log TensorBoard histograms of per-neuron H and of pairwise I per layer.
-        heatmap_every_n_epochs: log an MI-matrix heatmap image per layer every this many
-            measurements (0 disables).
+        heatmap_every_n_epochs: log an MI-matrix heatmap image per layer, with its colour scale, every
+            this many measurements (0 disables).
         prefix: first part of every logged key; two instances with different prefixes coexist.
         seed: seed of the neuron subsets.
         max_state_bytes: memory budget of each layer's MI histogram state (``None``: no budget);
             checked at setup where the module gives its width (``nn.Linear``, convolutions).
+        dataloaders: indices of the validation dataloaders to measure (``None``: all).
 
     Example:
         >>> import torch
@@ -133,6 +158,7 @@ class InformationMeasures(Callback):
         prefix: str = "infomem",
         seed: int = 0,
         max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
+        dataloaders: Optional[Sequence[int]] = None,
     ) -> None:
         if binning not in ("layer", "neuron", "global"):
             raise ValueError(f"binning must be 'layer', 'neuron' or 'global', received {binning!r}")
@@ -140,6 +166,8 @@ class InformationMeasures(Callback):
             raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
         if not isinstance(prefix, str) or prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"prefix must be a string without a leading or trailing '/', received {prefix!r}")
+        if isinstance(dataloaders, (str, bytes)) or (dataloaders is not None and not isinstance(dataloaders, Sequence)):
+            raise ValueError(f"dataloaders must be None or a sequence of dataloader indices, received {dataloaders!r}")
         self.layers = layers
         self.entropy_bins = check_int(entropy_bins, "entropy_bins", minimum=1)
         self.mutual_info_bins = check_int(mutual_info_bins, "mutual_info_bins", minimum=1)
@@ -159,29 +187,40 @@ class InformationMeasures(Callback):
         self.prefix = prefix
         self.seed = check_int(seed, "seed")
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
+        self.dataloaders = (
+            None if dataloaders is None else sorted({check_int(i, "dataloaders", minimum=0) for i in dataloaders})
+        )
 
-        self.history: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
         self.layer_names: list[str] = []
         self.neuron_indices: dict[str, Optional[Tensor]] = {}
         self.layer_widths: dict[str, int] = {}
-        self.measurement: Optional[ActivationMeasurement] = None
-        self.results: dict[str, LayerResult] = {}
+        self.measurements: dict[int, ActivationMeasurement] = {}
+        self.results: dict[int, dict[str, LayerResult]] = {}
         self._measurements = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._active = False
+        self._stash: dict[str, list[Tensor]] = {}
+        self._hooks: dict[str, Callable[..., None]] = {}
+        self._measuring = False
+        self._world_size = 1
+        self._distributed = False
+        self._num_loaders = 1
+        self._fit_measurements = 0
+        self._fit_validations: list[tuple[int, bool]] = []
+        self._announced = False
         self._warned: set[str] = set()
+        self._results_token = uuid.uuid4().hex
 
     @classmethod
     def paper(cls, layers: LayerSpec = None, **overrides: Any) -> InformationMeasures:
         """The estimator settings of Bansal et al. (2022), as one switch.
 
         One global binning range over all monitored layers, calibrated on the whole evaluation set;
-        100 bins for entropy; every neuron and every sample. With ``layers=None`` an MLP is monitored
-        at the pre-activation outputs of its hidden linear layers, as in the paper. The paper's MI
-        numbers use the KSG kNN estimator, an offline computation
-        (`ksg_mutual_information`); the histogram MI logged
-        here keeps ``mutual_info_bins=16``, since 100 bins per neuron would make the plug-in MI
-        mostly bias. Any argument can be overridden.
+        100 bins for entropy; every neuron and every sample. With ``layers=None`` the layers are chosen
+        from the module tree as in the paper (an MLP at the pre-activation outputs of its hidden linear
+        layers). The paper's MI numbers use the KSG kNN estimator, an offline computation
+        (`ksg_mutual_information`); the histogram MI logged here keeps ``mutual_info_bins=16``, since
+        100 bins per neuron would make the plug-in MI mostly bias. Any argument can be overridden.
 
         Example:
             >>> callback = InformationMeasures.paper(layers=["net.0", "net.2"])
@@ -217,24 +256,76 @@ class InformationMeasures(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.layer_widths = dict(state_dict.get("layer_widths", {}))
         self.neuron_indices = dict(state_dict.get("neuron_indices", {}))
-        self.history = [dict(row) for row in state_dict.get("history", [])]
+        self._history = [dict(row) for row in state_dict.get("history", [])]
         self._measurements = int(state_dict.get("measurements", 0))
         self.seed = int(state_dict.get("seed", self.seed))
-        self.measurement = None
+        self.measurements = {}
 
-    # ------------------------------------------------------------------------------ metrics
+    # ------------------------------------------------------------------------------ results
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per measured evaluation: epoch, global step, every logged value, each layer's clipped fraction.
+
+        After a fit under a spawning strategy (``ddp_spawn``), the measurements were made in the worker
+        processes; the main process reads them back from rank 0 here.
+        """
+        self._absorb_worker_results()
+        return self._history
+
+    @history.setter
+    def history(self, rows: list[dict[str, Any]]) -> None:
+        self._history = rows
+
+    def layer_results(self, dataloader_idx: int = 0) -> dict[str, LayerResult]:
+        """The per-layer results (entropy vectors, MI matrices) of the latest measurement of a dataloader."""
+        self._absorb_worker_results()
+        return self.results.get(dataloader_idx, {})
+
     @property
     def entropy_metrics(self) -> dict[str, NeuronEntropy]:
-        """The per-layer entropy metrics of the latest measurement (empty before the first)."""
-        return {} if self.measurement is None else self.measurement.entropy_metrics
+        """The per-layer entropy metrics of the latest measurement of dataloader 0 (empty before the first)."""
+        measurement = self.measurements.get(0)
+        return {} if measurement is None else measurement.entropy_metrics
 
     @property
     def mutual_info_metrics(self) -> dict[str, NeuronMutualInformation]:
-        """The per-layer MI metrics of the latest measurement (empty before the first)."""
-        return {} if self.measurement is None else self.measurement.mutual_info_metrics
+        """The per-layer MI metrics of the latest measurement of dataloader 0 (empty before the first)."""
+        measurement = self.measurements.get(0)
+        return {} if measurement is None else measurement.mutual_info_metrics
 
-    def _key(self, *parts: str) -> str:
-        return "/".join((self.prefix, *parts) if self.prefix else parts)
+    @property
+    def measurement(self) -> Optional[ActivationMeasurement]:
+        """The latest measurement of dataloader 0 (``None`` before the first)."""
+        return self.measurements.get(0)
+
+    def to_csv(self, path: Union[str, os.PathLike]) -> str:
+        """Write `history` (one row per measured evaluation) to a CSV file; returns the path.
+
+        Raises ``ValueError`` (rather than write an empty file) when nothing was measured, saying why.
+        """
+        if not self.history:
+            raise ValueError(
+                f"InformationMeasures has measured nothing yet, so there is no curve to write: {self._why()}"
+            )
+        return write_csv(self.history, path)
+
+    def _why(self) -> str:
+        if not self._fit_validations:
+            return (
+                "no validation epoch ran with this callback (no val_dataloader, limit_val_batches=0, or the run "
+                "happened in other processes, e.g. under ddp_spawn, whose rank 0 sent nothing back)"
+            )
+        if not any(measured for _, measured in self._fit_validations):
+            epochs = [epoch for epoch, _ in self._fit_validations]
+            return (
+                f"validation ran at epochs {epochs}, none of which is measured with every_n_epochs="
+                f"{self.every_n_epochs} (measured: epochs e with (e + 1) % {self.every_n_epochs} == 0)"
+            )
+        return "validation ran, but no activation reached the monitored layers (see the earlier warning)"
+
+    def _key(self, *parts: str, loader: Optional[int] = None) -> str:
+        key = "/".join((self.prefix, *parts) if self.prefix else parts)
+        return key if loader is None or self._num_loaders <= 1 else f"{key}/dataloader_idx_{loader}"
 
     def _settings(self) -> MeasurementSettings:
         return MeasurementSettings(
@@ -250,7 +341,24 @@ class InformationMeasures(Callback):
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.layer_names = resolve_layers(pl_module, self.layers)
+        self._announce(pl_module)
         self._check_state_budget(pl_module)
+        self._check_monitors(trainer)
+        if stage == "fit":
+            self._fit_measurements = 0
+            self._fit_validations = []
+
+    def _announce(self, pl_module: LightningModule) -> None:
+        """Print the monitored layers once, as ``ModelSummary`` prints the model."""
+        if self._announced:
+            return
+        self._announced = True
+        if self.layers is None:
+            how = choose_default_layers(pl_module).description
+        else:
+            how = f"layers={self.layers!r}"
+        shown = ", ".join(self.layer_names[:12]) + (", ..." if len(self.layer_names) > 12 else "")
+        rank_zero_info(f"InformationMeasures: monitoring {len(self.layer_names)} layer(s), {how}: {shown}")
 
     def _check_state_budget(self, pl_module: LightningModule) -> None:
         """Refuse, before any epoch runs, a layer whose MI state would exceed ``max_state_bytes``.
@@ -258,7 +366,7 @@ class InformationMeasures(Callback):
         Possible where the width is known from the module (``nn.Linear``, convolutions, norms,
         embeddings); other layers are checked at their first activations.
         """
-        modules = dict(pl_module.named_modules())
+        modules = dict(named_layers(pl_module))
         for name in self.layer_names:
             width = self.layer_widths.get(name) or module_output_width(modules[name])
             if width is None:
@@ -272,40 +380,92 @@ class InformationMeasures(Callback):
                     "(max_neurons and mutual_info_bins are InformationMeasures arguments)"
                 ) from None
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not self._should_measure(trainer):
+    def _is_own_key(self, key: Optional[str]) -> bool:
+        if not key:
+            return False
+        key = _LOADER_SUFFIX.sub("", key)
+        own = {self._key("entropy"), self._key("mutual_info")}
+        own |= {self._key(name, stat) for name in self.layer_names for stat in ("entropy", "mutual_info")}
+        return key in own
+
+    def _check_monitors(self, trainer: Trainer) -> None:
+        """With ``every_n_epochs > 1`` the keys are missing after unmeasured epochs: refuse monitors that would fail."""
+        if self.every_n_epochs == 1:
             return
+        for callback in trainer.callbacks:
+            if isinstance(callback, EarlyStopping) and self._is_own_key(callback.monitor) and callback.strict:
+                raise ValueError(
+                    f"EarlyStopping(monitor={callback.monitor!r}) needs the key at every validation, but "
+                    f"InformationMeasures(every_n_epochs={self.every_n_epochs}) logs it only at measured epochs: "
+                    "pass EarlyStopping(..., strict=False) (patience then counts measurements), or measure at "
+                    "every validation and set Trainer(check_val_every_n_epoch=...) instead"
+                )
+            if isinstance(callback, ModelCheckpoint) and self._is_own_key(callback.monitor):
+                every = getattr(callback, "_every_n_epochs", 1)
+                by_steps = getattr(callback, "_every_n_train_steps", 0) or getattr(
+                    callback, "_train_time_interval", None
+                )
+                if by_steps or every % self.every_n_epochs != 0:
+                    raise ValueError(
+                        f"ModelCheckpoint(monitor={callback.monitor!r}) checks at epochs where InformationMeasures("
+                        f"every_n_epochs={self.every_n_epochs}) logs nothing: pass ModelCheckpoint(..., every_n_epochs="
+                        f"{self.every_n_epochs}) (or a multiple), or measure at every validation and set "
+                        "Trainer(check_val_every_n_epoch=...) instead"
+                    )
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
-        world_size = max(1, int(trainer.world_size))
-        distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.measurement = ActivationMeasurement(
-            self.layer_names,
-            self._settings(),
-            max_samples=self.max_samples,
-            world_size=world_size,
-            distributed=distributed,
-        )
-        modules = dict(pl_module.named_modules())
+        self._measuring = not trainer.sanity_checking and self._should_measure(trainer)
+        num_batches = trainer.num_val_batches if not trainer.sanity_checking else trainer.num_sanity_val_batches
+        self._num_loaders = max(1, len(num_batches) if isinstance(num_batches, Sequence) else 1)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._fit_validations.append((trainer.current_epoch, self._measuring))
+        if self._measuring:
+            self._world_size = max(1, int(trainer.world_size))
+            self._distributed = (
+                self._world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+            )
+            self.measurements = {}
+        # The hooks are in place at every validation epoch, the sanity check included, so that a model
+        # compiled with torch.compile traces them into its evaluation graph at its first evaluation.
+        modules = dict(named_layers(pl_module))
         for name in self.layer_names:
-            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
-        self._active = True
+            self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._drain(dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._active:
-            return
         try:
-            row = self._compute_and_log(trainer, pl_module)
-            if row is not None:
-                self.history.append(row)
-                self._measurements += 1
+            if self._measuring:
+                row = self._compute_and_log(trainer, pl_module)
+                if row is not None:
+                    self._history.append(row)
+                    self._measurements += 1
+                    if trainer.state.fn == "fit":
+                        self._fit_measurements += 1
         finally:
             self._remove_hooks()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._fit_measurements == 0:
+            self._warn_once("nothing", f"InformationMeasures measured nothing in this fit: {self._why()}")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
+        if self._in_spawned_worker(trainer) and trainer.global_rank == 0:
+            self._send_worker_results()
 
     def _should_measure(self, trainer: Trainer) -> bool:
         if trainer.state.fn != "fit":
@@ -316,23 +476,56 @@ class InformationMeasures(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._active = False
+        for store in self._stash.values():
+            store.clear()
 
     # ------------------------------------------------------------------------------ sampling
-    def _make_hook(self, name: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self._active:
-                self._observe(name, module, output)
+    def _hook_for(self, name: str) -> Callable[..., None]:
+        """The forward hook of a layer, one function object per layer for the whole run.
 
+        It only turns the output into ``[batch, neurons]`` activations and keeps them: tensor operations
+        that torch.compile traces into the model's graph (no graph break, no guard on callback state, so
+        no recompilation when measuring starts or stops). Everything else happens after the batch.
+        """
+        hook = self._hooks.get(name)
+        if hook is None:
+            store = self._stash.setdefault(name, [])
+            transform, reduction = self.output_transform, self.sequence_reduction
+
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                store.append(to_neuron_activations(output, module, transform, reduction).detach())
+
+            self._hooks[name] = hook
         return hook
 
-    def _observe(self, name: str, module: nn.Module, output: Any) -> None:
-        measurement = self.measurement
-        assert measurement is not None
+    def _drain(self, loader: int) -> None:
+        """Hand the activations kept during the last batch to the measurement of its dataloader."""
+        measuring = self._measuring and (self.dataloaders is None or loader in self.dataloaders)
+        for name in self.layer_names:
+            store = self._stash.get(name)
+            if not store:
+                continue
+            batches = list(store)
+            store.clear()
+            if not measuring:
+                continue
+            measurement = self.measurements.get(loader)
+            if measurement is None:
+                measurement = ActivationMeasurement(
+                    self.layer_names,
+                    self._settings(),
+                    max_samples=self.max_samples,
+                    world_size=self._world_size,
+                    distributed=self._distributed,
+                )
+                self.measurements[loader] = measurement
+            for activations in batches:
+                self._observe(measurement, name, activations)
+
+    def _observe(self, measurement: ActivationMeasurement, name: str, activations: Tensor) -> None:
         remaining = measurement.remaining(name)
         if remaining == 0:
             return
-        activations = to_neuron_activations(output, module, self.output_transform, self.sequence_reduction)
         if not activations.is_floating_point():
             raise TypeError(
                 f"layer {name!r} produced {activations.dtype} activations; monitor a layer with floating-point "
@@ -343,7 +536,7 @@ class InformationMeasures(Callback):
         index = self._neuron_subset(name, int(activations.shape[1]))
         if index is not None:
             activations = activations.index_select(1, index.to(activations.device))
-        measurement.observe(name, activations.detach())
+        measurement.observe(name, activations)
 
     def _neuron_subset(self, name: str, width: int) -> Optional[Tensor]:
         """The monitored neurons of a layer (``None``: all), drawn once per run with ``seed``."""
@@ -365,47 +558,73 @@ class InformationMeasures(Callback):
 
     # ------------------------------------------------------------------------------- results
     def _compute_and_log(self, trainer: Trainer, pl_module: LightningModule) -> Optional[dict[str, Any]]:
-        measurement = self.measurement
-        assert measurement is not None
-        results = measurement.results()
-        measured = [name for name in self.layer_names if name in results]
+        if not self.measurements:
+            self._warn_once(
+                "missing-all",
+                "InformationMeasures: no activations reached the monitored layers during validation (the modules "
+                f"{self.layer_names} were not called in validation_step); nothing is logged",
+            )
+            return None
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        scalars: dict[str, float] = {}
+        self.results = {}
+        for loader in sorted(self.measurements):
+            results = self.measurements[loader].results()
+            self.results[loader] = results
+            self._report_layers(trainer, loader, results)
+            for name in self.layer_names:
+                if name not in results:
+                    continue
+                result = results[name]
+                scalars[self._key(name, "entropy", loader=loader)] = result.mean_entropy
+                scalars[self._key(name, "mutual_info", loader=loader)] = result.mean_mutual_info
+                row[self._key(name, "clipped_fraction", loader=loader)] = result.clipped_fraction
+            if results:
+                entropy, mutual_info = summarize(results)
+                scalars[self._key("entropy", loader=loader)] = entropy
+                scalars[self._key("mutual_info", loader=loader)] = mutual_info
+        if not scalars:
+            return None
+        row.update(scalars)
+        for key, value in scalars.items():
+            pl_module.log(
+                key,
+                torch.tensor(value, dtype=torch.float32, device=pl_module.device),
+                sync_dist=True,
+                add_dataloader_idx=False,
+            )
+        self._log_tensorboard(trainer)
+        return row
+
+    def _report_layers(self, trainer: Trainer, loader: int, results: dict[str, LayerResult]) -> None:
+        where = "" if self._num_loaders <= 1 else f" of dataloader {loader}"
         missing = [name for name in self.layer_names if name not in results]
         if missing:
             self._warn_once(
-                "missing",
-                f"InformationMeasures: no activations reached layer(s) {missing} during validation (the module "
-                "was not called in validation_step); their keys are not logged",
+                f"missing:{loader}",
+                f"InformationMeasures: no activations reached layer(s) {missing} during validation{where} (the "
+                "module was not called in validation_step); their keys are not logged",
             )
-        if not measured:
-            return None
-        for name in measured:
-            if not results[name].defined:
+        for name, result in results.items():
+            if not result.defined:
                 self._warn_once(
-                    f"undefined:{name}",
-                    f"InformationMeasures: layer {name!r} had no finite activation (only NaN or Inf: a diverged "
-                    f"model?) in the evaluation of epoch {trainer.current_epoch}; its values and the overall "
-                    "values are logged as NaN, which ModelCheckpoint ranks worst and EarlyStopping(check_finite=True) "
-                    "stops on",
+                    f"undefined:{loader}:{name}",
+                    f"InformationMeasures: layer {name!r}{where} had no finite activation (only NaN or Inf: a "
+                    f"diverged model?) in the evaluation of epoch {trainer.current_epoch}; its values and the "
+                    "overall values are logged as NaN, which ModelCheckpoint ranks worst and "
+                    "EarlyStopping(check_finite=True) stops on",
                 )
-        self.results = results
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        scalars: dict[str, float] = {}
-        for name in measured:
-            result = results[name]
-            scalars[self._key(name, "entropy")] = result.mean_entropy
-            scalars[self._key(name, "mutual_info")] = result.mean_mutual_info
-            row[self._key(name, "entropy")] = result.mean_entropy
-            row[self._key(name, "mutual_info")] = result.mean_mutual_info
-            row[self._key(name, "clipped_fraction")] = result.clipped_fraction
-        entropy, mutual_info = summarize(results)
-        scalars[self._key("entropy")] = row[self._key("entropy")] = entropy
-        scalars[self._key("mutual_info")] = row[self._key("mutual_info")] = mutual_info
-        for key, value in scalars.items():
-            pl_module.log(key, torch.tensor(value, dtype=torch.float32, device=pl_module.device), sync_dist=True)
-        self._log_tensorboard(trainer, results)
-        return row
+            elif not result.spread:
+                self._warn_once(
+                    f"constant:{loader}:{name}",
+                    f"InformationMeasures: the activations of layer {name!r}{where} have no spread (every monitored "
+                    f"neuron is constant over the evaluation of epoch {trainer.current_epoch}: H = I = 0); its own "
+                    "keys are logged, but it is left out of the overall keys. A constant output (a [CLS] token "
+                    "before attention mixes it in, a saturated unit) measures nothing about memorization; choose "
+                    "another layer or sequence_reduction",
+                )
 
-    def _log_tensorboard(self, trainer: Trainer, results: dict[str, LayerResult]) -> None:
+    def _log_tensorboard(self, trainer: Trainer) -> None:
         want_heatmap = self.heatmap_every_n_epochs > 0 and self._measurements % self.heatmap_every_n_epochs == 0
         if not (self.log_histograms or want_heatmap) or not trainer.loggers:
             return
@@ -421,30 +640,83 @@ class InformationMeasures(Callback):
             return
         step = trainer.global_step
         for writer in writers:
-            for name, result in results.items():
-                if not result.defined:
-                    continue
-                n = result.mutual_info.shape[0]
-                off_diagonal = result.mutual_info[~torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)]
-                if self.log_histograms:
-                    entropy = result.entropy[~torch.isnan(result.entropy)]
-                    if entropy.numel():
-                        writer.add_histogram(self._key(name, "entropy_per_neuron"), entropy.float().cpu(), step)
-                    pairs = off_diagonal[~torch.isnan(off_diagonal)]
-                    if pairs.numel():
-                        writer.add_histogram(self._key(name, "mutual_info_pairs"), pairs.float().cpu(), step)
-                if want_heatmap and n > 1:
-                    off = result.mutual_info.clone()
-                    off.fill_diagonal_(result.mean_mutual_info)
-                    image = heatmap_image(off)
-                    writer.add_image(self._key(name, "mutual_info_matrix"), image, step, dataformats="HWC")
+            for loader, results in self.results.items():
+                for name, result in results.items():
+                    if not result.defined:
+                        continue
+                    n = result.mutual_info.shape[0]
+                    eye = torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)
+                    off_diagonal = result.mutual_info[~eye]
+                    if self.log_histograms:
+                        entropy = result.entropy[~torch.isnan(result.entropy)]
+                        if entropy.numel():
+                            tag = self._key(name, "entropy_per_neuron", loader=loader)
+                            writer.add_histogram(tag, entropy.float().cpu(), step)
+                        pairs = off_diagonal[~torch.isnan(off_diagonal)]
+                        if pairs.numel():
+                            tag = self._key(name, "mutual_info_pairs", loader=loader)
+                            writer.add_histogram(tag, pairs.float().cpu(), step)
+                    if want_heatmap and n > 1:
+                        off = result.mutual_info.clone()
+                        off.fill_diagonal_(result.mean_mutual_info)
+                        image = heatmap_image(off, colour_bar=True)
+                        tag = self._key(name, "mutual_info_matrix", loader=loader)
+                        writer.add_image(tag, image, step, dataformats="HWC")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, UserWarning, stacklevel=2)
 
-    # ------------------------------------------------------------------------------- export
-    def to_csv(self, path: Union[str, os.PathLike]) -> str:
-        """Write `history` (one row per measured evaluation) to a CSV file; returns the path."""
-        return write_csv(self.history, path)
+    # ------------------------------------------------------------------ spawned worker processes
+    @staticmethod
+    def _in_spawned_worker(trainer: Trainer) -> bool:
+        """Whether this process is a worker started by a multiprocessing launcher (``ddp_spawn``, ``ddp_fork``)."""
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        return isinstance(launcher, _MultiProcessingLauncher) and multiprocessing.parent_process() is not None
+
+    def _results_path(self) -> str:
+        return os.path.join(tempfile.gettempdir(), f"lightning_infomem_{self._results_token}.pt")
+
+    def _send_worker_results(self) -> None:
+        """From rank 0 of a spawned run: leave the measurements where the main process's callback finds them."""
+        state = {
+            "history": self._history,
+            "layer_names": self.layer_names,
+            "layer_widths": self.layer_widths,
+            "neuron_indices": {k: (v.cpu() if v is not None else None) for k, v in self.neuron_indices.items()},
+            "measurements": self._measurements,
+            "results": {
+                loader: {name: tuple(_to_cpu(value) for value in result) for name, result in results.items()}
+                for loader, results in self.results.items()
+            },
+            "fit_validations": self._fit_validations,
+        }
+        path = self._results_path()
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def _absorb_worker_results(self) -> None:
+        path = self._results_path()
+        if not os.path.exists(path):
+            return
+        try:
+            state = torch.load(path, weights_only=False)
+        finally:
+            os.remove(path)
+        self._history = state["history"]
+        self.layer_names = state["layer_names"]
+        self.layer_widths = state["layer_widths"]
+        self.neuron_indices = state["neuron_indices"]
+        self._measurements = state["measurements"]
+        self._fit_validations = state["fit_validations"]
+        self.results = {
+            loader: {name: LayerResult(*values) for name, values in results.items()}
+            for loader, results in state["results"].items()
+        }
+
+
+def _to_cpu(value: Any) -> Any:
+    return value.cpu() if isinstance(value, Tensor) else value

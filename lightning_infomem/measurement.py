@@ -55,6 +55,11 @@ class LayerResult(NamedTuple):
     defined: bool
 
     @property
+    def spread(self) -> bool:
+        """Whether any monitored neuron varied (positive entropy): a layer without spread measures nothing."""
+        return bool((self.entropy > 0).any())
+
+    @property
     def mean_entropy(self) -> float:
         """Mean entropy over the neurons with a defined entropy; NaN for an undefined layer."""
         if not self.defined:
@@ -70,13 +75,16 @@ class LayerResult(NamedTuple):
 
 
 def summarize(results: dict[str, LayerResult]) -> tuple[float, float]:
-    """``(entropy, mutual_info)`` over all layers: the mean over every defined neuron and every defined pair.
+    """``(entropy, mutual_info)`` over the layers: the mean over every defined neuron and every defined pair.
 
-    NaN when any layer is undefined (a diverged model must not look like a measured one); the MI is 0
-    when no layer has a pair of neurons.
+    NaN when any layer is undefined (a diverged model must not look like a measured one). Layers without
+    spread (every neuron constant) are left out while any layer has spread; the MI is 0 when no layer
+    has a pair of neurons.
     """
     if not results or any(not result.defined for result in results.values()):
         return math.nan, math.nan
+    if any(result.spread for result in results.values()):
+        results = {name: result for name, result in results.items() if result.spread}
     entropies = torch.cat([result.entropy for result in results.values()])
     entropy = float(torch.nanmean(entropies))
     pair_sum, pair_count = 0.0, 0

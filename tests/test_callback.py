@@ -36,15 +36,28 @@ SCALAR_SUFFIXES = ("/entropy", "/mutual_info")
 
 # --------------------------------------------------------------------------------------------- helpers
 class CountingInformationMeasures(InformationMeasures):
-    """Records every activation batch the callback's hooks deliver, with the module's train/eval mode."""
+    """Records every activation batch that reaches a measurement, and the train/eval mode of every hook call."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.observed: list[tuple[str, bool, int]] = []
+        self.observed: list[tuple[str, int]] = []
+        self.hook_modes: list[bool] = []
+        self._counting_hooks: dict[str, Any] = {}
 
-    def _observe(self, name: str, module: nn.Module, output: Any) -> None:
-        self.observed.append((name, module.training, int(output.shape[0])))
-        super()._observe(name, module, output)
+    def _hook_for(self, name: str) -> Any:
+        if name not in self._counting_hooks:
+            hook = super()._hook_for(name)
+
+            def counting(module: nn.Module, args: Any, output: Any) -> None:
+                self.hook_modes.append(module.training)
+                hook(module, args, output)
+
+            self._counting_hooks[name] = counting
+        return self._counting_hooks[name]
+
+    def _observe(self, measurement: Any, name: str, activations: Tensor) -> None:
+        self.observed.append((name, int(activations.shape[0])))
+        super()._observe(measurement, name, activations)
 
 
 class ActivationRecorder(Callback):
@@ -221,7 +234,7 @@ def test_sanity_check_is_not_measured_and_history_has_one_row_per_epoch(mlp_run)
     # every delivered batch came from a real validation epoch: 3 epochs x 3 batches x 2 layers during fit
     observed = mlp_run["observed_after_fit"]
     assert len(observed) == 3 * 3 * 2
-    assert sum(size for _, _, size in observed) == 3 * 2 * NUM_VAL
+    assert sum(size for _, size in observed) == 3 * 2 * NUM_VAL
 
 
 def test_hooks_exist_only_during_validation(mlp_run):
@@ -230,7 +243,7 @@ def test_hooks_exist_only_during_validation(mlp_run):
     recorder = mlp_run["recorder"]
     assert recorder.train_hook_counts and set(recorder.train_hook_counts) == {0}
     # the callback's hook never fired in training mode
-    assert all(training is False for _, training, _ in mlp_run["callback"].observed)
+    assert mlp_run["callback"].hook_modes and not any(mlp_run["callback"].hook_modes)
     assert not mlp_run["callback"]._handles
 
 

@@ -410,7 +410,8 @@ def test_one_monitored_neuron_logs_entropy_and_zero_mutual_info(tmp_path):
     row = callback.history[-1]
     assert row["infomem/net.0/mutual_info"] == 0.0 and row["infomem/mutual_info"] == 0.0
     assert row["infomem/net.0/entropy"] > 0 and math.isfinite(row["infomem/entropy"])
-    assert callback.results["net.0"].entropy.shape == (1,) and callback.results["net.0"].mutual_info.shape == (1, 1)
+    result = callback.layer_results()["net.0"]
+    assert result.entropy.shape == (1,) and result.mutual_info.shape == (1, 1)
 
 
 class CountTrainingBatches(Callback):
