@@ -1,144 +1,222 @@
-"""Validation-epoch time with and without ``InformationMeasures``, in the same run.
+"""Validation-epoch time with and without ``InformationMeasures``, in the same run, for four model families.
 
-Model: a ResNet-18 (CIFAR-style stem, 11.2 M parameters) at 32x32 inputs; 2,048 validation images;
-callback at default settings (four default layers, 2,048 samples, 128 neurons per layer, 100
-entropy bins, 16 MI bins). Runs alternate between the two configurations so that drifts of the
-machine hit both; the figures are the ratio of the medians and, steadier on a busy machine, the
-time spent inside the callback itself (its hooks and its epoch-end computation) over the plain epoch.
+Families (randomly initialised, real-sized; module trees as in their libraries, see ``tests/model_zoo.py``):
 
-    python benchmarks/callback_overhead.py            # CPU
+* ``mlp``: a 3 x 256 MLP on 64 inputs (the digits' size), batches of 256;
+* ``distilbert``: DistilBERT-base (``transformers.DistilBertForSequenceClassification``, 6 blocks of 768),
+  sequences of ``--tokens`` random token ids, batches of 32;
+* ``bert``: BERT-base (``transformers.BertForSequenceClassification``, 12 blocks of 768), likewise;
+* ``resnet18``: torchvision's ResNet-18 layout at ``--image-size`` pixels, batches of 64;
+* ``vit``: timm's ViT-Tiny/16 layout (12 blocks of 192) at ``--image-size`` pixels, batches of 64.
+
+Layer sets: ``default`` (what the callback picks with ``layers=None``) and ``recipe`` (the docs' recipe
+for the family: every block of a transformer or ViT, the four stages of a ResNet, the hidden linear
+layers of an MLP). The callback runs at its defaults otherwise. Runs alternate between the plain and
+the monitored epoch so that drifts of the machine hit both; the figures are the ratio of the medians
+and, steadier on a busy machine, the time spent inside the callback (hooks, after-batch work and the
+epoch-end computation) over the plain epoch::
+
+    python benchmarks/callback_overhead.py                         # all families, both layer sets
+    python benchmarks/callback_overhead.py --families mlp --samples 2048
     python benchmarks/callback_overhead.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import logging
+import os
 import statistics
+import sys
 import time
+import warnings
+from typing import Any, Callable
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem import InformationMeasures
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from machine import cpu_name, print_table  # noqa: E402
+from model_zoo import ImageClassifier, ResNet18, TokenClassifier, VisionTransformer  # noqa: E402
+
+from lightning_infomem import InformationMeasures  # noqa: E402
+
+RECIPES = {
+    "mlp": ["net.0", "net.2", "net.4"],
+    "distilbert": "model.distilbert.transformer.layer.*",
+    "bert": "model.bert.encoder.layer.*",
+    "resnet18": ["model.layer1", "model.layer2", "model.layer3", "model.layer4"],
+    "vit": "model.blocks.*",
+}
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+class MLP(LightningModule):
+    def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or inputs != outputs:
-            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+        self.net = nn.Sequential(
+            nn.Linear(64, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return self.net(x)
 
-
-class ResNet18(LightningModule):
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        widths, layers, inputs = (64, 128, 256, 512), [], 64
-        for stage, width in enumerate(widths):
-            stride = 1 if stage == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(inputs, width, stride), BasicBlock(width, width, 1)))
-            inputs = width
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self.log("val_loss", nn.functional.cross_entropy(self(x), y))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed validation epochs per configuration")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args()
-
+def build(family: str, samples: int, args: argparse.Namespace) -> tuple[LightningModule, DataLoader]:
     torch.manual_seed(0)
-    images = torch.randn(args.images, 3, 32, 32)
-    labels = torch.randint(0, 10, (args.images,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=args.batch_size)
-    model = ResNet18()
-    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    generator = torch.Generator().manual_seed(0)
+    if family == "mlp":
+        data = TensorDataset(torch.randn(samples, 64, generator=generator), torch.randint(0, 10, (samples,)))
+        return MLP(), DataLoader(data, batch_size=256)
+    if family == "distilbert":
+        import transformers
 
-    own_seconds: list[float] = []
+        config = transformers.DistilBertConfig(vocab_size=30522, max_position_embeddings=512)
+        model = TokenClassifier(transformers.DistilBertForSequenceClassification(config))
+        ids = torch.randint(1000, 30000, (samples, args.tokens), generator=generator)
+        return model, DataLoader(TensorDataset(ids, torch.randint(0, 2, (samples,))), batch_size=32)
+    if family == "bert":
+        import transformers
 
-    def timed(method):
-        """Wrap a callback method to add its wall time to the last entry of ``own_seconds``."""
+        model = TokenClassifier(transformers.BertForSequenceClassification(transformers.BertConfig()))
+        ids = torch.randint(1000, 30000, (samples, args.tokens), generator=generator)
+        return model, DataLoader(TensorDataset(ids, torch.randint(0, 2, (samples,))), batch_size=32)
+    size = args.image_size
+    images = TensorDataset(torch.randn(samples, 3, size, size, generator=generator), torch.randint(0, 10, (samples,)))
+    if family == "resnet18":
+        return ImageClassifier(ResNet18(num_classes=10)), DataLoader(images, batch_size=64)
+    if family == "vit":
+        vit = VisionTransformer(img_size=size, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+        return ImageClassifier(vit), DataLoader(images, batch_size=64)
+    raise ValueError(family)
 
-        def wrapper(*a, **k):
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            try:
-                return method(*a, **k)
-            finally:
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                own_seconds[-1] += time.perf_counter() - start
 
-        return wrapper
+def timed(method: Callable, spent: list[float], sync: Callable[[], None]) -> Callable:
+    """Wrap a callback method so that its wall time adds to ``spent[-1]``."""
 
-    def run(with_callback: bool) -> tuple[float, InformationMeasures | None]:
-        callback = InformationMeasures() if with_callback else None
-        if callback is not None:
-            own_seconds.append(0.0)
-            callback._observe = timed(callback._observe)
-            callback.on_validation_epoch_end = timed(callback.on_validation_epoch_end)
+    def wrapper(*a: Any, **k: Any) -> Any:
+        sync()
+        start = time.perf_counter()
+        try:
+            return method(*a, **k)
+        finally:
+            sync()
+            spent[-1] += time.perf_counter() - start
+
+    return wrapper
+
+
+def measure(family: str, layers: str, args: argparse.Namespace) -> dict[str, Any]:
+    model, loader = build(family, args.samples, args)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    spent: list[float] = []
+    chosen: list[str] = []
+
+    def run(with_callback: bool) -> float:
+        callbacks = []
+        if with_callback:
+            callback = InformationMeasures(layers=None if layers == "default" else RECIPES[family])
+            spent.append(0.0)
+            callback._hook_for = _timed_hooks(callback, spent, sync)
+            callback._drain = timed(callback._drain, spent, sync)
+            callback.on_validation_epoch_end = timed(callback.on_validation_epoch_end, spent, sync)
+            callbacks.append(callback)
         trainer = Trainer(
-            accelerator=accelerator,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=1,
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
-            callbacks=[callback] if callback else [],
+            callbacks=callbacks,
         )
-        if args.device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         trainer.validate(model, loader, verbose=False)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start, callback
+        sync()
+        if with_callback and not chosen:
+            chosen.extend(callbacks[0].layer_names)
+        return time.perf_counter() - start
 
     run(False)  # warm-up: first-call allocations and kernel selection
     run(True)
     plain, monitored = [], []
-    callback = None
     for _ in range(args.repeats):
-        plain.append(run(False)[0])
-        seconds, callback = run(True)
-        monitored.append(seconds)
-
-    cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, cpu {cpu}")
-    print(f"ResNet-18 at 32x32, {args.images} validation images, batch {args.batch_size}, {args.repeats} repeats")
-    if callback is not None:
-        widths = {name: callback.layer_widths[name] for name in callback.layer_names}
-        print(f"monitored layers (width): {widths}, max_neurons {callback.max_neurons}")
+        plain.append(run(False))
+        monitored.append(run(True))
     p, m = statistics.median(plain), statistics.median(monitored)
-    print(f"validation epoch without callback: {p:.3f} s (runs: {', '.join(f'{t:.3f}' for t in plain)})")
-    print(f"validation epoch with callback:    {m:.3f} s (runs: {', '.join(f'{t:.3f}' for t in monitored)})")
-    print(f"overhead ratio (median with / median without): {m / p:.3f}x")
-    own = statistics.median(own_seconds[1:])
-    print(f"time inside the callback (hooks + epoch end), median: {own:.3f} s = {own / p:.1%} of the plain epoch")
-    print(f"overhead ratio from the callback's own time: {(p + own) / p:.3f}x")
+    own = statistics.median(spent[1:])
+    return {
+        "family": family,
+        "layers": layers,
+        "chosen": chosen,
+        "plain": plain,
+        "monitored": monitored,
+        "ratio": m / p,
+        "own": own,
+        "own_ratio": (p + own) / p,
+        "plain_median": p,
+    }
+
+
+def _timed_hooks(callback: InformationMeasures, spent: list[float], sync: Callable[[], None]) -> Callable:
+    original = callback._hook_for
+
+    def hook_for(name: str) -> Callable:
+        return timed(original(name), spent, sync)
+
+    return hook_for
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=["mlp", "distilbert", "bert", "resnet18", "vit"])
+    parser.add_argument("--layer-sets", nargs="+", default=["default", "recipe"], choices=["default", "recipe"])
+    parser.add_argument("--samples", type=int, default=512, help="validation samples per epoch")
+    parser.add_argument("--tokens", type=int, default=32, help="sequence length of the transformer inputs")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3, help="timed validation epochs per configuration")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, cpu {cpu_name()}")
+    print(f"{args.samples} validation samples, {args.repeats} repeats, callback at its defaults otherwise")
+    rows = []
+    for family in args.families:
+        for layers in args.layer_sets:
+            result = measure(family, layers, args)
+            shown = ", ".join(result["chosen"][:3]) + (", ..." if len(result["chosen"]) > 3 else "")
+            print(
+                f"{family:>10} {layers:>7}: {len(result['chosen'])} layers ({shown}); plain "
+                f"{', '.join(f'{t:.3f}' for t in result['plain'])} s; with callback "
+                f"{', '.join(f'{t:.3f}' for t in result['monitored'])} s",
+                flush=True,
+            )
+            rows.append(
+                (
+                    f"{family} / {layers} ({len(result['chosen'])} layers)",
+                    f"{result['plain_median']:.3f} s   {result['ratio']:.3f}x   inside {result['own']:.3f} s "
+                    f"= {result['own_ratio']:.3f}x",
+                )
+            )
+    print_table("validation epoch: plain median, ratio of medians, time inside the callback", rows)
 
 
 if __name__ == "__main__":

@@ -559,10 +559,17 @@ class InformationMeasures(Callback):
     # ------------------------------------------------------------------------------- results
     def _compute_and_log(self, trainer: Trainer, pl_module: LightningModule) -> Optional[dict[str, Any]]:
         if not self.measurements:
+            hint = ""
+            if _is_compiled(pl_module):
+                hint = (
+                    "; the model is compiled with torch.compile: if it ran in eval mode before the first validation, "
+                    "its evaluation graph was traced without the callback's hooks, so call torch._dynamo.reset() "
+                    "before fitting"
+                )
             self._warn_once(
                 "missing-all",
                 "InformationMeasures: no activations reached the monitored layers during validation (the modules "
-                f"{self.layer_names} were not called in validation_step); nothing is logged",
+                f"{self.layer_names} were not called in validation_step){hint}; nothing is logged",
             )
             return None
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
@@ -716,6 +723,14 @@ class InformationMeasures(Callback):
             loader: {name: LayerResult(*values) for name, values in results.items()}
             for loader, results in state["results"].items()
         }
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    """Whether torch.compile wraps the module or any submodule, or compiled one in place."""
+    return any(
+        type(sub).__name__ == "OptimizedModule" or getattr(sub, "_compiled_call_impl", None) is not None
+        for sub in module.modules()
+    )
 
 
 def _to_cpu(value: Any) -> Any:

@@ -284,3 +284,10 @@ def test_compiled_submodules_keep_their_names():
     assert dict(named_layers(model))["net.0"] is model.net._orig_mod[0]
     assert resolve_layers(model, None) == ["net.0", "net.2"]
     assert resolve_layers(model, "net.*") == ["net.0", "net.1", "net.2", "net.3", "net.4"]
+
+
+def test_the_recipes_patterns_select_every_block():
+    assert len(resolve_layers(hf_model("bert", layers=12), "**.encoder.layer.*")) == 12
+    assert len(resolve_layers(hf_model("distilbert", layers=6), "**.transformer.layer.*")) == 6
+    assert resolve_layers(hf_model("gpt2", layers=4), "**.transformer.h.*") == [f"transformer.h.{i}" for i in range(4)]
+    assert resolve_layers(VisionTransformer(depth=12), "**.blocks.*") == [f"blocks.{i}" for i in range(12)]

@@ -221,3 +221,20 @@ def test_inductor_compiled_model_measures_the_same_values(tmp_path, eager_histor
     for row, reference in zip(history, eager_history, strict=True):
         for key, value in reference.items():
             assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_model_traced_before_the_hooks_is_reported(tmp_path):
+    torch._dynamo.reset()
+    model = BodyMLP()
+    model.net = torch.compile(model.net, backend="eager")
+    model.eval()
+    with torch.inference_mode():  # as Lightning validates, with its batches: that graph is traced without the hooks
+        for x, _ in digits_loaders()[1]:
+            model(x)
+    callback = InformationMeasures(log_histograms=False)
+    with pytest.warns(UserWarning, match=r"no activations reached.*torch._dynamo.reset\(\)"):
+        fast_trainer(tmp_path, callbacks=[callback]).validate(model, digits_loaders()[1], verbose=False)
+    assert not callback.history
+    torch._dynamo.reset()  # as the warning says
+    fast_trainer(tmp_path, callbacks=[callback]).validate(model, digits_loaders()[1], verbose=False)
+    assert callback.history
