@@ -2,8 +2,9 @@
 
 from lightning_infomem import functional
 from lightning_infomem.callback import InformationMeasures
-from lightning_infomem.curvature import IndexedDataset, LossCurvature
+from lightning_infomem.curvature import LossCurvature
 from lightning_infomem.groups import GroupAccuracy, GroupMemorizationGap, WorstGroupAccuracy
+from lightning_infomem.indexing import IndexedDataset
 from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 from lightning_infomem.spurious import MaskedConsistency, MaskedConsistencyModule, probe_critical_neurons
 from lightning_infomem.subsampling import SubsampleRecords, load_records, train_on_subsets

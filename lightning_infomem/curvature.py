@@ -9,100 +9,30 @@ Samples are identified by a stable index carried in every batch; `IndexedDataset
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
-from lightning_infomem.reporting import write_csv
+from lightning_infomem.indexing import (
+    BatchUnpack,
+    IndexedDataset,
+    MissingIndexError,
+    accumulation_dtype,
+    default_batch_unpack,
+    sum_over_processes,
+)
+from lightning_infomem.sample_results import PerSampleScores
 
 __all__ = ["IndexedDataset", "LossCurvature", "MissingIndexError", "default_batch_unpack"]
 
-BatchUnpack = Callable[[Any], tuple[Tensor, Tensor, Tensor]]
 
-
-class MissingIndexError(ValueError):
-    """A batch carries no per-sample index, so scores cannot be attributed to samples."""
-
-
-class IndexedDataset(Dataset):
-    """Wrap a map-style dataset so that each item carries its position: ``(x, y)`` -> ``(x, y, index)``.
-
-    A tuple or list item gets the index appended; a dict item gets an ``"index"`` key; any other item
-    ``x`` becomes ``(x, index)``. The index is the position in the wrapped dataset, stable across epochs,
-    shuffling and processes. A ``training_step`` then unpacks ``x, y, index = batch`` (or ``x, y, _``).
-
-    Example:
-        >>> import torch
-        >>> data = IndexedDataset(torch.utils.data.TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 0])))
-        >>> x, y, index = data.__getitem__(2)
-        >>> len(data), int(y), index
-        (3, 0, 2)
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        item = self.dataset[index]
-        if isinstance(item, Mapping):
-            return {**item, "index": index}
-        if isinstance(item, (tuple, list)):
-            return (*item, index)
-        return (item, index)
-
-
-def default_batch_unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """``(inputs, targets, indices)`` of a batch from `IndexedDataset`.
-
-    Accepts a sequence ``(x, y, index)`` (index last) or a mapping with ``"index"`` and the inputs and
-    targets under ``"x"``/``"input"``/``"inputs"`` and ``"y"``/``"target"``/``"targets"``/``"label"``/``"labels"``.
-
-    Example:
-        >>> import torch
-        >>> x, y, index = default_batch_unpack((torch.zeros(2, 3), torch.tensor([1, 0]), torch.tensor([7, 4])))
-        >>> index.tolist()
-        [7, 4]
-    """
-    hint = (
-        "wrap the dataset in lightning_infomem.IndexedDataset so that each batch is (x, y, index), or pass "
-        "LossCurvature(batch_unpack=...) returning (inputs, targets, indices)"
-    )
-    if isinstance(batch, Mapping):
-        if "index" not in batch:
-            raise MissingIndexError(
-                f"LossCurvature: the batch (a dict with keys {sorted(batch)}) has no 'index'; {hint}"
-            )
-        x = next((batch[k] for k in ("x", "input", "inputs") if k in batch), None)
-        y = next((batch[k] for k in ("y", "target", "targets", "label", "labels") if k in batch), None)
-        if x is None or y is None:
-            raise ValueError(f"LossCurvature: cannot find inputs and targets among the keys {sorted(batch)}; {hint}")
-        return x, y, batch["index"]
-    if not isinstance(batch, Sequence) or len(batch) != 3:
-        size = len(batch) if isinstance(batch, Sequence) else type(batch).__name__
-        raise MissingIndexError(f"LossCurvature: expected batches (x, y, index), received a batch of {size}; {hint}")
-    x, y, index = batch
-    if not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
-        raise MissingIndexError(
-            f"LossCurvature: the last element of the batch must be an integer index tensor [B], received "
-            f"{type(index).__name__} {list(index.shape) if isinstance(index, Tensor) else ''}; {hint}"
-        )
-    return x, y, index
-
-
-class LossCurvature(Callback):
+class LossCurvature(PerSampleScores, Callback):
     """Score every training sample by its input loss curvature, averaged over training epochs.
 
     After every ``every_n_epochs``-th training epoch the callback scores the training set (or
@@ -117,10 +47,12 @@ class LossCurvature(Callback):
     ``world_size``-th batch of ``dataloader``); the scores are summed by index over processes, so every
     process holds the same `scores`. The running sums survive checkpointing and resume.
 
-    Results: `scores` (``[N]``, NaN for a sample never scored), `topk`, `to_csv`; with a
-    ``TensorBoardLogger``, a histogram of the scores and, for image inputs ``[C, H, W]``, an image grid
-    of the ``num_images`` highest-curvature samples with their index, label and score. The mean score
-    of the epoch is logged as ``<prefix>/mean`` through ``pl_module.log``.
+    Results (the API `TrainingDynamics` shares): `scores` (``[N]``, NaN for a sample never scored),
+    ``score_table()`` (``score``, ``last_score``, ``epochs``), ``topk(k, name)``, ``rows()`` and
+    ``to_csv(path)``; with a ``TensorBoardLogger``, a histogram per score (``<prefix>/score``, ...) and,
+    for image inputs ``[C, H, W]``, an image grid ``<prefix>/top_score`` of the ``num_images``
+    highest-curvature samples with their index, label and score. The mean score of the epoch is
+    logged as ``<prefix>/mean`` through ``pl_module.log``.
 
     Cost: ``num_probes + 1`` forward-backward passes per sample per scored epoch (a training epoch is one
     forward-backward plus the optimizer step). Cut it with ``every_n_epochs``, ``num_probes`` and
@@ -259,33 +191,13 @@ class LossCurvature(Callback):
         count = self.num_scored.to(torch.float64)
         return torch.where(count > 0, self.score_sum / count.clamp_min(1), torch.full_like(count, float("nan")))
 
-    def topk(self, k: int) -> tuple[Tensor, Tensor]:
-        """``(scores, indices)`` of the ``k`` highest-curvature samples, highest first (NaN ones last)."""
-        scores = torch.nan_to_num(self.scores, nan=float("-inf"))
-        k = min(k, scores.numel())
-        values, indices = torch.topk(scores, k)
-        return self.scores[indices], indices
+    primary_score = "score"
+    suspicious_when_high = {"score": True, "last_score": True, "epochs": True}
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per sample: ``index``, ``label``, ``score`` (mean), ``last_score``, ``epochs``."""
-        scores = self.scores.tolist()
-        return [
-            {
-                "index": i,
-                "label": int(self.labels[i]),
-                "score": scores[i],
-                "last_score": float(self.last_scores[i]),
-                "epochs": int(self.num_scored[i]),
-            }
-            for i in range(len(scores))
-        ]
-
-    def to_csv(self, path: Union[str, os.PathLike], sort: bool = True) -> str:
-        """Write `rows` to a CSV file (highest score first if ``sort``); returns the path."""
-        rows = self.rows()
-        if sort:
-            rows.sort(key=lambda row: -row["score"] if row["score"] == row["score"] else float("inf"))
-        return write_csv(rows, path)
+    def score_table(self) -> dict[str, Tensor]:
+        """``score`` (mean over the scored epochs), ``last_score`` (the latest scored epoch) and ``epochs``
+        (how many epochs scored the sample), each ``[N]``; NaN for a sample never scored."""
+        return {"score": self.scores, "last_score": self.last_scores.clone(), "epochs": self.num_scored.double()}
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -347,14 +259,17 @@ class LossCurvature(Callback):
         size = int(trainer.strategy.reduce(local_size, reduce_op="max"))
         # Dense per-index sums, summed over processes: identical on every process. A DistributedSampler
         # pads with repeated samples, so a sample may be scored twice; the count makes that a mean.
-        epoch_sum = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, index, value)
-        epoch_count = torch.zeros(size, dtype=torch.float64, device=device).index_add_(0, index, torch.ones_like(value))
+        dtype = accumulation_dtype(device)
+        epoch_sum = torch.zeros(size, dtype=dtype, device=device).index_add_(0, index, value.to(dtype))
+        epoch_count = torch.zeros(size, dtype=dtype, device=device).index_add_(
+            0, index, torch.ones_like(value, dtype=dtype)
+        )
         epoch_label = torch.full((size,), -1, dtype=torch.long, device=device).scatter_(0, index, label)
+        epoch_sum = sum_over_processes(trainer, epoch_sum)
+        epoch_count = sum_over_processes(trainer, epoch_count)
         if trainer.world_size > 1:
-            epoch_sum = trainer.strategy.reduce(epoch_sum, reduce_op="sum")
-            epoch_count = trainer.strategy.reduce(epoch_count, reduce_op="sum")
             epoch_label = trainer.strategy.reduce(epoch_label.double(), reduce_op="max").long()
-        epoch_sum, epoch_count, epoch_label = epoch_sum.cpu(), epoch_count.cpu(), epoch_label.cpu()
+        epoch_sum, epoch_count, epoch_label = epoch_sum.cpu().double(), epoch_count.cpu().double(), epoch_label.cpu()
         scored = epoch_count > 0
         epoch_scores = torch.where(scored, epoch_sum / epoch_count.clamp_min(1), torch.nan)
         self._grow(size)
@@ -380,76 +295,13 @@ class LossCurvature(Callback):
 
     # -------------------------------------------------------------------------------- logging
     def _log_tensorboard(self, trainer: Trainer) -> None:
-        if not trainer.loggers or not (self.log_histogram or self.num_images > 0):
-            return
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not writers:
-            self._warn_once(
-                "logger", "LossCurvature: the score histogram and image grid need a TensorBoardLogger; skipped"
-            )
-            return
-        if trainer.global_rank != 0:
-            return
-        scores = self.scores
-        finite = scores[torch.isfinite(scores)]
-        figure = self._image_grid() if self.num_images > 0 else None
-        for writer in writers:
-            if self.log_histogram and finite.numel():
-                writer.add_histogram(f"{self.prefix}/scores", finite.float(), trainer.global_step)
-            if figure is not None:
-                writer.add_figure(f"{self.prefix}/highest", figure, trainer.global_step, close=False)
-        if figure is not None:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
-
-    def _image_grid(self) -> Any:
-        """A matplotlib figure of the highest-curvature samples (image inputs only), or ``None``."""
         dataset = getattr(self.dataloader, "dataset", None)
-        if dataset is None:
-            dataset = self._train_dataset
-        if dataset is None:
-            return None
-        values, indices = self.topk(self.num_images)
-        images = []
-        try:
-            for i in indices.tolist():
-                x, _, _ = self.batch_unpack(torch.utils.data.default_collate([dataset[i]]))
-                images.append(x[0])
-        except Exception:  # noqa: BLE001 - a dataset we cannot index by position: no grid
-            self._warn_once("grid", "LossCurvature: cannot read samples by index from the dataset; no image grid")
-            return None
-        if not images or images[0].ndim != 3 or images[0].shape[0] not in (1, 3):
-            return None
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self._warn_once("matplotlib", "LossCurvature: the image grid needs matplotlib; skipped")
-            return None
-        columns = min(8, len(images))
-        rows = -(-len(images) // columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, image, i, value in zip(axes.flat, images, indices.tolist(), values.tolist(), strict=False):
-            image = image.detach().float().cpu()
-            low, high = image.min(), image.max()
-            image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
-            if image.shape[0] == 1:
-                ax.imshow(image[0].numpy(), cmap="gray")
-            else:
-                ax.imshow(image.permute(1, 2, 0).numpy())
-            ax.set_title(f"#{i} y={int(self.labels[i])}\n{value:.3g}", fontsize=7)
-        figure.tight_layout()
-        return figure
+        self._log_scores_to_tensorboard(
+            trainer, dataset if dataset is not None else self._train_dataset, self.log_histogram
+        )
 
     _train_dataset: Optional[Dataset] = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
         self._train_dataset = getattr(loader, "dataset", None)
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=2)

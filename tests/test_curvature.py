@@ -219,8 +219,8 @@ def test_user_dataloader_and_tensorboard(tmp_path: Path) -> None:
 
     events = EventAccumulator(str(Path(logger.log_dir)), size_guidance={"histograms": 0, "images": 0})
     events.Reload()
-    assert "curvature/scores" in events.Tags()["histograms"]
-    assert "curvature/highest" in events.Tags()["images"]
+    assert {"curvature/score", "curvature/last_score"} <= set(events.Tags()["histograms"])
+    assert "curvature/top_score" in events.Tags()["images"]
 
 
 class Snapshot(Callback):

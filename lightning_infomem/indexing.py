@@ -1,0 +1,123 @@
+"""Stable per-sample indices in batches, and sums by index over processes.
+
+Shared by the per-sample score callbacks (`LossCurvature`, `TrainingDynamics`): a score belongs to
+a training sample through the index that `IndexedDataset` puts in every batch, which is the same
+across epochs, shuffling and processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "BatchUnpack",
+    "IndexedDataset",
+    "MissingIndexError",
+    "accumulation_dtype",
+    "default_batch_unpack",
+    "sum_over_processes",
+    "training_set_size",
+]
+
+BatchUnpack = Callable[[Any], tuple[Any, Tensor, Tensor]]
+
+
+class MissingIndexError(ValueError):
+    """A batch carries no per-sample index, so scores cannot be attributed to samples."""
+
+
+class IndexedDataset(Dataset):
+    """Wrap a map-style dataset so that each item carries its position: ``(x, y)`` -> ``(x, y, index)``.
+
+    A tuple or list item gets the index appended; a dict item gets an ``"index"`` key; any other item
+    ``x`` becomes ``(x, index)``. The index is the position in the wrapped dataset, stable across epochs,
+    shuffling and processes. A ``training_step`` then unpacks ``x, y, index = batch`` (or ``x, y, _``).
+
+    Example:
+        >>> import torch
+        >>> data = IndexedDataset(torch.utils.data.TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 0])))
+        >>> x, y, index = data.__getitem__(2)
+        >>> len(data), int(y), index
+        (3, 0, 2)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        if isinstance(item, Mapping):
+            return {**item, "index": index}
+        if isinstance(item, (tuple, list)):
+            return (*item, index)
+        return (item, index)
+
+
+_HINT = (
+    "wrap the dataset in lightning_infomem.IndexedDataset so that each batch is (x, y, index), or pass "
+    "batch_unpack=... returning (inputs, targets, indices)"
+)
+
+
+def default_batch_unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
+    """``(inputs, targets, indices)`` of a batch from `IndexedDataset`.
+
+    Accepts a sequence ``(x, y, index)`` (index last) or a mapping with ``"index"`` and the inputs and
+    targets under ``"x"``/``"input"``/``"inputs"``/``"input_ids"`` and
+    ``"y"``/``"target"``/``"targets"``/``"label"``/``"labels"``.
+
+    Example:
+        >>> import torch
+        >>> x, y, index = default_batch_unpack((torch.zeros(2, 3), torch.tensor([1, 0]), torch.tensor([7, 4])))
+        >>> index.tolist()
+        [7, 4]
+    """
+    if isinstance(batch, Mapping):
+        if "index" not in batch:
+            raise MissingIndexError(f"the batch (a dict with keys {sorted(batch)}) has no 'index'; {_HINT}")
+        x = next((batch[k] for k in ("x", "input", "inputs", "input_ids") if k in batch), None)
+        y = next((batch[k] for k in ("y", "target", "targets", "label", "labels") if k in batch), None)
+        if x is None or y is None:
+            raise ValueError(f"cannot find inputs and targets among the batch keys {sorted(batch)}; {_HINT}")
+        return x, y, batch["index"]
+    if not isinstance(batch, Sequence) or len(batch) != 3:
+        size = len(batch) if isinstance(batch, Sequence) else type(batch).__name__
+        raise MissingIndexError(f"expected batches (x, y, index), received a batch of {size}; {_HINT}")
+    x, y, index = batch
+    if not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
+        raise MissingIndexError(
+            f"the last element of the batch must be an integer index tensor [B], received "
+            f"{type(index).__name__} {list(index.shape) if isinstance(index, Tensor) else ''}; {_HINT}"
+        )
+    return x, y, index
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 for per-sample sums (float32 on MPS, which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def sum_over_processes(trainer: Trainer, tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the processes of ``trainer`` (itself in a single process); a collective step."""
+    if trainer.world_size <= 1:
+        return tensor
+    return trainer.strategy.reduce(tensor, reduce_op="sum")
+
+
+def training_set_size(trainer: Trainer) -> Optional[int]:
+    """The length of the training dataset (``None`` if the loader's dataset is not sized)."""
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,0 +1,151 @@
+"""The result API of the per-sample score callbacks: score tables, top-k, CSV rows, TensorBoard.
+
+`LossCurvature` and `TrainingDynamics` expose the same methods, so a user switches between them
+without relearning: ``score_table()`` (every score by name, ``[N]`` each), ``topk(k, name)`` (the
+``k`` most suspicious samples by one score), ``rows()`` and ``to_csv(path)``; with a
+``TensorBoardLogger``, a histogram per score and, for image inputs, a grid of the top samples.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Optional, Union
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_infomem.checks import check_int
+from lightning_infomem.reporting import write_csv
+
+__all__ = ["PerSampleScores"]
+
+
+class PerSampleScores:
+    """Mixin: the shared result API of a callback that scores every training sample.
+
+    Subclasses set ``primary_score``, ``suspicious_when_high`` (per score: whether a high value marks
+    a suspicious sample: memorized, mislabelled, hard) and implement `score_table`; they hold
+    ``labels`` (``[N]``, -1 where unknown), ``prefix``, ``num_images`` and ``batch_unpack``.
+    """
+
+    primary_score: str = "score"
+    suspicious_when_high: dict[str, bool] = {}
+    labels: Tensor
+    prefix: str
+    num_images: int
+    batch_unpack: Callable[[Any], Any]
+    _warned: set[str]
+
+    def score_table(self) -> dict[str, Tensor]:
+        """Every score by name, each ``[N]`` float64 on the CPU (NaN for a sample never scored)."""
+        raise NotImplementedError
+
+    def topk(self, k: int, name: Optional[str] = None) -> tuple[Tensor, Tensor]:
+        """``(values, indices)`` of the ``k`` most suspicious samples by score ``name`` (default: the primary one).
+
+        Most suspicious first: the highest values, or the lowest for a score where low is suspicious
+        (see ``suspicious_when_high``); samples never scored (NaN) come last.
+        """
+        k = check_int(k, "k", minimum=0)
+        table = self.score_table()
+        name = self.primary_score if name is None else name
+        if name not in table:
+            raise ValueError(f"{type(self).__name__} has no score {name!r}; its scores are {sorted(table)}")
+        scores = table[name]
+        key = scores if self.suspicious_when_high.get(name, True) else -scores
+        key = torch.nan_to_num(key, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        values, indices = torch.topk(key, min(k, scores.numel()))
+        return scores[indices], indices
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per sample: ``index``, ``label`` and every score of `score_table`."""
+        table = {name: values.tolist() for name, values in self.score_table().items()}
+        labels = self.labels.tolist()
+        count = len(labels)
+        return [
+            {"index": i, "label": int(labels[i]), **{name: values[i] for name, values in table.items()}}
+            for i in range(count)
+        ]
+
+    def to_csv(self, path: Union[str, os.PathLike], sort: bool = True, sort_by: Optional[str] = None) -> str:
+        """Write `rows` to a CSV file, most suspicious first by ``sort_by`` (the primary score) if ``sort``."""
+        rows = self.rows()
+        if sort:
+            name = self.primary_score if sort_by is None else sort_by
+            _, order = self.topk(len(rows), name)
+            rows = [rows[i] for i in order.tolist()]
+        return write_csv(rows, path)
+
+    # -------------------------------------------------------------------------------- logging
+    def _log_scores_to_tensorboard(self, trainer: Trainer, dataset: Optional[Dataset], histograms: bool) -> None:
+        """Histograms of the scores and an image grid of the top samples by the primary score (rank 0)."""
+        if not trainer.loggers or not (histograms or self.num_images > 0):
+            return
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers:
+            self._warn_once(
+                "logger",
+                f"{type(self).__name__}: the score histograms and image grid need a TensorBoardLogger; skipped",
+            )
+            return
+        if trainer.global_rank != 0:
+            return
+        figure = self._image_grid(dataset) if self.num_images > 0 and dataset is not None else None
+        table = self.score_table() if histograms else {}
+        for writer in writers:
+            for name, values in table.items():
+                finite = values[torch.isfinite(values)]
+                if finite.numel():
+                    writer.add_histogram(f"{self.prefix}/{name}", finite.float(), trainer.global_step)
+            if figure is not None:
+                writer.add_figure(f"{self.prefix}/top_{self.primary_score}", figure, trainer.global_step, close=False)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def _image_grid(self, dataset: Dataset) -> Any:
+        """A matplotlib figure of the top samples by the primary score (image inputs only), or ``None``."""
+        values, indices = self.topk(self.num_images)
+        images = []
+        try:
+            for i in indices.tolist():
+                x, _, _ = self.batch_unpack(torch.utils.data.default_collate([dataset[i]]))
+                images.append(x[0])
+        except Exception:  # noqa: BLE001 - a dataset we cannot index by position: no grid
+            self._warn_once(
+                "grid", f"{type(self).__name__}: cannot read samples by index from the dataset; no image grid"
+            )
+            return None
+        if not images or not isinstance(images[0], Tensor) or images[0].ndim != 3 or images[0].shape[0] not in (1, 3):
+            return None
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self._warn_once("matplotlib", f"{type(self).__name__}: the image grid needs matplotlib; skipped")
+            return None
+        columns = min(8, len(images))
+        rows = -(-len(images) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, image, i, value in zip(axes.flat, images, indices.tolist(), values.tolist(), strict=False):
+            image = image.detach().float().cpu()
+            low, high = image.min(), image.max()
+            image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray")
+            else:
+                ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_title(f"#{i} y={int(self.labels[i])}\n{value:.3g}", fontsize=7)
+        figure.tight_layout()
+        return figure
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
