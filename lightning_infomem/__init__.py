@@ -8,6 +8,7 @@ from lightning_infomem.indexing import IndexedDataset
 from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 from lightning_infomem.spurious import MaskedConsistency, MaskedConsistencyModule, probe_critical_neurons
 from lightning_infomem.subsampling import SubsampleRecords, load_records, train_on_subsets
+from lightning_infomem.training_dynamics import TrainingDynamics
 
 __version__ = "0.1.0"
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "NeuronMutualInformation",
     "StateTooLargeError",
     "SubsampleRecords",
+    "TrainingDynamics",
     "WorstGroupAccuracy",
     "functional",
     "load_records",

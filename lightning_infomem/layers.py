@@ -29,6 +29,7 @@ __all__ = [
     "OutputTransform",
     "choose_default_layers",
     "default_layers",
+    "first_tensor",
     "match_layer_pattern",
     "module_output_width",
     "named_layers",
@@ -372,7 +373,15 @@ def _name_list(named: Sequence[tuple[str, nn.Module]], limit: int = 60) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def _first_tensor(output: Any) -> Optional[Tensor]:
+def first_tensor(output: Any) -> Optional[Tensor]:
+    """The first tensor of a module output: the output itself, or the first one found (depth first) in a
+    tuple, list, dict or dict-like model output; ``None`` if there is none.
+
+    Example:
+        >>> import torch
+        >>> first_tensor((None, {"hidden": torch.ones(2)})).tolist()
+        [1.0, 1.0]
+    """
     if isinstance(output, Tensor):
         return output
     if isinstance(output, Mapping):
@@ -382,7 +391,7 @@ def _first_tensor(output: Any) -> Optional[Tensor]:
     else:
         return None
     for value in values:
-        found = _first_tensor(value)
+        found = first_tensor(value)
         if found is not None:
             return found
     return None
@@ -411,7 +420,7 @@ def to_neuron_activations(
         >>> to_neuron_activations((torch.ones(8, 10, 32), None), sequence_reduction="mean").shape
         torch.Size([8, 32])
     """
-    value = output_transform(output) if output_transform is not None else _first_tensor(output)
+    value = output_transform(output) if output_transform is not None else first_tensor(output)
     if not isinstance(value, Tensor):
         what = "output_transform returned" if output_transform is not None else "the module returned"
         raise TypeError(

@@ -42,11 +42,21 @@ from lightning_infomem.functional.subsampling import (
     memorization_from_masks,
     rms_error_bound,
 )
+from lightning_infomem.functional.training_dynamics import (
+    STATISTICS,
+    ForgettingState,
+    dynamics_scores,
+    new_forgetting_state,
+    presentation_statistics,
+    update_forgetting,
+)
 
 __all__ = [
+    "STATISTICS",
     "BinGrid",
     "CountingMethod",
     "CurvatureEstimates",
+    "ForgettingState",
     "InfluenceEstimate",
     "InfluenceTooLargeError",
     "MemorizationEstimate",
@@ -57,6 +67,7 @@ __all__ = [
     "bin_indices",
     "calibrate_value_range",
     "check_activations",
+    "dynamics_scores",
     "entropy_from_counts",
     "grid_bin_indices",
     "histogram_counts",
@@ -74,10 +85,13 @@ __all__ = [
     "memorization_from_masks",
     "mutual_information_from_joint_counts",
     "neuron_entropy",
+    "new_forgetting_state",
     "pair_indices",
     "pairs_to_matrix",
     "pairwise_mutual_information",
+    "presentation_statistics",
     "rademacher_probes",
     "resolve_value_range",
     "rms_error_bound",
+    "update_forgetting",
 ]

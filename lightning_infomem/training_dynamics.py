@@ -1,0 +1,345 @@
+"""The ``TrainingDynamics`` callback: per-sample memorization scores from the training passes that already run.
+
+A forward hook on the module that produces the logits keeps them during each training batch; after
+the batch the callback turns them, with the batch's labels and sample indices, into per-sample
+statistics (`presentation_statistics`) and adds them up by index on the model's device: no second
+forward pass, no host round trip per batch. At the end of each training epoch the sums of all
+processes are added together, the forgetting state is updated, and the scores are available.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from lightning_infomem.checks import check_int
+from lightning_infomem.functional.training_dynamics import (
+    STATISTICS,
+    ForgettingState,
+    dynamics_scores,
+    new_forgetting_state,
+    presentation_statistics,
+    update_forgetting,
+)
+from lightning_infomem.indexing import (
+    BatchUnpack,
+    accumulation_dtype,
+    default_batch_unpack,
+    sum_over_processes,
+    training_set_size,
+)
+from lightning_infomem.layers import first_tensor, named_layers
+from lightning_infomem.sample_results import PerSampleScores
+
+__all__ = ["TrainingDynamics"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class TrainingDynamics(PerSampleScores, Callback):
+    """Score every training sample from the predictions the training steps already make.
+
+    Per sample, by the stable index that `IndexedDataset` puts in each batch (see
+    `presentation_statistics` and `dynamics_scores` for the exact definitions):
+
+    - ``cumulative_loss`` (sum of the training losses, Ravikumar et al., ICML 2025) and ``mean_loss``;
+    - ``aum``: area under the margin (Pleiss et al., NeurIPS 2020), the mean of assigned-class logit
+      minus the largest other logit; low marks mislabelled samples;
+    - ``forgetting``: forgetting events (Toneva et al., ICLR 2019), correct-to-incorrect transitions
+      between consecutive epochs, ``inf`` for a sample never learned; ``learned_epoch``: the first epoch
+      from which it stays correct (``inf`` while not learned);
+    - ``confidence`` and ``variability``: mean and standard deviation of the true-class probability
+      (dataset cartography, Swayamdipta et al., EMNLP 2020); ``presentations``.
+
+    What the scores see: the logits of the training forward pass itself, so with data augmentation
+    they are those of the augmented input, in training mode (dropout on, BatchNorm on batch
+    statistics), before the step's update; under mixed precision they are computed in float64 from
+    the half-precision logits; with gradient accumulation every micro-batch counts; a sample shown
+    twice in one epoch (as ``DistributedSampler`` pads) counts once per presentation in the sums and,
+    for forgetting, is correct in that epoch when it was correct at every presentation.
+
+    How the logits reach it: a forward hook on ``logits_module``, present only during training
+    batches. ``None`` hooks the last ``nn.Linear`` of the model (the classification head of an MLP,
+    a ResNet's ``fc``, a ViT's ``head``, a Hugging Face ``classifier`` / ``score``), printed at the
+    start; ``""`` hooks the ``LightningModule`` itself (its ``forward`` output). Its output (or the
+    first tensor of it, or ``output_transform(output)``) must be ``[batch, classes]`` logits. If the
+    module is called more than once per step, the first call with the batch's size is used.
+
+    Batches must carry a stable sample index: wrap the dataset in `IndexedDataset` (batches
+    ``(x, y, index)``) or pass ``batch_unpack``; ``y`` must be integer class labels.
+
+    Results (the API `LossCurvature` shares): `scores` (a dict of ``[N]`` tensors, NaN for a sample never
+    presented), ``topk(k, name)`` (most suspicious first: high loss, low AUM, many forgetting events,
+    late learning, low confidence), ``rows()``, ``to_csv(path)``; with a ``TensorBoardLogger``, a
+    histogram per score and, for image inputs, a grid of the samples of highest cumulative loss. Logged
+    each epoch through ``pl_module.log``: ``<prefix>/mean_loss``, ``<prefix>/forgetting_events`` (in
+    that epoch) and ``<prefix>/learned_fraction``. The sums survive checkpoints and resume exactly;
+    under DDP every process holds the same scores.
+
+    Args:
+        logits_module: name of the module whose output is the logits (see above).
+        loss_fn: ``(logits, targets) -> [B]`` per-sample loss to accumulate; default cross-entropy of the
+            logits (pass the training loss if it differs, e.g. with label smoothing).
+        output_transform: function from the module's output to the ``[batch, classes]`` logits.
+        batch_unpack: ``batch -> (inputs, targets, indices)``; default `default_batch_unpack`.
+        num_images: samples in the TensorBoard image grid (0 disables).
+        log_histograms: log a TensorBoard histogram per score each epoch.
+        prefix: first part of the logged keys and of the state key.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from lightning.pytorch import LightningModule, Trainer
+        >>> from lightning_infomem import IndexedDataset
+        >>> class Net(LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y, _ = batch
+        ...         return nn.functional.cross_entropy(self.net(x), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> data = IndexedDataset(TensorDataset(torch.randn(40, 8), torch.randint(0, 3, (40,))))
+        >>> dynamics = TrainingDynamics()
+        >>> trainer = Trainer(max_epochs=3, callbacks=[dynamics], logger=False, enable_progress_bar=False,
+        ...                   enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(Net(), DataLoader(data, batch_size=16, shuffle=True))
+        >>> dynamics.scores["cumulative_loss"].shape, dynamics.epochs_recorded
+        (torch.Size([40]), [0, 1, 2])
+        >>> values, indices = dynamics.topk(5, "aum")  # the five lowest areas under the margin
+    """
+
+    primary_score = "cumulative_loss"
+    suspicious_when_high = {
+        "cumulative_loss": True,
+        "mean_loss": True,
+        "aum": False,
+        "forgetting": True,
+        "learned_epoch": True,
+        "confidence": False,
+        "variability": True,
+        "presentations": True,
+    }
+
+    def __init__(
+        self,
+        logits_module: Optional[str] = None,
+        *,
+        loss_fn: Optional[LossFn] = None,
+        output_transform: Optional[Callable[[Any], Tensor]] = None,
+        batch_unpack: Optional[BatchUnpack] = None,
+        num_images: int = 16,
+        log_histograms: bool = True,
+        prefix: str = "dynamics",
+    ) -> None:
+        if logits_module is not None and not isinstance(logits_module, str):
+            raise ValueError(f"logits_module must be a module name, '' or None, received {logits_module!r}")
+        if not isinstance(prefix, str) or not prefix or prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(
+                f"prefix must be a non-empty string without a leading or trailing '/', received {prefix!r}"
+            )
+        self.logits_module = logits_module
+        self.loss_fn = loss_fn
+        self.output_transform = output_transform
+        self.batch_unpack = default_batch_unpack if batch_unpack is None else batch_unpack
+        self.num_images = check_int(num_images, "num_images", minimum=0)
+        self.log_histograms = bool(log_histograms)
+        self.prefix = prefix
+
+        self.sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
+        self.state = new_forgetting_state(0)
+        self.labels = torch.zeros(0, dtype=torch.int64)
+        self.epochs_recorded: list[int] = []
+        self.history: list[dict[str, Any]] = []
+        self._epoch_sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
+        self._sized = True
+        self._module: Optional[nn.Module] = None
+        self._module_name = ""
+        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._captured: list[Tensor] = []
+        self._hook = self._make_hook()
+        self._train_dataset: Optional[Dataset] = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------------------ identity
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sums": self.sums.detach().cpu().double().clone(),
+            "epoch_sums": self._epoch_sums.detach().cpu().double().clone(),
+            "forgetting": {name: value.detach().cpu().clone() for name, value in self.state._asdict().items()},
+            "labels": self.labels.detach().cpu().clone(),
+            "epochs_recorded": list(self.epochs_recorded),
+            "history": [dict(row) for row in self.history],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sums = state_dict["sums"].double()
+        self._epoch_sums = state_dict["epoch_sums"].double()
+        self.state = ForgettingState(**state_dict["forgetting"])
+        self.labels = state_dict["labels"].long()
+        self.epochs_recorded = list(state_dict.get("epochs_recorded", []))
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles callbacks through shared memory, which refuses empty tensors; the hook is rebuilt
+        state = dict(self.__dict__)
+        for name in ("sums", "_epoch_sums", "labels"):
+            state[name] = state[name].cpu().numpy()
+        state["state"] = {k: v.cpu().numpy() for k, v in self.state._asdict().items()}
+        state["_hook"] = state["_handle"] = state["_module"] = None
+        state["_captured"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in ("sums", "_epoch_sums", "labels"):
+            state[name] = torch.from_numpy(state[name].copy())
+        state["state"] = ForgettingState(**{k: torch.from_numpy(v.copy()) for k, v in state["state"].items()})
+        self.__dict__.update(state)
+        self._hook = self._make_hook()
+
+    # ------------------------------------------------------------------------------- results
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        """Every score by name, ``[N]`` float64 on the CPU (see the class docs); NaN for a sample never presented."""
+        return self.score_table()
+
+    def score_table(self) -> dict[str, Tensor]:
+        state = ForgettingState(*(value.cpu() for value in self.state))
+        return dynamics_scores(self.sums.cpu(), state)
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._module, self._module_name = self._find_logits_module(pl_module)
+        rank_zero_info(f"TrainingDynamics: logits from {self._module_name or 'the LightningModule'!r}")
+        self._train_dataset = getattr(trainer.train_dataloader, "dataset", None)
+        size = training_set_size(trainer)
+        self._sized = size is not None
+        self._resize(max(size or 0, self.sums.shape[0]), pl_module.device)
+
+    def _find_logits_module(self, pl_module: LightningModule) -> tuple[nn.Module, str]:
+        layers = dict(named_layers(pl_module))
+        if self.logits_module == "":
+            return pl_module, ""
+        if self.logits_module is not None:
+            if self.logits_module not in layers:
+                shown = ", ".join(list(layers)[-12:])
+                raise ValueError(
+                    f"TrainingDynamics: no module named {self.logits_module!r} in {type(pl_module).__name__}; "
+                    f"name the module whose output is the logits (the last ones: {shown}), or '' for the "
+                    "LightningModule itself"
+                )
+            return layers[self.logits_module], self.logits_module
+        linear = [
+            name for name, module in layers.items() if isinstance(getattr(module, "_orig_mod", module), nn.Linear)
+        ]
+        if not linear:
+            raise ValueError(
+                f"TrainingDynamics: {type(pl_module).__name__} has no nn.Linear to take the logits from; pass "
+                "logits_module='<name>' (the module whose output is the logits) or '' for the LightningModule"
+            )
+        return layers[linear[-1]], linear[-1]
+
+    def _resize(self, size: int, device: torch.device) -> None:
+        dtype = accumulation_dtype(device)
+        extra = size - self.sums.shape[0]
+        if extra > 0:
+            grow = torch.zeros(extra, len(STATISTICS), dtype=dtype)
+            self.sums = torch.cat([self.sums.to(dtype=dtype).cpu(), grow])
+            self._epoch_sums = torch.cat([self._epoch_sums.to(dtype=dtype).cpu(), grow])
+            self.labels = torch.cat([self.labels.cpu(), torch.full((extra,), -1, dtype=torch.int64)])
+            fresh = new_forgetting_state(extra)
+            self.state = ForgettingState(
+                *(torch.cat([old.cpu(), new]) for old, new in zip(self.state, fresh, strict=True))
+            )
+        self.sums = self.sums.to(device=device, dtype=dtype)
+        self._epoch_sums = self._epoch_sums.to(device=device, dtype=dtype)
+        self.labels = self.labels.to(device)
+        self.state = ForgettingState(*(value.to(device) for value in self.state))
+
+    def _make_hook(self) -> Callable[..., None]:
+        captured = self._captured = []
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output)
+
+        return hook
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._captured.clear()
+        if self._module is not None:
+            self._handle = self._module.register_forward_hook(self._hook)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        captured, self._captured[:] = list(self._captured), []
+        _, targets, index = self.batch_unpack(batch)
+        logits = None
+        for output in captured:
+            value = self.output_transform(output) if self.output_transform is not None else first_tensor(output)
+            if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == index.shape[0]:
+                logits = value
+                break
+        if logits is None:
+            self._warn_once(
+                "no-logits",
+                f"TrainingDynamics: {self._module_name or 'the LightningModule'!r} produced no [batch, classes] "
+                "output during a training step, so the batch is not recorded; pass logits_module=... naming the "
+                "module whose output is the logits (or output_transform=...)",
+            )
+            return
+        index = index.to(self._epoch_sums.device).long()
+        targets = targets.to(self._epoch_sums.device)
+        losses = self.loss_fn(logits, targets) if self.loss_fn is not None else None
+        stats = presentation_statistics(logits, targets, losses)
+        if not self._sized:  # an unsized dataset: grow to the largest index (one host synchronisation)
+            self._resize(max(self.sums.shape[0], int(index.max()) + 1), self._epoch_sums.device)
+        self._epoch_sums.index_add_(0, index, stats.to(self._epoch_sums.dtype))
+        self.labels.scatter_(0, index, targets.long())
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        epoch_sums = sum_over_processes(trainer, self._epoch_sums)
+        if trainer.world_size > 1:
+            self.labels = trainer.strategy.reduce(self.labels.double(), reduce_op="max").long()
+        seen = epoch_sums[:, STATISTICS.index("presentations")]
+        correct = epoch_sums[:, STATISTICS.index("correct")]
+        before = self.state.events.sum()
+        self.sums = self.sums + epoch_sums
+        self.state = update_forgetting(self.state, seen, correct, epoch)
+        self._epoch_sums.zero_()
+        self.epochs_recorded.append(epoch)
+        presented = float(seen.sum())
+        row = {
+            "epoch": epoch,
+            "global_step": trainer.global_step,
+            f"{self.prefix}/mean_loss": float(epoch_sums[:, STATISTICS.index("loss")].sum()) / max(presented, 1.0),
+            f"{self.prefix}/forgetting_events": float(self.state.events.sum() - before),
+            f"{self.prefix}/learned_fraction": float((self.state.last_correct == 1).sum())
+            / max(1, int((self.state.last_correct >= 0).sum())),
+        }
+        self.history.append(row)
+        for key, value in row.items():
+            if key.startswith(self.prefix + "/"):
+                pl_module.log(key, torch.tensor(value, dtype=torch.float32, device=pl_module.device))
+        self._log_scores_to_tensorboard(trainer, self._train_dataset, self.log_histograms)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
