@@ -38,30 +38,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, LossCurvature, train_on_subsets
+from lightning_infomem.digits import digits_split, flip_labels
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
-
-
-def load_digits_splits(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(x_train, y_train, x_test, y_test)``: digits in ``[0, 1]``, shuffled by ``seed``, 80 / 20 %."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    order = np.random.default_rng(seed).permutation(len(data.target))
-    x = torch.tensor(data.data[order] / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target[order], dtype=torch.int64)
-    num_train = int(0.8 * len(y))
-    return x[:num_train], y[:num_train], x[num_train:], y[num_train:]
-
-
-def flip_labels(labels: Tensor, fraction: float, seed: int, num_classes: int = 10) -> tuple[Tensor, Tensor]:
-    """``(noisy labels, flipped mask)``: ``round(fraction * S)`` samples get another class, uniformly."""
-    generator = torch.Generator().manual_seed(seed)
-    flipped = torch.zeros(labels.numel(), dtype=torch.bool)
-    flipped[torch.randperm(labels.numel(), generator=generator)[: round(fraction * labels.numel())]] = True
-    shift = torch.randint(1, num_classes, (labels.numel(),), generator=generator)
-    return torch.where(flipped, (labels + shift) % num_classes, labels), flipped
 
 
 class MLP(LightningModule):
@@ -179,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     start = time.perf_counter()
 
-    x, clean, x_test, y_test = load_digits_splits()
+    x, clean, x_test, y_test = digits_split()
     noisy, flipped = flip_labels(clean, args.noise, seed=1000 + args.seed)
     records = train_on_subsets(
         functools.partial(build, epochs=args.epochs),

@@ -52,6 +52,7 @@ from lightning_infomem.metrics import (
     StateTooLargeError,
 )
 from lightning_infomem.reporting import heatmap_image, write_csv
+from lightning_infomem.state_keys import prefixed_state_key
 
 __all__ = ["Binning", "InformationMeasures"]
 
@@ -241,7 +242,7 @@ class InformationMeasures(Callback):
     # ------------------------------------------------------------------------------ identity
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
+        return prefixed_state_key(self, self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from lightning_infomem.indexing import (
     sum_over_processes,
 )
 from lightning_infomem.sample_results import PerSampleScores
+from lightning_infomem.state_keys import prefixed_state_key
 
 __all__ = ["IndexedDataset", "LossCurvature", "MissingIndexError", "default_batch_unpack"]
 
@@ -158,7 +159,7 @@ class LossCurvature(PerSampleScores, Callback):
     # ------------------------------------------------------------------------------ identity
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
+        return prefixed_state_key(self, self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -61,7 +61,7 @@ def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(2, 3))
         >>> model[0] = torch.compile(model[0])
-        >>> [name for name, _ in named_layers(model)]
+        >>> sorted(dict(named_layers(model)))
         ['0']
     """
     layers: dict[str, nn.Module] = {}

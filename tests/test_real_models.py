@@ -132,7 +132,7 @@ def test_vit_defaults_are_the_blocks_cls_token(tmp_path):
 
 def test_the_chosen_layers_are_printed_once(tmp_path, caplog):
     callback = InformationMeasures()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         trainer = fast_trainer(tmp_path, callbacks=[callback])
         model = TokenClassifier(hf_model("bert", layers=2))
         loader = DataLoader(token_batches(32), batch_size=32)
