@@ -310,6 +310,9 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     one = torch.load(tmp_path / "one" / "rank0.pt")
     ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
     for name in one:
-        for scores in ranks:  # every process holds the combined scores, equal to one process's
-            torch.testing.assert_close(scores[name], one[name], rtol=1e-12, atol=1e-12, equal_nan=True, msg=name)
+        # every process holds the same combined scores ...
+        torch.testing.assert_close(ranks[1][name], ranks[0][name], rtol=0, atol=0, equal_nan=True, msg=name)
+        # ... equal to one process's up to float32 rounding: the logits of a batch of 5 per process and of
+        # 10 in one come from different matrix-multiply kernels on some CPUs (oneDNN with AMX)
+        torch.testing.assert_close(ranks[0][name], one[name], rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
     assert float(one["forgetting"].nan_to_num(posinf=0).sum()) > 0
