@@ -54,6 +54,7 @@ from lightning_infomem.functional.mutual_information import (
     iter_joint_histogram_counts,
     mutual_information_from_joint_counts,
     normalized_self_information,
+    pair_indices,
     pairs_to_matrix,
     resolve_counting_method,
 )
@@ -397,8 +398,19 @@ class _ActivationHistogramMetric(Metric):
         super().sync(*args, **kwargs)
 
     def reset(self) -> None:
-        """Clear the counts; a calibrated range is cleared too, a fixed ``value_range`` is kept."""
-        super().reset()
+        """Clear the counts; a calibrated range is cleared too, a fixed ``value_range`` is kept.
+
+        The count tensors are zeroed in place (torchmetrics would copy a zero default of the same size:
+        tens of MiB for the joint histograms of many neurons), so a metric reused for every evaluation
+        allocates nothing.
+        """
+        self._update_count = 0
+        self._forward_cache = None
+        self._computed = None
+        for attr in self._defaults:
+            getattr(self, attr).zero_()
+        self._cache = None
+        self._is_synced = False
         self._held_back = HeldBackSamples()
         self._clear_pending()
         if not self._fixed_range:
@@ -637,17 +649,24 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         """
         self._settle()
         self._warn_about_dropped_values()
-        return self._matrix(self.joint_counts.split(max(1, 2**22 // self.num_bins**2)), self.counts)
+        # without left-out values, a pair's marginals are its two neurons' own histograms
+        shared = int(self.num_nonfinite) == 0
+        return self._matrix(self.joint_counts.split(max(1, 2**22 // self.num_bins**2)), self.counts, shared)
 
-    def _matrix(self, joint_blocks: Any, counts: Tensor) -> Tensor:
+    def _matrix(self, joint_blocks: Any, counts: Tensor, marginals_from_counts: bool = False) -> Tensor:
         """The MI matrix from blocks of joint histograms (row-major pairs) and per-neuron histograms."""
-        pair_values = torch.cat(
-            [
-                mutual_information_from_joint_counts(block, self.base, self.miller_madow, self.normalized)
-                for block in joint_blocks
-            ]
-            or [torch.zeros(0, dtype=torch.float64, device=counts.device)]
-        )
+        rows, columns = pair_indices(self.num_neurons, counts.device)
+        values, first = [], 0
+        for block in joint_blocks:
+            size = block.shape[0]
+            marginals = None
+            if marginals_from_counts:
+                marginals = (counts[rows[first : first + size]], counts[columns[first : first + size]])
+            values.append(
+                mutual_information_from_joint_counts(block, self.base, self.miller_madow, self.normalized, marginals)
+            )
+            first += size
+        pair_values = torch.cat(values or [torch.zeros(0, dtype=torch.float64, device=counts.device)])
         diagonal = entropy_from_counts(counts, self.base, self.miller_madow, self.normalized)
         if self.normalized:
             diagonal = normalized_self_information(diagonal)

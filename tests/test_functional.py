@@ -479,10 +479,16 @@ BLOCKINGS = {
 }
 
 
+@pytest.mark.parametrize("products", ["int8", "float32"])
 @pytest.mark.parametrize("blocking", list(BLOCKINGS))
-def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking):
+def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, products):
     for name, value in BLOCKINGS[blocking].items():
         monkeypatch.setattr(mi_module, name, value)
+    # the matmul kernel's int8 products (torch._int_mm, where it runs) and its float32 fallback
+    monkeypatch.setattr(
+        mi_module, "_INT8_MATMUL", {"cpu": products == "int8" and mi_module._int8_matmul_available(torch.device("cpu"))}
+    )
+    monkeypatch.setattr(mi_module, "_MEASURED", {})
     x = data_with_nonfinite()
     num_bins = 6
     bins = bin_indices(x, num_bins, (-2.0, 2.0))
@@ -508,6 +514,17 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking):
         pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="bincount"),
         pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="matmul"),
     )
+
+
+def test_auto_measures_the_faster_kernel_once_per_size_class(monkeypatch):
+    monkeypatch.setattr(mi_module, "_MEASURED", {})
+    bins = torch.randint(0, 8, (700, 20), generator=torch.Generator().manual_seed(0))
+    first = joint_histogram_counts(bins, 8, method="auto")  # measures both kernels, returns the counts
+    assert len(mi_module._MEASURED) == 1 and set(mi_module._MEASURED.values()) <= {"bincount", "matmul"}
+    assert torch.equal(first, joint_histogram_counts(bins, 8, method="bincount"))
+    again = joint_histogram_counts(bins[:600], 8, method="auto")  # same size class: the measured choice
+    assert len(mi_module._MEASURED) == 1
+    assert torch.equal(again, naive_joint_counts(bins[:600], 8))
 
 
 def test_joint_histogram_orientation_and_pair_order():

@@ -55,27 +55,38 @@ _NLOGN_TABLE_MAX = 2**20  # integer counts up to this use a lookup table for n l
 
 
 def plugin_terms(
-    counts: Tensor, dim: tuple[int, ...] = (-1,), occupied: bool = True
+    counts: Tensor,
+    dim: tuple[int, ...] = (-1,),
+    occupied: bool = True,
+    total: Optional[Tensor] = None,
+    largest: Optional[int] = None,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """``(total, sum of n log n, number of non-empty cells or None)`` of counts over ``dim``, as floats.
 
-    Integer counts read ``n log n`` from a lookup table, which is several times faster than
-    evaluating the logarithm on every cell of a large joint histogram.
+    Integer counts read ``n log n`` from a lookup table (a gather), several times faster than
+    evaluating the logarithm on every cell of a large joint histogram. ``dim`` must be the trailing
+    dimensions. ``total`` (the sums over ``dim``) and ``largest`` (a bound on every count) may be given
+    when the caller knows them, saving a pass over ``counts`` each.
     """
     dtype = _float_dtype(counts.device)
+    trailing = len(dim)
+    if counts.ndim and sorted(d % counts.ndim for d in dim) != list(range(counts.ndim - trailing, counts.ndim)):
+        raise ValueError(f"dim must be the trailing dimensions of counts, received {dim} for {counts.ndim} dimensions")
     if counts.dtype.is_floating_point or counts.numel() == 0:
         n = counts.to(dtype)
         nlogn = torch.special.xlogy(n, n).sum(dim=dim)
     else:
-        largest = int(counts.max())
+        largest = int(counts.max()) if largest is None else int(largest)
         if 0 <= largest <= _NLOGN_TABLE_MAX:
             values = torch.arange(largest + 1, dtype=dtype, device=counts.device)
             table = torch.special.xlogy(values, values)
-            nlogn = table[counts].sum(dim=dim)
+            flat = counts.reshape(-1)
+            gathered = table.index_select(0, flat if flat.dtype in (torch.int32, torch.int64) else flat.long())
+            nlogn = gathered.view(*counts.shape[: counts.ndim - trailing], -1).sum(dim=-1)
         else:
             n = counts.to(dtype)
             nlogn = torch.special.xlogy(n, n).sum(dim=dim)
-    total = counts.sum(dim=dim).to(dtype)
+    total = counts.sum(dim=dim).to(dtype) if total is None else total.to(dtype)
     num_occupied = (counts > 0).sum(dim=dim).to(dtype) if occupied else None
     return total, nlogn, num_occupied
 

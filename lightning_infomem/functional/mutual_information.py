@@ -1,9 +1,13 @@
 """Joint histograms of neuron pairs and their plug-in mutual information, for all pairs at once.
 
-Counting is batched over pairs: on CPU every pair's joint bin code ``a * (B + 1) + b`` is offset into
-its own block and one ``bincount`` counts a whole block of pairs; on GPUs the joint histograms of a
-block of neurons against all later ones are one matrix product of one-hot codes (exact: 0/1
-products accumulated in fp32, sample chunks kept under 2**24). Neither loops over pairs in Python.
+Counting is batched over pairs, with two exact kernels. ``"bincount"``: every pair's joint bin code
+``a * (B + 1) + b`` is offset into its own block and one ``bincount`` counts a whole block of pairs.
+``"matmul"``: the joint histograms of a block of neurons against all later ones are one matrix product
+of one-hot codes (0/1 products: int8 with int32 sums where ``torch._int_mm`` runs, as on CPUs with
+VNNI or AMX and on GPUs; float32 with sample chunks under 2**24 otherwise). ``"auto"`` uses
+``"matmul"`` on GPUs and, on the CPU, whichever of the two is faster for the problem's size class
+(samples and neurons to the next power of two, bins, threads), measured once per process on the
+first problem of that class (both results are compared too). Neither loops over pairs in Python.
 """
 
 from __future__ import annotations
@@ -57,11 +61,11 @@ def pair_indices(num_neurons: int, device: Optional[torch.device] = None) -> tup
 
 
 def resolve_counting_method(method: CountingMethod, device: torch.device) -> str:
-    """``"auto"`` becomes ``"bincount"`` on CPU and ``"matmul"`` elsewhere; other values are checked."""
-    if method == "auto":
-        return "bincount" if device.type == "cpu" else "matmul"
-    if method not in ("bincount", "matmul"):
+    """Check ``method``: ``"auto"`` becomes ``"matmul"`` off the CPU and stays ``"auto"`` on it."""
+    if method not in ("auto", "bincount", "matmul"):
         raise ValueError(f"method must be 'auto', 'bincount' or 'matmul', received {method!r}")
+    if method == "auto" and device.type != "cpu":
+        return "matmul"
     return method
 
 
@@ -96,19 +100,96 @@ def _blocks_bincount(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]
         yield _first_pair(i0, num_neurons), counts.view(num_pairs, width, width)[:, :num_bins, :num_bins]
 
 
+_INT8_MATMUL: dict[str, bool] = {}
+
+
+def _int8_matmul_available(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32, exact) runs on this device type (checked once)."""
+    if device.type not in _INT8_MATMUL:
+        try:
+            probe = torch.ones(24, 16, dtype=torch.int8, device=device)
+            result = torch._int_mm(probe, probe.T.contiguous())
+            _INT8_MATMUL[device.type] = bool((result == 16).all())
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _INT8_MATMUL[device.type] = False
+    return _INT8_MATMUL[device.type]
+
+
 def _blocks_matmul(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
+    """Joint histograms as blocks of the Gram matrix of one-hot bin codes (exact: 0/1 products, integer sums).
+
+    The one-hot matrix has ``num_bins`` columns per neuron; a non-finite value (index ``num_bins``) sets
+    no column, so it drops out of every pair, as the counting rule says. With ``torch._int_mm`` the
+    products are int8 with int32 sums (CPUs with VNNI / AMX, and GPUs); otherwise float32, exact while
+    a chunk has fewer than 2**24 samples.
+    """
     num_samples, num_neurons = bins.shape
-    width = num_bins + 1
-    sample_chunk = max(1, min(_EXACT_FP32_SAMPLES, _ONE_HOT_BYTES // (num_neurons * width * 4)))
-    for i0, i1 in _row_blocks(num_neurons, width * width, _GRAM_ELEMENTS_PER_BLOCK):
-        gram = torch.zeros((i1 - i0) * width, (num_neurons - i0) * width, dtype=torch.int64, device=bins.device)
-        for s0 in range(0, num_samples, sample_chunk):
-            one_hot = torch.nn.functional.one_hot(bins[s0 : s0 + sample_chunk, i0:], width).to(torch.float32)
-            one_hot = one_hot.flatten(1)  # [s, (N - i0) * W]
-            gram += (one_hot[:, : (i1 - i0) * width].T @ one_hot).round_().to(torch.int64)
-        gram = gram.view(i1 - i0, width, num_neurons - i0, width)
-        rows = [gram[i - i0, :num_bins, i - i0 + 1 :, :num_bins].permute(1, 0, 2) for i in range(i0, i1)]
-        yield _first_pair(i0, num_neurons), torch.cat(rows)
+    device = bins.device
+    use_int8 = _int8_matmul_available(device) and num_samples < 2**31
+    dtype = torch.int8 if use_int8 else torch.float32
+    columns = num_neurons * num_bins
+    per_sample = max(1, columns * (1 if use_int8 else 4))
+    chunk = max(1, min(_EXACT_FP32_SAMPLES, _ONE_HOT_BYTES // per_sample))
+    offsets = torch.arange(num_neurons, device=device, dtype=torch.int64) * num_bins
+    transposed = []
+    for s0 in range(0, num_samples, chunk):
+        part = bins[s0 : s0 + chunk]
+        codes = torch.where(part < num_bins, part + offsets, columns)  # non-finite: a trash column
+        one_hot = torch.zeros(part.shape[0], columns + 1, dtype=dtype, device=device)
+        one_hot.scatter_(1, codes, 1)
+        transposed.append(one_hot[:, :columns].T.contiguous())  # [N * B, s]
+    for i0, i1 in _row_blocks(num_neurons, num_bins * num_bins, _GRAM_ELEMENTS_PER_BLOCK):
+        gram: Optional[Tensor] = None
+        for xt in transposed:
+            left, right = xt[i0 * num_bins : i1 * num_bins], xt[i0 * num_bins :].T
+            part = torch._int_mm(left, right) if use_int8 else (left @ right).round_().to(torch.int32)
+            gram = part if gram is None else gram.add_(part)
+        if gram is None:  # no sample
+            gram = torch.zeros((i1 - i0) * num_bins, (num_neurons - i0) * num_bins, dtype=torch.int32, device=device)
+        gram = gram.view(i1 - i0, num_bins, num_neurons - i0, num_bins)
+        rows, cols = torch.triu_indices(i1 - i0, num_neurons - i0, offset=1, device=device)
+        yield _first_pair(i0, num_neurons), gram[rows, :, cols, :].to(torch.int64)
+
+
+# "auto" on CPU: the faster of the two exact kernels, measured once per problem size on the problem itself
+_MEASURED: dict[tuple[int, int, int, int], str] = {}
+
+
+def _size_class(num_samples: int, num_neurons: int, num_bins: int) -> tuple[int, int, int, int]:
+    return (num_samples.bit_length(), num_neurons.bit_length(), num_bins, torch.get_num_threads())
+
+
+def _measured_method(bins: Tensor, num_bins: int) -> tuple[str, Optional[list[tuple[int, Tensor]]]]:
+    """The faster CPU kernel for this size class; the first time, both run here and the result is returned too."""
+    key = _size_class(bins.shape[0], bins.shape[1], num_bins)
+    if key in _MEASURED:
+        return _MEASURED[key], None
+    if not _int8_matmul_available(bins.device):
+        _MEASURED[key] = "bincount"
+        return "bincount", None
+    import time
+
+    start = time.perf_counter()
+    by_bincount = list(_blocks_bincount(bins, num_bins))
+    middle = time.perf_counter()
+    by_matmul = list(_blocks_matmul(bins, num_bins))
+    end = time.perf_counter()
+
+    def joined(blocks: list[tuple[int, Tensor]]) -> Tensor:
+        return torch.cat([counts for _, counts in blocks]) if blocks else torch.zeros(0, dtype=torch.int64)
+
+    same = torch.equal(joined(by_bincount), joined(by_matmul))  # the two kernels cut the pairs into other blocks
+    if not same:  # never expected: the matmul kernel is exact; keep to the counting kernel then
+        import warnings
+
+        warnings.warn(
+            "the one-hot matmul counting kernel disagreed with bincount on this CPU; using bincount",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _INT8_MATMUL["cpu"] = False
+    _MEASURED[key] = "matmul" if same and end - middle < middle - start else "bincount"
+    return _MEASURED[key], by_bincount
 
 
 def iter_joint_histogram_counts(
@@ -122,7 +203,13 @@ def iter_joint_histogram_counts(
     num_bins = check_num_bins(num_bins)
     if bins.ndim != 2:
         raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
-    if resolve_counting_method(method, bins.device) == "bincount":
+    method = resolve_counting_method(method, bins.device)
+    if method == "auto":
+        method, done = _measured_method(bins, num_bins)
+        if done is not None:
+            yield from done
+            return
+    if method == "bincount":
         yield from _blocks_bincount(bins, num_bins)
     else:
         yield from _blocks_matmul(bins, num_bins)
@@ -138,9 +225,10 @@ def joint_histogram_counts(bins: Tensor, num_bins: int, method: CountingMethod =
         bins: bin indices from `bin_indices`; index ``num_bins`` marks a non-finite value,
             and a sample is left out of a pair's histogram when either of its two values is.
         num_bins: number of bins per neuron.
-        method: ``"bincount"`` (offset joint codes counted by ``bincount``, fastest on CPU),
-            ``"matmul"`` (Gram matrix of one-hot codes, exact in fp32, fastest on GPUs) or
-            ``"auto"`` (by device). Both give identical counts.
+        method: ``"bincount"`` (offset joint codes counted by ``bincount``), ``"matmul"`` (the Gram
+            matrix of one-hot codes, int8 or float32) or ``"auto"`` (``"matmul"`` on GPUs; on the CPU the
+            faster of the two for the problem's size, measured once; see the module docs). All give
+            identical counts.
 
     Example:
         >>> import torch
@@ -159,6 +247,7 @@ def mutual_information_from_joint_counts(
     base: Optional[float] = None,
     miller_madow: bool = False,
     normalized: bool = False,
+    marginals: Optional[tuple[Tensor, Tensor]] = None,
 ) -> Tensor:
     """Plug-in mutual information of joint histograms: ``[..., B, B]`` counts -> ``[...]``.
 
@@ -172,6 +261,8 @@ def mutual_information_from_joint_counts(
         miller_madow: apply the Miller-Madow correction to each of the three entropies, which adds
             ``(m_x + m_y - m_xy - 1) / (2 S)``; the corrected value can be slightly negative.
         normalized: divide by ``sqrt(H(X) H(Y))`` (0 where either entropy is 0), giving values in ``[0, 1]``.
+        marginals: ``(joint_counts.sum(-1), joint_counts.sum(-2))`` when the caller has them (for example
+            each neuron's own histogram, when no value was left out): saves two passes over the counts.
 
     Example:
         >>> import torch
@@ -180,9 +271,13 @@ def mutual_information_from_joint_counts(
     """
     if joint_counts.ndim < 2 or joint_counts.shape[-1] != joint_counts.shape[-2]:
         raise ValueError(f"joint_counts must have shape [..., B, B], received shape {list(joint_counts.shape)}")
-    total, nlogn_joint, occupied_joint = plugin_terms(joint_counts, dim=(-2, -1), occupied=miller_madow)
-    _, nlogn_x, occupied_x = plugin_terms(joint_counts.sum(-1), occupied=True)
-    _, nlogn_y, occupied_y = plugin_terms(joint_counts.sum(-2), occupied=True)
+    rows, columns = marginals if marginals is not None else (joint_counts.sum(-1), joint_counts.sum(-2))
+    total_x, nlogn_x, occupied_x = plugin_terms(rows, occupied=True)
+    _, nlogn_y, occupied_y = plugin_terms(columns, occupied=True)
+    largest = int(total_x.max()) if total_x.numel() and not joint_counts.dtype.is_floating_point else None
+    total, nlogn_joint, occupied_joint = plugin_terms(
+        joint_counts, dim=(-2, -1), occupied=miller_madow, total=total_x, largest=largest
+    )
     safe = total.clamp_min(1)
     mutual_info = (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe)
     if miller_madow:
