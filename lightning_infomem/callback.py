@@ -100,10 +100,14 @@ class InformationMeasures(Callback):
             (its patience then counts measurements), or measure at every validation and run validation
             every n epochs (``Trainer(check_val_every_n_epoch=n)``). Other monitor set-ups are refused
             at setup, naming the fix.
-        binning: the range of the equal-width bins, re-calibrated at every evaluation on its first
-            ``calibration_samples`` samples: ``"layer"`` one range per layer, ``"neuron"`` one per
-            neuron, ``"global"`` one over all monitored layers (the paper's choice; one outlying layer
-            then compresses the others).
+        entropy_binning: the range of the entropy's equal-width bins, re-calibrated at every evaluation
+            on its first ``calibration_samples`` samples: ``"global"`` one over all monitored layers (the
+            paper's choice, and the default: on the package's experiments it kept the direction of H
+            that per-layer ranges lost; a neuron's H then depends on its scale relative to the other
+            layers' neurons), ``"layer"`` one per layer, ``"neuron"`` one per neuron.
+        mutual_info_binning: the same for MI; default ``"layer"`` (on the same experiments per-layer
+            ranges kept the MI signal better than one global range).
+        binning: sets both ``entropy_binning`` and ``mutual_info_binning`` (``None``: use those).
         range_quantile: calibrate with the ``q`` / ``1 - q`` quantiles instead of min / max.
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
@@ -148,7 +152,9 @@ class InformationMeasures(Callback):
         max_samples: Optional[int] = 2048,
         max_neurons: Optional[int] = 128,
         every_n_epochs: int = 1,
-        binning: Binning = "layer",
+        binning: Optional[Binning] = None,
+        entropy_binning: Binning = "global",
+        mutual_info_binning: Binning = "layer",
         range_quantile: float = 0.0,
         calibration_samples: int = 512,
         miller_madow: bool = False,
@@ -161,8 +167,13 @@ class InformationMeasures(Callback):
         max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
         dataloaders: Optional[Sequence[int]] = None,
     ) -> None:
-        if binning not in ("layer", "neuron", "global"):
-            raise ValueError(f"binning must be 'layer', 'neuron' or 'global', received {binning!r}")
+        for name, value in (
+            ("binning", binning),
+            ("entropy_binning", entropy_binning),
+            ("mutual_info_binning", mutual_info_binning),
+        ):
+            if value not in ("layer", "neuron", "global") and not (name == "binning" and value is None):
+                raise ValueError(f"{name} must be 'layer', 'neuron' or 'global', received {value!r}")
         if sequence_reduction not in ("first", "mean"):
             raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
         if not isinstance(prefix, str) or prefix.startswith("/") or prefix.endswith("/"):
@@ -176,6 +187,8 @@ class InformationMeasures(Callback):
         self.max_neurons = check_optional_int(max_neurons, "max_neurons", minimum=1)
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.binning = binning
+        self.entropy_binning = entropy_binning if binning is None else binning
+        self.mutual_info_binning = mutual_info_binning if binning is None else binning
         self.range_quantile = check_float(
             range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
         )
@@ -332,7 +345,8 @@ class InformationMeasures(Callback):
         return MeasurementSettings(
             entropy_bins=self.entropy_bins,
             mutual_info_bins=self.mutual_info_bins,
-            binning=self.binning,
+            entropy_binning=self.entropy_binning,
+            mutual_info_binning=self.mutual_info_binning,
             range_quantile=self.range_quantile,
             calibration_samples=self.calibration_samples,
             miller_madow=self.miller_madow,
@@ -426,7 +440,8 @@ class InformationMeasures(Callback):
             self._distributed = (
                 self._world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
             )
-            self.measurements = {}
+            for measurement in self.measurements.values():
+                measurement.reset()
         # The hooks are in place at every validation epoch, the sanity check included, so that a model
         # compiled with torch.compile traces them into its evaluation graph at its first evaluation.
         modules = dict(named_layers(pl_module))
@@ -511,7 +526,10 @@ class InformationMeasures(Callback):
             if not measuring:
                 continue
             measurement = self.measurements.get(loader)
-            if measurement is None:
+            if measurement is None or (measurement.world_size, measurement.distributed) != (
+                self._world_size,
+                self._distributed,
+            ):
                 measurement = ActivationMeasurement(
                     self.layer_names,
                     self._settings(),
@@ -559,7 +577,8 @@ class InformationMeasures(Callback):
 
     # ------------------------------------------------------------------------------- results
     def _compute_and_log(self, trainer: Trainer, pl_module: LightningModule) -> Optional[dict[str, Any]]:
-        if not self.measurements:
+        active = {loader: m for loader, m in self.measurements.items() if m.measured}
+        if not active:
             hint = ""
             if _is_compiled(pl_module):
                 hint = (
@@ -576,8 +595,8 @@ class InformationMeasures(Callback):
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         scalars: dict[str, float] = {}
         self.results = {}
-        for loader in sorted(self.measurements):
-            results = self.measurements[loader].results()
+        for loader in sorted(active):
+            results = active[loader].results()
             self.results[loader] = results
             self._report_layers(trainer, loader, results)
             for name in self.layer_names:

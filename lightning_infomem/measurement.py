@@ -7,10 +7,10 @@ It knows nothing of Lightning: it is driven by ``observe`` and ``results`` calls
 usable (and testable) on its own.
 
 Binning ranges are calibrated on each process's first ``calibration_samples / world_size``
-samples of every layer (gathered under DDP): one range per layer, per neuron, or one over all
-layers (``binning="global"``), from finite values only. A layer whose calibration samples hold no
-finite value keeps waiting for finite samples; at the end, a layer that never had one is
-undefined and its values are NaN.
+samples of every layer (gathered under DDP), from finite values only: one range per layer, per
+neuron, or one over all layers (``"global"``), chosen separately for entropy and for MI. A layer
+whose calibration samples hold no finite value keeps waiting for finite samples; at the end, a
+layer that never had one is undefined and its values are NaN.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class MeasurementSettings:
 
     entropy_bins: int = 100
     mutual_info_bins: int = 16
-    binning: Binning = "layer"
+    entropy_binning: Binning = "global"
+    mutual_info_binning: Binning = "layer"
     range_quantile: float = 0.0
     calibration_samples: int = 512
     miller_madow: bool = False
@@ -133,9 +134,16 @@ class ActivationMeasurement:
         self.calibration_quota = -(-settings.calibration_samples // world_size)
         self.entropy_metrics: dict[str, NeuronEntropy] = {}
         self.mutual_info_metrics: dict[str, NeuronMutualInformation] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new evaluation: the counts, quotas and ranges are cleared; the metrics are kept (and reused)."""
+        for metric in (*self.entropy_metrics.values(), *self.mutual_info_metrics.values()):
+            metric.reset()
         self.seen = {name: 0 for name in self.layer_names}
         self._held_back = {name: HeldBackSamples() for name in self.layer_names}
         self._calibrated: set[str] = set()
+        self._observed: set[str] = set()
         self._first_calibration_done = False
 
     # ------------------------------------------------------------------------------ sampling
@@ -153,8 +161,10 @@ class ActivationMeasurement:
         if activations.shape[0] == 0:
             return
         self.seen[name] += int(activations.shape[0])
-        if name not in self.entropy_metrics:
+        metric = self.entropy_metrics.get(name)
+        if metric is None or metric.num_neurons != activations.shape[1] or metric.counts.device != activations.device:
             self._create_metrics(name, activations)
+        self._observed.add(name)
         if name in self._calibrated:
             self._update(name, activations)
             return
@@ -191,11 +201,12 @@ class ActivationMeasurement:
         (all of them together under global binning). Decisions depend only on sample counts, which are
         equal on every process, so every process takes the same collective steps.
         """
-        waiting = [name for name in self.layer_names if name not in self._calibrated and name in self.entropy_metrics]
+        waiting = [name for name in self.layer_names if name not in self._calibrated and name in self._observed]
         if not waiting:
             return
         target = self._target()
-        if not self._first_calibration_done or self.settings.binning == "global":
+        any_global = "global" in (self.settings.entropy_binning, self.settings.mutual_info_binning)
+        if not self._first_calibration_done or any_global:
             watched = self.layer_names if not self._first_calibration_done else waiting
             if final or all(self._held_back[name].rows >= target for name in watched):
                 self._calibrate(waiting, final)
@@ -215,38 +226,43 @@ class ActivationMeasurement:
             samples[name], local[name] = gather_calibration_samples(
                 self._held_back[name].take(), quota, width, device, distributed=self.distributed
             )
-        ranges: dict[str, Optional[tuple[Tensor, Tensor]]]
-        if self.settings.binning == "global":
-            pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()]) if samples else torch.zeros(0, 1)
-            found = calibrated_range(pooled, quantile=self.settings.range_quantile)
-            ranges = {name: found for name in group}
+        entropy_ranges = self._ranges(self.settings.entropy_binning, samples)
+        if self.settings.mutual_info_binning == self.settings.entropy_binning:
+            mutual_info_ranges = entropy_ranges
         else:
-            per_neuron = self.settings.binning == "neuron"
-            ranges = {
-                name: calibrated_range(samples[name], per_neuron=per_neuron, quantile=self.settings.range_quantile)
-                for name in group
-            }
+            mutual_info_ranges = self._ranges(self.settings.mutual_info_binning, samples)
         for name in group:
-            found = ranges[name]
-            if found is None:  # no finite value: these samples are unusable; wait for finite ones
+            found, found_mi = entropy_ranges[name], mutual_info_ranges[name]
+            if found is None or found_mi is None:  # no finite value: these samples are unusable; wait for finite ones
                 unusable = local[name] if final else local[name][:quota]
                 for metric in (self.entropy_metrics[name], self.mutual_info_metrics[name]):
                     metric._count_unusable(unusable.shape[0])
                 if not final:
                     self._held_back[name].keep([local[name][quota:]])
                 continue
-            low, high = found
-            self.entropy_metrics[name].set_value_range(low, high)
-            self.mutual_info_metrics[name].set_value_range(low, high)
+            self.entropy_metrics[name].set_value_range(*found)
+            self.mutual_info_metrics[name].set_value_range(*found_mi)
             if local[name].shape[0]:
                 self._update(name, local[name])
             self._calibrated.add(name)
 
+    def _ranges(self, binning: Binning, samples: dict[str, Tensor]) -> dict[str, Optional[tuple[Tensor, Tensor]]]:
+        """The range of each layer under one binning policy (``None`` where its samples hold no finite value)."""
+        quantile = self.settings.range_quantile
+        if binning == "global":
+            pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()]) if samples else torch.zeros(0, 1)
+            found = calibrated_range(pooled, quantile=quantile)
+            # a layer of only NaN / Inf stays undefined, whatever the range of the others
+            return {name: found if bool(torch.isfinite(s).any()) else None for name, s in samples.items()}
+        return {
+            name: calibrated_range(s, per_neuron=binning == "neuron", quantile=quantile) for name, s in samples.items()
+        }
+
     # ------------------------------------------------------------------------------- results
     @property
     def measured(self) -> list[str]:
-        """Layers that received activations (on this process)."""
-        return [name for name in self.layer_names if name in self.entropy_metrics]
+        """Layers that received activations in this evaluation (on this process)."""
+        return [name for name in self.layer_names if name in self._observed]
 
     def results(self) -> dict[str, LayerResult]:
         """Finish calibration and compute every measured layer (collective steps under DDP)."""

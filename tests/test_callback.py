@@ -115,18 +115,33 @@ def expected_keys(layers: list[str], prefix: str = "infomem") -> set[str]:
     return keys
 
 
-def functional_values(acts: Tensor, value_range: Any, entropy_bins: int = 100, mi_bins: int = 16) -> tuple:
+def functional_values(
+    acts: Tensor, value_range: Any, entropy_bins: int = 100, mi_bins: int = 16, entropy_range: Any = None
+) -> tuple:
     """Per-neuron entropies and the MI matrix of one layer from the functional core."""
-    entropy = neuron_entropy(acts, entropy_bins, value_range=value_range)
+    entropy = neuron_entropy(acts, entropy_bins, value_range=value_range if entropy_range is None else entropy_range)
     mutual_info = pairwise_mutual_information(acts, mi_bins, value_range=value_range)
     return entropy, mutual_info
 
 
-def assert_row_matches_functional(row: dict[str, Any], per_layer_acts: dict[str, Tensor], ranges: dict[str, Any]):
-    """The row's per-layer and overall values equal the functional core on the given activations."""
+def global_ranges(ranges: dict[str, Any]) -> dict[str, Any]:
+    """One range over all layers (the callback's default for entropy) from per-layer min..max ranges."""
+    low = min(float(r[0]) for r in ranges.values())
+    high = max(float(r[1]) for r in ranges.values())
+    return {name: (low, high) for name in ranges}
+
+
+def assert_row_matches_functional(
+    row: dict[str, Any], per_layer_acts: dict[str, Tensor], ranges: dict[str, Any], entropy_ranges: Any = None
+):
+    """The row's per-layer and overall values equal the functional core on the given activations.
+
+    ``ranges`` are the MI ranges; ``entropy_ranges`` default to one global range over them (the defaults).
+    """
+    entropy_ranges = global_ranges(ranges) if entropy_ranges is None else entropy_ranges
     all_entropies, pair_sum, pair_count = [], 0.0, 0
     for name, acts in per_layer_acts.items():
-        entropy, mutual_info = functional_values(acts, ranges[name])
+        entropy, mutual_info = functional_values(acts, ranges[name], entropy_range=entropy_ranges[name])
         assert row[f"infomem/{name}/entropy"] == pytest.approx(float(entropy.mean()), rel=1e-9, abs=1e-12)
         assert row[f"infomem/{name}/mutual_info"] == pytest.approx(
             float(mean_off_diagonal(mutual_info)), rel=1e-9, abs=1e-12
@@ -256,12 +271,12 @@ def test_values_equal_the_functional_core_at_every_measurement(mlp_run):
         # calibration_samples=512 >= 360: the per-layer range is the min..max of all samples
         ranges = {name: min_max(a) for name, a in acts.items()}
         assert_row_matches_functional(row, acts, ranges)
-    # the last range the metrics used is that min..max
+    # the last ranges the metrics used: min..max of each layer for MI, over both layers for entropy
+    last = {name: min_max(recorder.activations(3, name)) for name in ("net.0", "net.2")}
     for name in ("net.0", "net.2"):
-        low, high = callback.entropy_metrics[name].value_range
-        expected_low, expected_high = min_max(recorder.activations(3, name))
-        assert float(low) == float(expected_low) and float(high) == float(expected_high)
-        assert callback.mutual_info_metrics[name].value_range[0] == low
+        low, high = callback.mutual_info_metrics[name].value_range
+        assert float(low) == float(last[name][0]) and float(high) == float(last[name][1])
+        assert [float(v) for v in callback.entropy_metrics[name].value_range] == list(global_ranges(last)[name])
 
 
 def test_checkpoint_monitoring_mutual_info_keeps_the_minimum(mlp_run):
@@ -350,7 +365,11 @@ def test_non_finite_activations_give_finite_values_and_a_warning(tmp_path):
         acts = torch.cat([model.net[0](batch) for batch in x.split(128)])
     assert not bool(torch.isfinite(acts).all())
     low, high = min_max(acts)
-    entropy, mutual_info = functional_values(acts, (low, high))
+    # entropy on the metric's range (one over both layers, the default), MI on the layer's own
+    entropy, mutual_info = functional_values(
+        acts, (low, high), entropy_range=callback.entropy_metrics["net.0"].value_range
+    )
+    assert float(callback.mutual_info_metrics["net.0"].value_range[0]) == float(low)
     row = callback.history[-1]
     assert row["infomem/net.0/entropy"] == pytest.approx(float(entropy.mean()), rel=1e-9)
     assert row["infomem/net.0/mutual_info"] == pytest.approx(float(mean_off_diagonal(mutual_info)), rel=1e-9)
@@ -445,7 +464,7 @@ def test_max_samples_and_max_neurons_select_what_the_functional_core_sees(tmp_pa
         max_samples=max_samples,
         max_neurons=12,
         calibration_samples=calibration,
-        binning=binning,
+        binning=binning,  # both entropy and MI
     )
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     model = DigitsMLP()
@@ -476,7 +495,7 @@ def test_max_samples_and_max_neurons_select_what_the_functional_core_sees(tmp_pa
         for name in acts:
             assert [float(v) for v in ranges[name]] == [float(pooled.min()), float(pooled.max())]
     row = callback.history[-1]
-    assert_row_matches_functional(row, acts, ranges)
+    assert_row_matches_functional(row, acts, ranges, entropy_ranges=ranges)
     for name, a in acts.items():
         low, high = (r.float() for r in ranges[name])
         outside = ((a < low) | (a > high)).sum().item()
