@@ -10,7 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NUM_CLASSES", "digits_split", "flip_labels", "found_fraction", "load_digits"]
+__all__ = [
+    "NUM_CLASSES",
+    "coloured_digits",
+    "digits_split",
+    "flip_labels",
+    "found_fraction",
+    "load_digits",
+    "redraw_labels",
+]
 
 NUM_CLASSES = 10
 
@@ -69,3 +77,51 @@ def found_fraction(scores: Tensor, positives: Tensor) -> float:
     above, at = scores > cut, scores == cut
     found = float((positives & above).sum()) + (k - int(above.sum())) * float((positives & at).sum()) / int(at.sum())
     return found / k
+
+
+def coloured_digits(
+    images: Tensor, digits: Tensor, alpha: float, generator: torch.Generator, label_noise: float = 0.25
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The paper's Colored MNIST construction on the digits: ``(coloured images [S, 2, 8, 8], labels, colours)``.
+
+    As in the IRM code Bansal et al. build on: the binary label is ``digit >= 5``, flipped with
+    probability ``label_noise`` (so the shape predicts it at best ``1 - label_noise`` of the time); the
+    colour is the (noisy) label flipped with probability ``e = (1 - alpha) / 2``, so it agrees with the
+    label with probability ``(1 + alpha) / 2``: not at all informative at ``alpha = 0``, as informative as
+    the shape at ``alpha = 1 - 2 * label_noise``, always right at ``alpha = 1``. An out-of-distribution
+    evaluation set uses ``alpha = 0`` (random colour). The digit is
+    drawn in the red (colour 0) or the green (colour 1) channel.
+
+    Example:
+        >>> x = torch.rand(1000, 64)
+        >>> digits = torch.randint(0, 10, (1000,))
+        >>> images, labels, colours = coloured_digits(x, digits, 1.0, torch.Generator().manual_seed(0))
+        >>> images.shape, bool((colours == labels).all())
+        (torch.Size([1000, 2, 8, 8]), True)
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], received {alpha!r}")
+    labels = (digits >= 5).long()
+    labels = torch.where(torch.rand(labels.shape, generator=generator) < label_noise, 1 - labels, labels)
+    colour_flip = torch.rand(labels.shape, generator=generator) < (1.0 - alpha) / 2.0
+    colours = torch.where(colour_flip, 1 - labels, labels)
+    coloured = torch.zeros(images.shape[0], 2, 64, dtype=images.dtype)
+    coloured[torch.arange(images.shape[0]), colours] = images
+    return coloured.view(-1, 2, 8, 8), labels, colours
+
+
+def redraw_labels(labels: Tensor, beta: float, generator: torch.Generator, num_classes: int = NUM_CLASSES) -> Tensor:
+    """A fraction ``beta`` of the labels redrawn uniformly over the classes (the paper's shuffled labels).
+
+    A redrawn label may come out equal to the original (with probability ``1 / num_classes``).
+
+    Example:
+        >>> labels = torch.zeros(1000, dtype=torch.int64)
+        >>> redrawn = redraw_labels(labels, 0.5, torch.Generator().manual_seed(0))
+        >>> 0.40 < float((redrawn != 0).double().mean()) < 0.50
+        True
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], received {beta!r}")
+    redraw = torch.rand(labels.shape, generator=generator) < beta
+    return torch.where(redraw, torch.randint(0, num_classes, labels.shape, generator=generator), labels)

@@ -1,0 +1,467 @@
+"""Controlled memorization experiments on the digits, and the rules a user would pick checkpoints by.
+
+Two settings, built so that the network really memorizes (see `lightning_infomem.digits`):
+
+- ``shortcut``: the paper's Colored MNIST construction. Binary label ``digit >= 5`` flipped with
+  probability 0.25 in training and in-distribution validation; a colour that agrees with the noisy
+  label with probability ``(1 + alpha) / 2``. Ground truth: accuracy on an out-of-distribution test
+  split with random colour, against the clean label (``digit >= 5``).
+- ``label_noise``: a fraction ``beta`` of the training *and* validation labels redrawn uniformly
+  (a user has no clean validation labels). Ground truth: accuracy on a clean test split.
+
+`run_one` trains one MLP (three hidden layers of 256 ReLU units, the paper's) with
+`InformationMeasures` at its defaults and in paper mode (and, every few epochs, the KSG mutual
+information of a fixed neuron subset), and records per validation epoch every logged key, the
+in-distribution validation loss and accuracy, and the ground-truth accuracy. `model_selection`,
+`checkpoint_selection` and `early_stopping` then score the rules a user could select by: for a rule
+``"key:min"`` or ``"key:max"`` (or ``"last_epoch"``), which model or checkpoint it picks and how good
+that one really is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_infomem.callback import InformationMeasures
+from lightning_infomem.digits import coloured_digits, load_digits, redraw_labels
+from lightning_infomem.functional.ksg import ksg_mutual_information
+from lightning_infomem.functional.mutual_information import mean_off_diagonal
+
+__all__ = [
+    "SETTINGS",
+    "DigitsMLP",
+    "RunConfig",
+    "checkpoint_selection",
+    "chosen_checkpoint",
+    "early_stopping",
+    "kendall_tau",
+    "make_data",
+    "model_selection",
+    "rule_value",
+    "run_one",
+]
+
+SETTINGS = ("shortcut", "label_noise")
+LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+LAYERS = ["net.0", "net.2", "net.4"]  # the pre-activation outputs of the three hidden layers
+
+
+@dataclass
+class RunConfig:
+    """How one run trains and measures."""
+
+    epochs: int = 60
+    hidden: int = 256
+    lr: float = 1e-3
+    batch_size: int = 64
+    paper: bool = True  # also InformationMeasures.paper() at every measured epoch
+    ablations: bool = False  # also binning="layer" (the former defaults), binning="global", mutual_info_bins=32
+    ksg_every: int = 5  # KSG MI every this many epochs (0: never)
+    ksg_neurons: int = 32
+    measure_every: int = 1  # InformationMeasures every_n_epochs
+    per_sample_scores: bool = False  # TrainingDynamics and LossCurvature on the training set
+    curvature_probes: int = 10
+    log_dir: Optional[str] = None  # TensorBoard logs of the run (None: no logger)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_data(setting: str, level: float, seed: int, split_seed: int = 0) -> dict[str, Any]:
+    """Train / in-distribution validation / ground-truth sets of one run: 60 / 20 / 20 % of the digits.
+
+    Returns ``{"train": (x, y), "val": (x, y), "truth": (x, y), "true_train": y_clean, "classes": C}``:
+    ``val`` carries the same shortcut or noise as ``train``; ``truth`` is the out-of-distribution
+    split (random colour, clean label) or the clean test split.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, received {setting!r}")
+    x, digits = load_digits(split_seed)
+    n = len(digits)
+    cut_train, cut_val = int(0.6 * n), int(0.8 * n)
+    parts = [slice(0, cut_train), slice(cut_train, cut_val), slice(cut_val, n)]
+    generator = torch.Generator().manual_seed(10_000 * seed + int(round(level * 1000)))
+    if setting == "shortcut":
+        (xt, yt, _), (xv, yv, _) = (coloured_digits(x[p], digits[p], level, generator) for p in parts[:2])
+        xo, _, _ = coloured_digits(x[parts[2]], digits[parts[2]], 0.0, generator)
+        clean_train = (digits[parts[0]] >= 5).long()
+        return {
+            "train": (xt, yt),
+            "val": (xv, yv),
+            "truth": (xo, (digits[parts[2]] >= 5).long()),
+            "true_train": clean_train,
+            "classes": 2,
+        }
+    yt = redraw_labels(digits[parts[0]], level, generator)
+    yv = redraw_labels(digits[parts[1]], level, generator)
+    return {
+        "train": (x[parts[0]], yt),
+        "val": (x[parts[1]], yv),
+        "truth": (x[parts[2]], digits[parts[2]]),
+        "true_train": digits[parts[0]],
+        "classes": 10,
+    }
+
+
+class DigitsMLP(LightningModule):
+    """The paper's MLP: three hidden layers of ``hidden`` ReLU units, Adam, cross-entropy.
+
+    Logs ``val_loss`` and ``val_acc`` (on the validation labels, noisy or shortcut-carrying as trained).
+    """
+
+    def __init__(self, in_features: int, classes: int, hidden: int = 256, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        value = float((model(data[0]).argmax(1) == data[1]).double().mean())
+    model.train(was_training)
+    return value
+
+
+def capture_activations(model: nn.Module, layers: list[str], x: Tensor) -> dict[str, Tensor]:
+    """Outputs of the named modules on ``x`` (eval mode, no gradient), ``[S, N]`` each."""
+    modules = dict(model.named_modules())
+    captured: dict[str, Tensor] = {}
+    handles = [
+        modules[name].register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out.detach()))
+        for name in layers
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+class EpochRecorder(Callback):
+    """After every validation: the logged keys, the ground-truth accuracy and (every few epochs) KSG MI."""
+
+    def __init__(self, data: dict[str, Any], config: RunConfig, seed: int) -> None:
+        self.data = data
+        self.config = config
+        self.rows: list[dict[str, Any]] = []
+        generator = torch.Generator().manual_seed(seed)
+        self.subsets = {name: None for name in LAYERS}
+        self._generator = generator
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({key: float(value) for key, value in trainer.callback_metrics.items() if _is_epoch_key(key)})
+        row["truth_acc"] = accuracy(pl_module, self.data["truth"])
+        row["train_acc"] = accuracy(pl_module, self.data["train"])
+        every = self.config.ksg_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.config.epochs):
+            row.update(self.ksg(pl_module))
+        self.rows.append(row)
+
+    def ksg(self, model: nn.Module) -> dict[str, float]:
+        """KSG MI (k = 3) of a fixed random subset of each layer's neurons on the validation inputs."""
+        acts = capture_activations(model, LAYERS, self.data["val"][0])
+        values = {}
+        for name, x in acts.items():
+            if self.subsets[name] is None:
+                self.subsets[name] = torch.randperm(x.shape[1], generator=self._generator)[: self.config.ksg_neurons]
+            subset = x[:, self.subsets[name]].double()
+            values[f"ksg/{name}/mutual_info"] = float(mean_off_diagonal(ksg_mutual_information(subset, k=3)))
+        values["ksg/mutual_info"] = float(np.mean(list(values.values())))
+        return values
+
+
+def _is_epoch_key(key: str) -> bool:
+    return key.startswith(("infomem", "val_")) and not key.endswith("clipped_fraction")
+
+
+def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[str, Any]:
+    """Train one model of a series and record its curves (see the module docs); returns a JSON-able dict."""
+    start = time.perf_counter()
+    seed_everything(seed, verbose=False)
+    data = make_data(setting, level, seed)
+    x, y = data["train"]
+    model = DigitsMLP(x[0].numel(), data["classes"], config.hidden, config.lr)
+    recorder = EpochRecorder(data, config, seed)
+    callbacks: list[Callback] = [
+        InformationMeasures(layers=LAYERS, every_n_epochs=config.measure_every, seed=seed),
+    ]
+    if config.paper:
+        callbacks.append(InformationMeasures.paper(layers=LAYERS, every_n_epochs=config.measure_every))
+    if config.ablations:
+        for prefix, change in (
+            ("infomem_layer", {"binning": "layer"}),
+            ("infomem_global", {"binning": "global"}),
+            ("infomem_mi32", {"mutual_info_bins": 32}),
+        ):
+            callbacks.append(
+                InformationMeasures(
+                    layers=LAYERS, every_n_epochs=config.measure_every, seed=seed, prefix=prefix, **change
+                )
+            )
+    dynamics = curvature = None
+    if config.per_sample_scores:
+        from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics
+
+        dynamics = TrainingDynamics(num_images=0, log_histograms=False)
+        scoring = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=512)
+        curvature = LossCurvature(scoring, num_probes=config.curvature_probes, seed=seed, num_images=0)
+        callbacks += [dynamics, curvature]
+        train_set: Any = IndexedDataset(TensorDataset(x, y))
+    else:
+        train_set = TensorDataset(x, y)
+    callbacks.append(recorder)
+    logger: Any = False
+    if config.log_dir is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(config.log_dir, name=f"{setting}_{level:.2f}_seed{seed}", version=0)
+    trainer = Trainer(
+        max_epochs=config.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        log_every_n_steps=10,
+    )
+    train = DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    val = DataLoader(TensorDataset(*data["val"]), batch_size=512)
+    trainer.fit(model, train, val)
+    result: dict[str, Any] = {
+        "setting": setting,
+        "level": level,
+        "seed": seed,
+        "config": {k: v for k, v in asdict(config).items() if k != "extra"},
+        "curves": recorder.rows,
+        "final": dict(recorder.rows[-1]),
+        "seconds": time.perf_counter() - start,
+    }
+    if dynamics is not None and curvature is not None:
+        result["per_sample"] = per_sample_detection(dynamics, curvature, y, data["true_train"])
+    result["_model"] = model
+    result["_data"] = data
+    result["_callbacks"] = callbacks
+    return result
+
+
+def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: Tensor) -> dict[str, dict[str, float]]:
+    """AUROC and found fraction of each per-sample score for the relabelled training samples (assigned != true)."""
+    from lightning_infomem.digits import found_fraction
+
+    noisy = assigned != true
+    if not bool(noisy.any()) or bool(noisy.all()):
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    scores = {
+        f"dynamics:{name}": (value, dynamics.suspicious_when_high[name]) for name, value in dynamics.scores.items()
+    }
+    scores["curvature"] = (curvature.scores, True)
+    out = {}
+    for name, (value, high) in scores.items():
+        if name == "dynamics:presentations":
+            continue
+        oriented = value.double() if high else -value.double()
+        finite = oriented[torch.isfinite(oriented)]
+        filled = oriented.clone()
+        filled[oriented == math.inf] = float(finite.max()) + 1 if finite.numel() else 1.0
+        filled[oriented == -math.inf] = float(finite.min()) - 1 if finite.numel() else -1.0
+        out[name] = {
+            "auroc": float(roc_auc_score(noisy.numpy(), filled.numpy())),
+            "found": found_fraction(oriented, noisy),
+        }
+    out["noisy_fraction"] = {"value": float(noisy.double().mean())}
+    return out
+
+
+# -------------------------------------------------------------------------------------- rules
+def rule_value(row: dict[str, Any], rule: str) -> float:
+    """The value a rule maximises on a recorded epoch: ``key:max`` -> value, ``key:min`` -> -value (NaN if absent)."""
+    key, _, direction = rule.rpartition(":")
+    value = row.get(key)
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return value if direction == "max" else -value
+
+
+def rules_of(runs: list[dict[str, Any]]) -> list[str]:
+    """Every rule the recorded keys allow: both directions of each measured key, ``val_*`` baselines, last epoch."""
+    rows = [row for run in runs for row in (*run["curves"], run["final"])]
+    keys = sorted({k for row in rows for k in row if k.startswith(("infomem", "ksg"))})
+    rules = [f"{key}:{direction}" for key in keys for direction in ("min", "max")]
+    return rules + ["val_loss:min", "val_acc:max", "last_epoch"]
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall tau-b (NaN when either ranking is constant or a value is missing)."""
+    from scipy.stats import kendalltau
+
+    if len(a) < 2 or any(not math.isfinite(v) for v in [*a, *b]):
+        return math.nan
+    tau = kendalltau(a, b).statistic
+    return math.nan if tau is None else float(tau)
+
+
+def model_selection(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Kendall tau between each rule's ranking of the final models of a series and their ground-truth accuracy.
+
+    Per seed (the levels of one seed form a series), then the mean and standard deviation over seeds.
+    """
+    out: dict[str, Any] = {"kendall_tau": {}, "kendall_tau_sd": {}, "per_seed": {}}
+    seeds = sorted({run["seed"] for run in runs})
+    for rule in rules_of(runs):
+        if rule == "last_epoch":
+            continue
+        taus = []
+        for seed in seeds:
+            series = sorted((r for r in runs if r["seed"] == seed), key=lambda r: r["level"])
+            values = [rule_value(_final_with(r, rule), rule) for r in series]
+            taus.append(kendall_tau(values, [r["final"]["truth_acc"] for r in series]))
+        finite = [t for t in taus if math.isfinite(t)]
+        out["per_seed"][rule] = taus
+        out["kendall_tau"][rule] = float(np.mean(finite)) if finite else math.nan
+        out["kendall_tau_sd"][rule] = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return out
+
+
+def _final_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The last recorded epoch that has the rule's key (KSG is measured every few epochs, the last one included)."""
+    key = rule.rpartition(":")[0]
+    for row in reversed(run["curves"]):
+        if key in row:
+            return row
+    return run["final"]
+
+
+def chosen_checkpoint(curves: list[dict[str, Any]], rule: str) -> Optional[dict[str, Any]]:
+    """The recorded epoch a rule keeps: its best value (the earliest of ties), or the last epoch."""
+    if rule == "last_epoch":
+        return curves[-1]
+    candidates = [(rule_value(row, rule), -i, row) for i, row in enumerate(curves)]
+    candidates = [c for c in candidates if math.isfinite(c[0])]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: (c[0], c[1]))[2]  # ties: the earliest epoch, as ModelCheckpoint keeps
+
+
+def checkpoint_selection(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """For each rule, the ground-truth accuracy of the checkpoint it keeps and its regret against each run's best.
+
+    A rule picks the recorded epoch where its value is best (the earliest of ties, as ``ModelCheckpoint``
+    keeps the first); the regret is the best ground-truth accuracy of the run minus the picked one's.
+    """
+    out: dict[str, Any] = {"mean_regret": {}, "regret_sd": {}, "mean_truth_acc": {}, "mean_chosen_epoch": {}}
+    for rule in rules_of(runs):
+        regrets, accs, epochs = [], [], []
+        for run in runs:
+            chosen = chosen_checkpoint(run["curves"], rule)
+            if chosen is None:
+                continue
+            best = max(row["truth_acc"] for row in run["curves"])
+            regrets.append(best - chosen["truth_acc"])
+            accs.append(chosen["truth_acc"])
+            epochs.append(chosen["epoch"])
+        if not regrets:
+            continue
+        out["mean_regret"][rule] = float(np.mean(regrets))
+        out["regret_sd"][rule] = float(np.std(regrets, ddof=1)) if len(regrets) > 1 else 0.0
+        out["mean_truth_acc"][rule] = float(np.mean(accs))
+        out["mean_chosen_epoch"][rule] = float(np.mean(epochs))
+    best_epochs = [max(run["curves"], key=lambda row: row["truth_acc"])["epoch"] for run in runs]
+    out["mean_best_epoch"] = float(np.mean(best_epochs))
+    out["mean_best_truth_acc"] = float(np.mean([max(row["truth_acc"] for row in run["curves"]) for run in runs]))
+    return out
+
+
+def early_stopping(runs: list[dict[str, Any]], patience: int = 5) -> dict[str, Any]:
+    """``EarlyStopping(patience)`` on each rule, replayed on the recorded curves (Lightning's rule: stop once
+    ``patience`` checks in a row did not strictly improve on the best).
+
+    Reports the epoch it stops at, the ground-truth accuracy of the model there and of the best checkpoint
+    by the same rule up to then (``ModelCheckpoint`` beside it), against the epoch where ground truth peaks.
+    """
+    out: dict[str, Any] = {"patience": patience, "rules": {}}
+    for rule in rules_of(runs):
+        if rule == "last_epoch":
+            continue
+        stops, at_stop, kept, peaks, regrets = [], [], [], [], []
+        for run in runs:
+            rows = [row for row in run["curves"] if math.isfinite(rule_value(row, rule))]
+            if not rows:
+                continue
+            best, wait, stop = -math.inf, 0, rows[-1]
+            for row in rows:
+                value = rule_value(row, rule)
+                if value > best:
+                    best, wait = value, 0
+                else:
+                    wait += 1
+                    if wait >= patience:
+                        stop = row
+                        break
+            up_to = [row for row in rows if row["epoch"] <= stop["epoch"]]
+            keep = chosen_checkpoint(up_to, rule)
+            peak = max(run["curves"], key=lambda row: row["truth_acc"])
+            stops.append(stop["epoch"])
+            at_stop.append(stop["truth_acc"])
+            kept.append(keep["truth_acc"] if keep is not None else math.nan)
+            peaks.append(peak["epoch"])
+            regrets.append(peak["truth_acc"] - (keep["truth_acc"] if keep is not None else math.nan))
+        if stops:
+            out["rules"][rule] = {
+                "mean_stop_epoch": float(np.mean(stops)),
+                "mean_truth_acc_at_stop": float(np.mean(at_stop)),
+                "mean_truth_acc_kept": float(np.nanmean(kept)),
+                "mean_regret_kept": float(np.nanmean(regrets)),
+                "mean_peak_epoch": float(np.mean(peaks)),
+            }
+    return out
