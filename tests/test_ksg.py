@@ -17,6 +17,15 @@ import lightning_infomem.functional.ksg as ksg_module
 from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal
 
 
+@pytest.fixture(autouse=True, params=["torch", "compiled"])
+def backend(request, monkeypatch):
+    """Every test runs on both backends (the default of ``backend`` is switched), the compiled one if Numba is here."""
+    if request.param == "compiled" and not ksg_module.compiled_kernel_available():
+        pytest.skip("Numba is not installed")
+    monkeypatch.setitem(ksg_mutual_information.__kwdefaults__, "backend", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # The estimator runs many mid-sized ops; on a shared 2-core machine, two OpenMP threads stall whenever a
@@ -170,8 +179,8 @@ def test_symmetric_and_equivariant_under_permutations():
 @pytest.mark.parametrize("budget", [1, 100, 4096, 2**24])
 def test_memory_budget_does_not_change_the_result(budget):
     data = make_mixed_activations(num_samples=120, seed=5)[:, :5]
-    expected = ksg_mutual_information(data)
-    assert torch.equal(ksg_mutual_information(data, max_chunk_elements=budget), expected)
+    expected = ksg_mutual_information(data, backend="torch")
+    assert torch.equal(ksg_mutual_information(data, max_chunk_elements=budget, backend="torch"), expected)
 
 
 def test_exact_whatever_the_search_parameters(monkeypatch):
@@ -179,11 +188,36 @@ def test_exact_whatever_the_search_parameters(monkeypatch):
     # samples): the neighbour search is exact, so the values must not move. (The order in which a pair's
     # samples are summed depends on the strips: equal up to float rounding.)
     data = make_mixed_activations(num_samples=300, seed=7)
-    expected = ksg_mutual_information(data, k=4)
+    expected = ksg_mutual_information(data, k=4, backend="torch")
     for width, half_window in [(0.05, 1), (0.05, 4), (100.0, 1), (100.0, 4)]:  # 100: a single strip
         monkeypatch.setattr(ksg_module, "_STRIP_WIDTH", width)
         monkeypatch.setattr(ksg_module, "_FIRST_HALF_WINDOW", half_window)
-        torch.testing.assert_close(ksg_mutual_information(data, k=4), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(ksg_mutual_information(data, k=4, backend="torch"), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_backends_agree_on_ties_relu_and_constants(k):
+    data = make_mixed_activations(num_samples=500, seed=3)
+    data[:, RELU] = torch.relu(data[:, GAUSS] - 0.3)  # many exact zeros
+    data = torch.cat([data, torch.round(data[:, :3] * 2) / 2], dim=1)  # coarse values: long runs of ties
+    by_torch = ksg_mutual_information(data, k=k, backend="torch")
+    if not ksg_module.compiled_kernel_available():
+        pytest.skip("Numba is not installed")
+    by_compiled = ksg_mutual_information(data, k=k, backend="compiled")
+    torch.testing.assert_close(by_compiled, by_torch, rtol=0, atol=1e-12)
+
+
+def test_compiled_backend_uses_torch_threads_and_restores_numba_threads():
+    if not ksg_module.compiled_kernel_available():
+        pytest.skip("Numba is not installed")
+    import numba
+
+    data = make_mixed_activations(num_samples=200, seed=4)
+    before = numba.get_num_threads()
+    one = ksg_mutual_information(data, backend="compiled")
+    torch.set_num_threads(2)
+    assert torch.equal(ksg_mutual_information(data, backend="compiled"), one)  # pairs split, values equal
+    assert numba.get_num_threads() == before
 
 
 @pytest.mark.parametrize("num_samples,k", [(2, 1), (3, 2), (5, 1), (9, 8)])
@@ -282,6 +316,7 @@ def test_non_finite_values_raise_with_their_number():
         (torch.randn(20, 3), {"noise": -1.0}, ValueError, "noise must be a finite number >= 0"),
         (torch.randn(20, 3), {"noise": float("nan")}, ValueError, "noise must be"),
         (torch.randn(20, 3), {"max_chunk_elements": 0}, ValueError, "max_chunk_elements"),
+        (torch.randn(20, 3), {"backend": "numpy"}, ValueError, "backend must be 'auto', 'torch' or 'compiled'"),
     ],
 )
 def test_bad_arguments(activations, kwargs, error, match):
@@ -296,7 +331,7 @@ def test_bad_arguments(activations, kwargs, error, match):
 def test_cuda_matches_cpu():
     data = make_mixed_activations(num_samples=700, seed=11)
     data[:, RELU] = torch.relu(data[:, GAUSS] - 0.3)
-    expected = ksg_mutual_information(data)
-    on_gpu = ksg_mutual_information(data.cuda())
+    expected = ksg_mutual_information(data)  # the CPU backend under test
+    on_gpu = ksg_mutual_information(data.cuda(), backend="torch")
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), expected, rtol=0, atol=1e-12)
