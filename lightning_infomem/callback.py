@@ -53,6 +53,7 @@ from lightning_infomem.metrics import (
 )
 from lightning_infomem.reporting import heatmap_image, write_csv
 from lightning_infomem.state_keys import prefixed_state_key
+from lightning_infomem.threads import limited_threads
 
 __all__ = ["Binning", "InformationMeasures"]
 
@@ -123,6 +124,10 @@ class InformationMeasures(Callback):
         max_state_bytes: memory budget of each layer's MI histogram state (``None``: no budget);
             checked at setup where the module gives its width (``nn.Linear``, convolutions).
         dataloaders: indices of the validation dataloaders to measure (``None``: all).
+        threads: torch intra-op threads for the callback's own work (binning, counting, H and I at the
+            epoch end), restored afterwards; the model's forward pass keeps torch's setting. Default 1:
+            these are many mid-sized operations, which on a machine whose other cores are busy run
+            many times slower with several threads (see docs/benchmarks.md). ``None``: torch's setting.
 
     Example:
         >>> import torch
@@ -166,6 +171,7 @@ class InformationMeasures(Callback):
         seed: int = 0,
         max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
         dataloaders: Optional[Sequence[int]] = None,
+        threads: Optional[int] = 1,
     ) -> None:
         for name, value in (
             ("binning", binning),
@@ -201,6 +207,7 @@ class InformationMeasures(Callback):
         self.prefix = prefix
         self.seed = check_int(seed, "seed")
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
+        self.threads = check_optional_int(threads, "threads", minimum=1)
         self.dataloaders = (
             None if dataloaders is None else sorted({check_int(i, "dataloaders", minimum=0) for i in dataloaders})
         )
@@ -457,12 +464,14 @@ class InformationMeasures(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._drain(dataloader_idx)
+        with limited_threads(self.threads):
+            self._drain(dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         try:
             if self._measuring:
-                row = self._compute_and_log(trainer, pl_module)
+                with limited_threads(self.threads):
+                    row = self._compute_and_log(trainer, pl_module)
                 if row is not None:
                     self._history.append(row)
                     self._measurements += 1

@@ -522,6 +522,33 @@ def test_values_do_not_depend_on_the_validation_batch_size(tmp_path):
     assert rows[0] == rows[1] == rows[2]
 
 
+def test_values_do_not_depend_on_the_threads_and_torch_threads_are_restored(tmp_path):
+    """The callback's own work runs on ``threads`` torch threads; the training loop keeps torch's setting."""
+    model = DigitsMLP()
+    seen: list[int] = []
+
+    class RecordThreads(Callback):
+        def on_validation_batch_start(self, *args: Any) -> None:
+            seen.append(torch.get_num_threads())
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rows = []
+        for threads in (1, 2, None):
+            callback = InformationMeasures(layers=["net.0", "net.2"], max_neurons=16, threads=threads)
+            trainer = fast_trainer(tmp_path, callbacks=[callback, RecordThreads()])
+            trainer.validate(model, digits_loaders(batch_size=64)[1], verbose=False)
+            rows.append({k: v for k, v in callback.history[-1].items() if k.startswith("infomem/")})
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert set(seen) == {2}  # the model's forward passes ran on torch's own setting
+    assert rows[0] == rows[1] == rows[2]
+    with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
+        InformationMeasures(threads=0)
+
+
 def test_layer_selection_by_glob_and_type(tmp_path):
     model = DigitsMLP()
     val = digits_loaders()[1]

@@ -335,3 +335,13 @@ def test_cuda_matches_cpu():
     on_gpu = ksg_mutual_information(data.cuda(), backend="torch")
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), expected, rtol=0, atol=1e-12)
+
+
+def test_without_numba_auto_uses_torch_and_compiled_says_how_to_install(monkeypatch):
+    data = make_mixed_activations(num_samples=150, seed=6)[:, :4]
+    expected = ksg_mutual_information(data, backend="torch")
+    monkeypatch.setattr(ksg_module, "_COMPILED", {"error": "No module named 'numba'"})
+    monkeypatch.setitem(ksg_mutual_information.__kwdefaults__, "backend", "auto")
+    assert torch.equal(ksg_mutual_information(data), expected)
+    with pytest.raises(ValueError, match="pip install numba"):
+        ksg_mutual_information(data, backend="compiled")

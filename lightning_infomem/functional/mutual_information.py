@@ -86,17 +86,35 @@ def _first_pair(row: int, num_neurons: int) -> int:
 
 
 def _blocks_bincount(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
+    """Joint histograms by one ``bincount`` per block of pairs, on codes built in one pass per row.
+
+    The code of pair ``p`` of a block (row ``i``, column ``j > i``) at a sample is
+    ``p (B + 1)**2 + a (B + 1) + b``; with ``p = base_i + j - i - 1`` it splits into a per-column part
+    ``b + j (B + 1)**2`` (computed once) and a per-row part, so each row of codes is one addition.
+    """
     num_samples, num_neurons = bins.shape
     width = num_bins + 1
     per_pair = width * width
-    transposed = bins.T.contiguous().to(torch.int32)  # [N, S]: rows are contiguous per neuron
     # a block's cost is its codes (S per pair) or its histograms ((B + 1)**2 per pair), whichever is larger
-    for i0, i1 in _row_blocks(num_neurons, max(num_samples, per_pair), _CODES_PER_BLOCK):
-        codes = torch.cat([transposed[i + 1 :] + transposed[i] * width for i in range(i0, i1)])
-        num_pairs = codes.shape[0]
-        code_dtype = torch.int32 if num_pairs * per_pair < 2**31 else torch.int64
-        offsets = torch.arange(num_pairs, device=bins.device, dtype=code_dtype).unsqueeze(1) * per_pair
-        counts = count_codes(codes.to(code_dtype) + offsets, num_pairs * per_pair)
+    blocks = list(_row_blocks(num_neurons, max(num_samples, per_pair), _CODES_PER_BLOCK))
+    largest_block = max(((i1 - i0) * (2 * num_neurons - i0 - i1 - 1) // 2 for i0, i1 in blocks), default=0)
+    # codes stay below (pairs of the block + columns) * per_pair: int32 when that fits
+    small = (largest_block + num_neurons) * per_pair < 2**31
+    code_dtype = torch.int32 if small else torch.int64
+    transposed = bins.T.to(code_dtype)  # [N, S]
+    columns = transposed + torch.arange(num_neurons, device=bins.device, dtype=code_dtype).unsqueeze(1) * per_pair
+    rows_part = transposed * width
+    for i0, i1 in blocks:
+        num_pairs = (i1 - i0) * (2 * num_neurons - i0 - i1 - 1) // 2
+        codes = torch.empty(num_pairs, num_samples, dtype=code_dtype, device=bins.device)
+        base = 0
+        for i in range(i0, i1):
+            count = num_neurons - 1 - i
+            # pair base + (j - i - 1) for columns j = i + 1 ..: column part j * per_pair, minus (i + 1 - base)
+            shift = (base - i - 1) * per_pair
+            torch.add(columns[i + 1 :], rows_part[i] + shift, out=codes[base : base + count])
+            base += count
+        counts = count_codes(codes, num_pairs * per_pair)
         yield _first_pair(i0, num_neurons), counts.view(num_pairs, width, width)[:, :num_bins, :num_bins]
 
 
