@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["limited_threads"]
+__all__ = ["limited_threads", "numba_threads"]
 
 
 @contextmanager
@@ -41,3 +41,20 @@ def limited_threads(threads: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def numba_threads() -> Iterator[None]:
+    """Run the block's Numba-parallel loops on torch's current intra-op thread count (at most Numba's).
+
+    So that ``torch.set_num_threads`` and `limited_threads` govern the package's compiled kernels too.
+    Numba must be importable.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

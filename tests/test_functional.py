@@ -13,6 +13,7 @@ from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
 import lightning_infomem.functional.mutual_information as mi_module
 from lightning_infomem.functional import (
+    add_joint_histogram_counts,
     bin_indices,
     calibrate_value_range,
     entropy_from_counts,
@@ -499,8 +500,17 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
     assert torch.equal(by_bincount, by_matmul)
     assert torch.equal(by_bincount, naive_joint_counts(bins, num_bins))
     assert torch.equal(joint_histogram_counts(bins, num_bins, method="auto"), by_bincount)
+    if mi_module.compiled_counting_available():
+        monkeypatch.setattr(mi_module, "_COMPILED_CELLS_PER_BLOCK", BLOCKINGS[blocking].get("_CODES_PER_BLOCK", 2**22))
+        assert torch.equal(joint_histogram_counts(bins, num_bins, method="compiled"), by_bincount)
+        into = torch.ones_like(by_bincount)
+        add_joint_histogram_counts(bins, num_bins, into, method="compiled")  # adds in place
+        assert torch.equal(into, by_bincount + 1)
+        into = torch.ones_like(by_bincount)
+        add_joint_histogram_counts(bins, num_bins, into, method="bincount")
+        assert torch.equal(into, by_bincount + 1)
     # blocks are contiguous in pair order and cover every pair once
-    for method in ("bincount", "matmul"):
+    for method in ("bincount", "matmul", "compiled")[: 3 if mi_module.compiled_counting_available() else 2]:
         firsts, total = [], 0
         for first, counts in iter_joint_histogram_counts(bins, num_bins, method):
             firsts.append(first)
@@ -517,6 +527,8 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
 
 
 def test_auto_measures_the_faster_kernel_once_per_size_class(monkeypatch):
+    # without Numba ("auto" on CPU is the compiled kernel when it is installed)
+    monkeypatch.setattr(mi_module, "_COMPILED", {"error": "No module named 'numba'"})
     monkeypatch.setattr(mi_module, "_MEASURED", {})
     bins = torch.randint(0, 8, (700, 20), generator=torch.Generator().manual_seed(0))
     first = joint_histogram_counts(bins, 8, method="auto")  # measures both kernels, returns the counts
@@ -628,3 +640,28 @@ def test_invalid_value_range(value_range):
 def test_invalid_counting_method():
     with pytest.raises(ValueError, match="method"):
         pairwise_mutual_information(torch.randn(10, 3), 4, method="einsum")
+
+
+def test_compiled_counting_without_numba_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(mi_module, "_COMPILED", {"error": "No module named 'numba'"})
+    bins = torch.randint(0, 4, (50, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="pip install numba"):
+        joint_histogram_counts(bins, 4, method="compiled")
+    assert torch.equal(joint_histogram_counts(bins, 4), naive_joint_counts(bins, 4))  # "auto" falls back
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_counts_entropy_and_mutual_information_equal_cpu():
+    from lightning_infomem import NeuronEntropy, NeuronMutualInformation
+    from lightning_infomem.functional import bin_indices, joint_histogram_counts
+
+    data = make_mixed_activations(num_samples=3000, seed=12)
+    bins = bin_indices(data, 16)
+    on_cpu = joint_histogram_counts(bins, 16, method="bincount")
+    assert torch.equal(joint_histogram_counts(bins.cuda(), 16, method="matmul").cpu(), on_cpu)
+    for metric_class in (NeuronEntropy, NeuronMutualInformation):
+        cpu_metric, gpu_metric = metric_class(data.shape[1]), metric_class(data.shape[1]).cuda()
+        for chunk in data.split(700):
+            cpu_metric.update(chunk)
+            gpu_metric.update(chunk.cuda())
+        torch.testing.assert_close(gpu_metric.compute().cpu(), cpu_metric.compute(), rtol=0, atol=1e-12)

@@ -21,6 +21,7 @@ from lightning_infomem.functional.entropy import entropy_from_counts, histogram_
 from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import (
     CountingMethod,
+    add_joint_histogram_counts,
     iter_joint_histogram_counts,
     joint_histogram_counts,
     mean_off_diagonal,
@@ -55,6 +56,7 @@ __all__ = [
     "STATISTICS",
     "BinGrid",
     "CountingMethod",
+    "add_joint_histogram_counts",
     "CurvatureEstimates",
     "ForgettingState",
     "InfluenceEstimate",

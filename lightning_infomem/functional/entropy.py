@@ -54,6 +54,25 @@ def _float_dtype(device: torch.device) -> torch.dtype:
 _NLOGN_TABLE_MAX = 2**20  # integer counts up to this use a lookup table for n log n
 
 
+_GATHER_CHUNK = 2**16  # table lookups per chunk, into one reused buffer (a fresh 16 MiB output costs page faults)
+
+
+def _gathered_sums(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index].sum(-1)`` for a ``[R, C]`` integer ``index``, chunk by chunk of rows: ``[R]``."""
+    index = index if index.dtype in (torch.int32, torch.int64) else index.long()
+    rows, columns = index.shape
+    if rows * columns <= _GATHER_CHUNK or index.device.type != "cpu":
+        return table.index_select(0, index.reshape(-1)).view(rows, columns).sum(dim=-1)
+    step = max(1, _GATHER_CHUNK // max(columns, 1))
+    out = torch.empty(rows, dtype=table.dtype, device=table.device)
+    buffer = torch.empty(step * columns, dtype=table.dtype, device=table.device)
+    for r0 in range(0, rows, step):
+        part = index[r0 : r0 + step].reshape(-1)
+        gathered = torch.index_select(table, 0, part, out=buffer[: part.numel()])
+        torch.sum(gathered.view(-1, columns), dim=-1, out=out[r0 : r0 + step])
+    return out
+
+
 def plugin_terms(
     counts: Tensor,
     dim: tuple[int, ...] = (-1,),
@@ -80,9 +99,8 @@ def plugin_terms(
         if 0 <= largest <= _NLOGN_TABLE_MAX:
             values = torch.arange(largest + 1, dtype=dtype, device=counts.device)
             table = torch.special.xlogy(values, values)
-            flat = counts.reshape(-1)
-            gathered = table.index_select(0, flat if flat.dtype in (torch.int32, torch.int64) else flat.long())
-            nlogn = gathered.view(*counts.shape[: counts.ndim - trailing], -1).sum(dim=-1)
+            nlogn = _gathered_sums(table, counts.reshape(-1, math.prod(counts.shape[counts.ndim - trailing :])))
+            nlogn = nlogn.view(counts.shape[: counts.ndim - trailing])
         else:
             n = counts.to(dtype)
             nlogn = torch.special.xlogy(n, n).sum(dim=dim)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.binning import check_activations
+from lightning_infomem.threads import numba_threads
 
 __all__ = ["ksg_mutual_information"]
 
@@ -77,10 +78,8 @@ def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> T
     psi = torch.special.digamma(torch.arange(1, num_samples + 1, dtype=torch.float64)).numpy()
     out = np.empty(rows.numel(), dtype=np.float64)
     width = max(k + 1, min(num_samples, round(_COMPILED_STRIP_WIDTH * math.sqrt(k * num_samples))))
-    previous = numba.get_num_threads()
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads():
         _COMPILED["kernel"](
             sorted_values,
             np.ascontiguousarray(order),
@@ -93,8 +92,6 @@ def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> T
             8 * threads,
             out,
         )
-    finally:
-        numba.set_num_threads(previous)
     return torch.from_numpy(out)
 
 

@@ -1,0 +1,169 @@
+"""Where the callback's time goes: one validation epoch of the 3 x 256 MLP over 2,048 samples, part by part.
+
+The callback runs at its defaults (2,048 samples, 128 neurons per layer, 100 entropy bins, 16 MI bins)
+on the three hidden linear layers, with a ``TensorBoardLogger`` (histograms and the MI heatmap
+included). Two figures:
+
+* **ratio**: the monitored validation epoch over the plain one (medians of ``--repeats`` each,
+  alternated so that drifts of the machine hit both), without any profiler;
+* **parts**: one monitored epoch under ``cProfile``, its time attributed to the package's functions:
+  joint-histogram counting (MI), binning and per-neuron counting (entropy), calibration of the
+  ranges, the epoch-end computation of H and I, TensorBoard reporting, and the rest of the callback
+  (forward hooks, copies of the activations, bookkeeping). cProfile slows Python-heavy parts more
+  than tensor kernels, so the parts add up to more than the unprofiled overhead.
+
+Run from the repository root (threads: torch's default unless ``--threads``)::
+
+    python benchmarks/callback_breakdown.py
+    python benchmarks/callback_breakdown.py --samples 512 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Sequence
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from machine import cpu_name, print_table, usable_cores
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from callback_overhead import MLP  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import lightning_infomem  # noqa: E402
+from lightning_infomem import InformationMeasures  # noqa: E402
+
+LAYERS = ["net.0", "net.2", "net.4"]
+# parts: cumulative times of these functions; the joint counting (_flush_pending) runs both inside the
+# per-batch counting and at the epoch end, and is taken out of both
+PARTS = [
+    ("MI: joint-histogram counting", [("metrics.py", "_flush_pending")]),
+    ("H: binning and per-neuron counting", [("metrics.py", "_count")]),
+    ("calibration of the bin ranges", [("measurement.py", "_try_calibration")]),
+    ("epoch end: H and I from the counts", [("measurement.py", "results")]),
+    ("TensorBoard: histograms and heatmap", [("callback.py", "_log_tensorboard"), ("callback.py", "_report_layers")]),
+]
+CALLBACK_ENTRY = [
+    ("callback.py", "on_validation_epoch_start"),
+    ("callback.py", "on_validation_batch_end"),
+    ("callback.py", "on_validation_epoch_end"),
+    ("callback.py", "hook"),
+]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=2048, help="validation samples per epoch")
+    parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each kind")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--callback-threads", type=int, default=1, help="InformationMeasures(threads=...); 0: None (torch's)"
+    )
+    args = parser.parse_args(argv)
+    args.callback_threads = args.callback_threads or None
+    return args
+
+
+def _matches(key: tuple[str, int, str], wanted: list[tuple[str, str]]) -> bool:
+    path, _, name = key
+    return any(path.endswith(os.sep + file) and name == function for file, function in wanted)
+
+
+def _cumulative(stats: pstats.Stats, wanted: list[tuple[str, str]]) -> float:
+    """Cumulative seconds of the ``wanted`` functions (they must not call one another)."""
+    return sum(v[3] for key, v in stats.stats.items() if _matches(key, wanted))  # type: ignore[attr-defined]
+
+
+def _flush_inside(stats: pstats.Stats, caller: list[tuple[str, str]]) -> float:
+    """Cumulative seconds of the joint counting called, directly or not, from ``caller``: from ``_count`` it is
+    called through ``_count_pairs``, from ``results`` through the metrics' ``_settle``."""
+    through = {"_count": [("metrics.py", "_count_pairs")], "results": [("metrics.py", "_settle")]}[caller[0][1]]
+    total = 0.0
+    for key, (_, _, _, _, callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if _matches(key, [("metrics.py", "_flush_pending")]):
+            total += sum(c[3] for caller_key, c in callers.items() if _matches(caller_key, through))
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(args.samples, 64, generator=generator), torch.randint(0, 10, (args.samples,)))
+    loader = DataLoader(data, batch_size=256)
+    model = MLP()
+    log_dir = tempfile.mkdtemp()
+    callback = InformationMeasures(layers=LAYERS, threads=args.callback_threads)
+
+    def trainer(with_callback: bool) -> Trainer:
+        return Trainer(
+            accelerator="cpu",
+            logger=TensorBoardLogger(log_dir) if with_callback else False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[callback] if with_callback else [],
+        )
+
+    def run(with_callback: bool, profiler: cProfile.Profile | None = None) -> float:
+        t = trainer(with_callback)
+        start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        t.validate(model, loader, verbose=False)
+        if profiler is not None:
+            profiler.disable()
+        return time.perf_counter() - start
+
+    run(False), run(True), run(True)  # warm-up: allocations, kernel choice, the counting method measured once
+    plain, monitored = [], []
+    for _ in range(args.repeats):
+        plain.append(run(False))
+        monitored.append(run(True))
+    p, m = statistics.median(plain), statistics.median(monitored)
+
+    profiler = cProfile.Profile()
+    profiled = run(True, profiler)
+    stats = pstats.Stats(profiler)
+    inside = _cumulative(stats, CALLBACK_ENTRY)
+    parts: dict[str, float] = {}
+    for part, functions in PARTS:
+        parts[part] = _cumulative(stats, functions)
+    parts["H: binning and per-neuron counting"] -= _flush_inside(stats, [("metrics.py", "_count")])
+    parts["epoch end: H and I from the counts"] -= _flush_inside(stats, [("measurement.py", "results")])
+    parts["other: hooks, activation copies, bookkeeping"] = inside - sum(parts.values())
+
+    print(f"lightning_infomem {lightning_infomem.__version__}, torch {torch.__version__}")
+    print(f"CPU: {cpu_name()}, {usable_cores()} usable cores, torch threads {torch.get_num_threads()}")
+    rows: list[tuple[str, Any]] = [
+        (f"plain validation epoch (median of {args.repeats})", f"{p * 1e3:.1f} ms"),
+        (f"with InformationMeasures (median of {args.repeats})", f"{m * 1e3:.1f} ms"),
+        ("ratio monitored / plain", f"{m / p:.2f}x"),
+        ("profiled monitored epoch (cProfile on)", f"{profiled * 1e3:.1f} ms"),
+        ("  of which inside the callback", f"{inside * 1e3:.1f} ms"),
+    ]
+    rows += [(f"    {part}", f"{seconds * 1e3:.1f} ms") for part, seconds in parts.items()]
+    print_table(
+        f"InformationMeasures (threads={args.callback_threads}, otherwise its defaults), 3 x 256 MLP, "
+        f"{args.samples} validation samples, layers {LAYERS}",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
