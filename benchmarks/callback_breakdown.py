@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import logging
 import os
 import pstats
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     loader = DataLoader(data, batch_size=256)
     model = MLP()
     log_dir = tempfile.mkdtemp()
-    callback = InformationMeasures(layers=LAYERS, threads=args.callback_threads)
+    options = (
+        {"threads": args.callback_threads} if "threads" in inspect.signature(InformationMeasures).parameters else {}
+    )
+    callback = InformationMeasures(layers=LAYERS, **options)  # (an older version has no threads argument)
 
     def trainer(with_callback: bool) -> Trainer:
         return Trainer(
@@ -148,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts["epoch end: H and I from the counts"] -= _flush_inside(stats, [("measurement.py", "results")])
     parts["other: hooks, activation copies, bookkeeping"] = inside - sum(parts.values())
 
-    print(f"lightning_infomem {lightning_infomem.__version__}, torch {torch.__version__}")
+    print(f"lightning_infomem {lightning_infomem.__version__} from {os.path.dirname(lightning_infomem.__file__)}")
+    print(f"torch {torch.__version__}")
     print(f"CPU: {cpu_name()}, {usable_cores()} usable cores, torch threads {torch.get_num_threads()}")
     rows: list[tuple[str, Any]] = [
         (f"plain validation epoch (median of {args.repeats})", f"{p * 1e3:.1f} ms"),

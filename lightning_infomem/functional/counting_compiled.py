@@ -11,6 +11,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# Numba's own work queue rather than an OpenMP runtime next to torch's (with OpenMP, the thread count
+# set before the first parallel launch was not honoured); a layer chosen by the user is kept
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+
 __all__ = ["joint_counts_block"]
 
 

@@ -23,33 +23,38 @@ import math
 import numba
 import numpy as np
 
+# Numba's own work queue rather than an OpenMP runtime next to torch's (with OpenMP, the thread count
+# set before the first parallel launch was not honoured); a layer chosen by the user is kept
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+
 __all__ = ["ksg_pair_terms"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _last_within_above(values: np.ndarray, start: int, center: float, radius: float) -> int:
-    """Largest index ``j >= start`` of the ascending ``values`` with ``values[j] - center <= radius``."""
-    lo, hi = start, values.shape[0] - 1  # values[start] - center <= radius holds (distance 0)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if values[mid] - center <= radius:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Largest index ``j >= start`` of the ascending ``values`` with ``values[j] - center <= radius``.
+
+    Branch-free binary search (a fixed number of halvings; the comparison only selects the next base),
+    which avoids a mispredicted branch at every step.
+    """
+    base, size = start, values.shape[0] - start  # values[start] - center <= radius holds (distance 0)
+    while size > 1:
+        half = size // 2
+        base = base + half if values[base + half] - center <= radius else base
+        size -= half
+    return base
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _first_within_below(values: np.ndarray, stop: int, center: float, radius: float) -> int:
-    """Smallest index ``j <= stop`` of the ascending ``values`` with ``center - values[j] <= radius``."""
-    lo, hi = 0, stop
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if center - values[mid] <= radius:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    """Smallest index ``j <= stop`` of the ascending ``values`` with ``center - values[j] <= radius`` (branch-free)."""
+    base, size = 0, stop + 1  # values[stop] qualifies: the answer is in [0, stop]
+    while size > 1:
+        half = size // 2
+        base = base if center - values[base + half - 1] <= radius else base + half
+        size -= half
+    return base
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
