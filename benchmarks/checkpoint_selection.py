@@ -22,7 +22,7 @@ a user has), and the ground-truth accuracy. Then:
 Every run uses one torch thread (the results do not depend on the machine's thread count, and a
 busy machine does not slow it down disproportionately); ``--workers`` runs run side by side::
 
-    python benchmarks/checkpoint_selection.py                 # 2 x 5 levels x 3 seeds, about 20 minutes
+    python benchmarks/checkpoint_selection.py                 # 2 x 5 levels x 3 seeds, about 15 minutes on 2 cores
     python benchmarks/checkpoint_selection.py --quick         # 2 x 3 levels x 1 seed, a smoke run
     python benchmarks/checkpoint_selection.py --seeds 5 --out runs/selection
 
