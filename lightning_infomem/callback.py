@@ -17,6 +17,7 @@ import re
 import tempfile
 import uuid
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -235,6 +236,9 @@ class InformationMeasures(Callback):
         self._announced = False
         self._warned: set[str] = set()
         self._results_token = uuid.uuid4().hex
+        # results a ddp_spawn worker left for this (main-process) callback and nobody read: removed when
+        # the callback is collected or the interpreter exits (not stored: the callback must stay picklable)
+        weakref.finalize(self, _remove_if_present, self._results_path())
 
     @classmethod
     def paper(cls, layers: LayerSpec = None, **overrides: Any) -> InformationMeasures:
@@ -756,6 +760,13 @@ class InformationMeasures(Callback):
             loader: {name: LayerResult(*values) for name, values in results.items()}
             for loader, results in state["results"].items()
         }
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _is_compiled(module: nn.Module) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gc
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -858,6 +860,12 @@ def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
     ddp_row, single_row = ddp_history["history"][0], single.history[0]
     for key in expected_keys(["net.0", "net.2"]):
         assert ddp_row[key] == pytest.approx(single_row[key], rel=1e-12), key
+    # the worker's results file for the main process's callback, never read here, does not outlive it
+    leftover = next(c for c in ddp_trainer.callbacks if isinstance(c, InformationMeasures))._results_path()
+    assert os.path.exists(leftover)
+    del ddp_trainer
+    gc.collect()
+    assert not os.path.exists(leftover)
     for name in ("net.0", "net.2"):
         assert torch.equal(ddp_history["neuron_indices"][name], single.neuron_indices[name])
 
