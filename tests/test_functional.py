@@ -26,8 +26,11 @@ from lightning_infomem.functional import (
     pair_indices,
     pairwise_mutual_information,
 )
+from lightning_infomem.functional.compiled import CompiledKernel
 
 # --------------------------------------------------------------------------------------- references
+
+NO_NUMBA = CompiledKernel("numba_is_absent", "kernel", error="No module named 'numba'")  # as without Numba
 
 
 def ranges_for(x: torch.Tensor, mode: str) -> tuple[object, np.ndarray, np.ndarray]:
@@ -528,7 +531,7 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
 
 def test_auto_measures_the_faster_kernel_once_per_size_class(monkeypatch):
     # without Numba ("auto" on CPU is the compiled kernel when it is installed)
-    monkeypatch.setattr(mi_module, "_COMPILED", {"error": "No module named 'numba'"})
+    monkeypatch.setattr(mi_module, "_KERNEL", NO_NUMBA)
     monkeypatch.setattr(mi_module, "_MEASURED", {})
     bins = torch.randint(0, 8, (700, 20), generator=torch.Generator().manual_seed(0))
     first = joint_histogram_counts(bins, 8, method="auto")  # measures both kernels, returns the counts
@@ -643,7 +646,7 @@ def test_invalid_counting_method():
 
 
 def test_compiled_counting_without_numba_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(mi_module, "_COMPILED", {"error": "No module named 'numba'"})
+    monkeypatch.setattr(mi_module, "_KERNEL", NO_NUMBA)
     bins = torch.randint(0, 4, (50, 5), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="pip install numba"):
         joint_histogram_counts(bins, 4, method="compiled")

@@ -15,6 +15,9 @@ from sklearn.neighbors import KDTree, NearestNeighbors
 
 import lightning_infomem.functional.ksg as ksg_module
 from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal
+from lightning_infomem.functional.compiled import CompiledKernel
+
+NO_NUMBA = CompiledKernel("numba_is_absent", "kernel", error="No module named 'numba'")  # as without Numba
 
 
 @pytest.fixture(autouse=True, params=["torch", "compiled"])
@@ -340,7 +343,7 @@ def test_cuda_matches_cpu():
 def test_without_numba_auto_uses_torch_and_compiled_says_how_to_install(monkeypatch):
     data = make_mixed_activations(num_samples=150, seed=6)[:, :4]
     expected = ksg_mutual_information(data, backend="torch")
-    monkeypatch.setattr(ksg_module, "_COMPILED", {"error": "No module named 'numba'"})
+    monkeypatch.setattr(ksg_module, "_KERNEL", NO_NUMBA)
     monkeypatch.setitem(ksg_mutual_information.__kwdefaults__, "backend", "auto")
     assert torch.equal(ksg_mutual_information(data), expected)
     with pytest.raises(ValueError, match="pip install numba"):

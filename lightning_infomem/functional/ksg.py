@@ -34,7 +34,7 @@ this code is 2.6x to 3.3x (docs/benchmarks.md), with the same counts.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.binning import check_activations
-from lightning_infomem.threads import numba_threads
+from lightning_infomem.functional.compiled import CompiledKernel
 
 __all__ = ["ksg_mutual_information"]
 
@@ -52,20 +52,13 @@ _CPU_CHUNK_ELEMENTS = 2**19  # CPU: a few MiB per temporary; much larger blocks 
 _DEVICE_CHUNK_ELEMENTS = 2**24  # accelerators: large blocks amortise kernel launches
 
 
-_COMPILED: dict[str, Any] = {}
+_KERNEL = CompiledKernel("lightning_infomem.functional.ksg_compiled", "ksg_pair_terms")
 _COMPILED_STRIP_WIDTH = 0.7  # compiled kernel: strips of about this * sqrt(k S) samples
 
 
 def compiled_kernel_available() -> bool:
     """Whether the compiled CPU backend can run: Numba importable (it is imported on the first call)."""
-    if "kernel" not in _COMPILED and "error" not in _COMPILED:
-        try:
-            from lightning_infomem.functional.ksg_compiled import ksg_pair_terms
-
-            _COMPILED["kernel"] = ksg_pair_terms
-        except ImportError as error:  # Numba not installed, or not matching this NumPy
-            _COMPILED["error"] = str(error)
-    return "kernel" in _COMPILED
+    return _KERNEL.available()
 
 
 def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> Tensor:
@@ -82,19 +75,8 @@ def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> T
     out = np.empty(rows.numel(), dtype=np.float64)
     width = max(k + 1, min(num_samples, round(_COMPILED_STRIP_WIDTH * math.sqrt(k * num_samples))))
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    with numba_threads():
-        _COMPILED["kernel"](
-            sorted_values,
-            np.ascontiguousarray(order),
-            rank,
-            rows.numpy(),
-            cols.numpy(),
-            int(k),
-            width,
-            psi,
-            8 * threads,
-            out,
-        )
+    order = np.ascontiguousarray(order)
+    _KERNEL(sorted_values, order, rank, rows.numpy(), cols.numpy(), int(k), width, psi, 8 * threads, out)
     return torch.from_numpy(out)
 
 
@@ -428,8 +410,8 @@ def ksg_mutual_information(
         raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', received {backend!r}")
     if backend == "compiled" and device.type != "cpu":
         raise ValueError(f"backend='compiled' runs on CPU only, received activations on {device}; use 'torch'")
-    if backend == "compiled" and not compiled_kernel_available():
-        raise ValueError("backend='compiled' needs Numba: pip install numba (or use backend='torch')")
+    if backend == "compiled":
+        _KERNEL.require("backend='compiled' (or use backend='torch')")
     compiled = device.type == "cpu" and backend != "torch" and (backend == "compiled" or compiled_kernel_available())
     if max_chunk_elements is None:
         max_chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS

@@ -13,13 +13,14 @@ first problem of that class (both results are compared too). Neither loops over 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
+from lightning_infomem.functional.compiled import CompiledKernel
 from lightning_infomem.functional.entropy import (
     _entropy_from_terms,
     _rescale,
@@ -28,7 +29,6 @@ from lightning_infomem.functional.entropy import (
     histogram_counts,
     plugin_terms,
 )
-from lightning_infomem.threads import numba_threads
 
 __all__ = [
     "CountingMethod",
@@ -72,30 +72,17 @@ def resolve_counting_method(method: CountingMethod, device: torch.device) -> str
         return "matmul"
     if method == "compiled" and device.type != "cpu":
         raise ValueError(f"method='compiled' counts on CPU only, received bins on {device}; use 'matmul'")
-    if method == "compiled" and not compiled_counting_available():
-        raise ValueError("method='compiled' needs Numba: pip install numba (or use 'bincount')")
+    if method == "compiled":
+        _KERNEL.require("method='compiled' (or use 'bincount')")
     return method
 
 
-_COMPILED: dict[str, Any] = {}
+_KERNEL = CompiledKernel("lightning_infomem.functional.counting_compiled", "joint_counts_block")
 
 
 def compiled_counting_available() -> bool:
     """Whether the compiled CPU counting kernel can run: Numba importable (imported on the first call)."""
-    if "kernel" not in _COMPILED and "error" not in _COMPILED:
-        try:
-            from lightning_infomem.functional.counting_compiled import joint_counts_block
-
-            _COMPILED["kernel"] = joint_counts_block
-        except ImportError as error:  # Numba not installed, or not matching this NumPy
-            _COMPILED["error"] = str(error)
-    return "kernel" in _COMPILED
-
-
-def _compiled_kernel() -> Any:
-    if not compiled_counting_available():
-        raise ValueError("method='compiled' needs Numba: pip install numba (or use 'bincount')")
-    return _COMPILED["kernel"]
+    return _KERNEL.available()
 
 
 def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
@@ -106,12 +93,12 @@ def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
     """Joint histograms by the compiled counting loop (parallel over rows on torch's thread count)."""
     num_neurons = bins.shape[1]
-    kernel, transposed = _compiled_kernel(), _compiled_bins(bins, num_bins)
+    _KERNEL.require("method='compiled' (or use 'bincount')")
+    transposed = _compiled_bins(bins, num_bins)
     for i0, i1 in _row_blocks(num_neurons, num_bins * num_bins, _COMPILED_CELLS_PER_BLOCK):
         num_pairs = (i1 - i0) * (2 * num_neurons - i0 - i1 - 1) // 2
         out = np.empty((num_pairs, num_bins, num_bins), dtype=np.int64)
-        with numba_threads():
-            kernel(transposed, i0, i1, num_bins, out, False)
+        _KERNEL(transposed, i0, i1, num_bins, out, False)
         yield _first_pair(i0, num_neurons), torch.from_numpy(out)
 
 
@@ -128,10 +115,7 @@ def add_joint_histogram_counts(
     compiled = method == "compiled" or (method == "auto" and compiled_counting_available())
     if compiled and joint_counts.is_contiguous() and joint_counts.dtype == torch.int64:
         num_neurons = bins.shape[1]
-        kernel, transposed = _compiled_kernel(), _compiled_bins(bins, num_bins)
-        target = joint_counts.numpy()
-        with numba_threads():
-            kernel(transposed, 0, max(0, num_neurons - 1), num_bins, target, True)
+        _KERNEL(_compiled_bins(bins, num_bins), 0, max(0, num_neurons - 1), num_bins, joint_counts.numpy(), True)
         return
     for first, counts in iter_joint_histogram_counts(bins, num_bins, method):
         joint_counts[first : first + counts.shape[0]] += counts
