@@ -32,13 +32,13 @@ __all__ = ["ksg_pair_terms"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _last_within_above(values: np.ndarray, start: int, center: float, radius: float) -> int:
-    """Largest index ``j >= start`` of the ascending ``values`` with ``values[j] - center <= radius``.
+def _last_within_above(values: np.ndarray, start: int, end: int, center: float, radius: float) -> int:
+    """Largest index ``start <= j < end`` of the ascending ``values`` with ``values[j] - center <= radius``.
 
     Branch-free binary search (a fixed number of halvings; the comparison only selects the next base),
     which avoids a mispredicted branch at every step.
     """
-    base, size = start, values.shape[0] - start  # values[start] - center <= radius holds (distance 0)
+    base, size = start, end - start  # values[start] - center <= radius holds (distance 0)
     while size > 1:
         half = size // 2
         base = base + half if values[base + half] - center <= radius else base
@@ -47,9 +47,9 @@ def _last_within_above(values: np.ndarray, start: int, center: float, radius: fl
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _first_within_below(values: np.ndarray, stop: int, center: float, radius: float) -> int:
-    """Smallest index ``j <= stop`` of the ascending ``values`` with ``center - values[j] <= radius`` (branch-free)."""
-    base, size = 0, stop + 1  # values[stop] qualifies: the answer is in [0, stop]
+def _first_within_below(values: np.ndarray, begin: int, stop: int, center: float, radius: float) -> int:
+    """Smallest ``begin <= j <= stop`` of ascending ``values`` with ``center - values[j] <= radius`` (branch-free)."""
+    base, size = begin, stop - begin + 1  # values[stop] qualifies: the answer is in [begin, stop]
     while size > 1:
         half = size // 2
         base = base if center - values[base + half - 1] <= radius else base + half
@@ -174,9 +174,9 @@ def _pair(
                 right += 1
         # strictly closer than eps: within nextafter(eps, 0) (for eps = 0, the exact duplicates)
         radius = np.nextafter(kth, 0.0)
-        n_x = _last_within_above(xs, i, x0, radius) - _first_within_below(xs, i, x0, radius)
+        n_x = _last_within_above(xs, i, num_samples, x0, radius) - _first_within_below(xs, 0, i, x0, radius)
         p = rank[b, order[a, i]]
-        n_y = _last_within_above(ysorted, p, y0, radius) - _first_within_below(ysorted, p, y0, radius)
+        n_y = _last_within_above(ysorted, p, num_samples, y0, radius) - _first_within_below(ysorted, 0, p, y0, radius)
         total += psi[n_x] + psi[n_y]  # psi[n] = digamma(n + 1); n excludes the sample itself
     return total / num_samples
 
