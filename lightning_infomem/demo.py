@@ -39,6 +39,7 @@ import numpy as np
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 EPOCHS = {"shortcut": 60, "label_noise": 100}
 KSG_NEURONS = 64
+MEASURE_EVERY = 5  # InformationMeasures during training: every 5th epoch
 COLUMNS = [
     ("train_acc", "train"),
     ("val_acc", "val"),
@@ -90,7 +91,11 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     from lightning_infomem.reporting import write_csv
 
     config = RunConfig(
-        epochs=EPOCHS[setting], paper=False, ksg_every=0, measure_every=5, log_dir=os.path.join(out, "tensorboard")
+        epochs=EPOCHS[setting],
+        paper=False,
+        ksg_every=0,
+        measure_every=MEASURE_EVERY,
+        log_dir=os.path.join(out, "tensorboard"),
     )
     run = run_one(setting, level, seed, config)
     model, data = run.pop("_model"), run.pop("_data")
@@ -190,7 +195,8 @@ def save_figures(runs: list[dict[str, Any]], setting: str, out: str) -> list[str
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for r, colour in zip(seed0, colours, strict=True):
-        rows = [row for row in r["curves"] if "infomem/entropy" in row]
+        # the epochs the callback measured (between them the logged values are the previous measurement's)
+        rows = [row for row in r["curves"] if "infomem/entropy" in row and (row["epoch"] + 1) % MEASURE_EVERY == 0]
         epochs = [row["epoch"] for row in rows]
         axes[0].plot(
             [row["epoch"] for row in r["curves"]],
