@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics, train_on_subsets
-from lightning_infomem.digits import digits_split, flip_labels, found_fraction
+from lightning_infomem.digits import detection_auroc, digits_split, flip_labels, found_fraction
 
 # (score name, where it comes from, high is suspicious)
 SCORES = [
@@ -124,16 +124,6 @@ def quiet_trainer(epochs: int, callbacks: list[Callback]) -> Trainer:
     )
 
 
-def auroc(scores: Tensor, positives: Tensor, high_is_suspicious: bool) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    values = scores.double().clone()
-    finite = values[torch.isfinite(values)]
-    values[values == float("inf")] = float(finite.max()) + 1 if finite.numel() else 1.0  # "never": the extreme
-    values[values == float("-inf")] = float(finite.min()) - 1 if finite.numel() else -1.0
-    return float(roc_auc_score(positives.numpy(), (values if high_is_suspicious else -values).numpy()))
-
-
 def run_one(fraction: float, seed: int, epochs: int, num_probes: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Train once with ``fraction`` of the labels flipped; every score, its AUROC, found fraction and cost."""
     x, clean, _, _ = digits_split()
@@ -171,7 +161,7 @@ def run_one(fraction: float, seed: int, epochs: int, num_probes: int) -> tuple[d
     }
     for name, source, high in SCORES:
         if source in scores:
-            result[f"AUROC {name}"] = auroc(scores[source], flipped, high)
+            result[f"AUROC {name}"] = detection_auroc(scores[source], flipped, high)
             value = scores[source] if high else -scores[source]
             result[f"found {name}"] = found_fraction(value, flipped)
     return result, {"flipped": flipped, "noisy": noisy, **scores}
@@ -263,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             result, scores = run_one(fraction, seed, args.epochs, args.num_probes)
             if args.fz_models and fraction == 0.05 and seed == 0:
                 memorization, fz_seconds = feldman_zhang(args.fz_dir, args.fz_models, args.workers)
-                result["AUROC FZ memorization"] = auroc(memorization, scores["flipped"], True)
+                result["AUROC FZ memorization"] = detection_auroc(memorization, scores["flipped"], True)
                 result["found FZ memorization"] = found_fraction(memorization, scores["flipped"])
                 result["cost FZ memorization"] = fz_seconds / result["plain epoch seconds"]
             print(

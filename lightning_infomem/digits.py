@@ -13,6 +13,7 @@ from torch import Tensor
 __all__ = [
     "NUM_CLASSES",
     "coloured_digits",
+    "detection_auroc",
     "digits_split",
     "flip_labels",
     "found_fraction",
@@ -54,6 +55,25 @@ def flip_labels(labels: Tensor, fraction: float, seed: int, num_classes: int = N
     flipped[torch.randperm(labels.numel(), generator=generator)[: round(fraction * labels.numel())]] = True
     shift = torch.randint(1, num_classes, (labels.numel(),), generator=generator)
     return torch.where(flipped, (labels + shift) % num_classes, labels), flipped
+
+
+def detection_auroc(scores: Tensor, positives: Tensor, high_is_suspicious: bool = True) -> float:
+    """AUROC of ``scores`` for finding ``positives`` (scikit-learn's ``roc_auc_score``).
+
+    Infinite scores (an event that never happened, such as "never learned") rank beyond every finite
+    one in their own direction.
+
+    Example:
+        >>> detection_auroc(torch.tensor([3.0, float("inf"), 1.0, 0.0]), torch.tensor([True, True, False, False]))
+        1.0
+    """
+    from sklearn.metrics import roc_auc_score
+
+    values = scores.double().clone()
+    finite = values[torch.isfinite(values)]
+    values[values == float("inf")] = float(finite.max()) + 1 if finite.numel() else 1.0
+    values[values == float("-inf")] = float(finite.min()) - 1 if finite.numel() else -1.0
+    return float(roc_auc_score(positives.numpy(), (values if high_is_suspicious else -values).numpy()))
 
 
 def found_fraction(scores: Tensor, positives: Tensor) -> float:

@@ -295,13 +295,11 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
 
 def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: Tensor) -> dict[str, dict[str, float]]:
     """AUROC and found fraction of each per-sample score for the relabelled training samples (assigned != true)."""
-    from lightning_infomem.digits import found_fraction
+    from lightning_infomem.digits import detection_auroc, found_fraction
 
     noisy = assigned != true
     if not bool(noisy.any()) or bool(noisy.all()):
         return {}
-    from sklearn.metrics import roc_auc_score
-
     scores = {
         f"dynamics:{name}": (value, dynamics.suspicious_when_high[name]) for name, value in dynamics.scores.items()
     }
@@ -311,12 +309,8 @@ def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: 
         if name == "dynamics:presentations":
             continue
         oriented = value.double() if high else -value.double()
-        finite = oriented[torch.isfinite(oriented)]
-        filled = oriented.clone()
-        filled[oriented == math.inf] = float(finite.max()) + 1 if finite.numel() else 1.0
-        filled[oriented == -math.inf] = float(finite.min()) - 1 if finite.numel() else -1.0
         out[name] = {
-            "auroc": float(roc_auc_score(noisy.numpy(), filled.numpy())),
+            "auroc": detection_auroc(oriented, noisy),
             "found": found_fraction(oriented, noisy),
         }
     out["noisy_fraction"] = {"value": float(noisy.double().mean())}

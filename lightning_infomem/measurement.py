@@ -193,6 +193,9 @@ class ActivationMeasurement:
         """Count a batch, pooled with the following ones up to ``_UPDATE_ROWS`` rows (fewer, larger updates
         are cheaper: every update runs the same dozen tensor operations per metric)."""
         pending = self._pending.setdefault(name, [])
+        if activations.untyped_storage().nbytes() > activations.numel() * activations.element_size():
+            # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
+            activations = activations.clone()
         pending.append(activations)
         if sum(int(t.shape[0]) for t in pending) >= _UPDATE_ROWS:
             self._flush_updates(name)

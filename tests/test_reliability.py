@@ -470,3 +470,29 @@ def test_heatmap_of_empty_and_undefined_matrices():
     assert heatmap_image(torch.zeros(0, 0), min_size=8).shape == (8, 8, 3)
     image = heatmap_image(torch.full((3, 3), math.nan), min_size=6)
     assert image.shape == (6, 6, 3) and bool(torch.isfinite(image).all())
+
+
+# ------------------------------------------------------------------------------- pooled updates
+
+
+def test_pooled_updates_equal_per_batch_counting_and_do_not_keep_whole_hidden_states():
+    """Batches are counted in updates of 1,024 rows: the counts equal the metrics fed batch by batch, and a
+    pooled batch that is a view of a larger tensor (the first token of [B, T, D] hidden states) keeps only
+    its own rows alive, not the whole tensor."""
+    from lightning_infomem.measurement import ActivationMeasurement, MeasurementSettings
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(64, 50, 16, generator=generator) for _ in range(12)]  # [B, T, D] per batch
+    measurement = ActivationMeasurement(["layer"], MeasurementSettings(calibration_samples=64), max_samples=None)
+    for states in hidden[:6]:
+        measurement.observe("layer", states[:, 0])  # a strided view: 64 rows of a 64 x 50 x 16 tensor
+    pending = measurement._pending["layer"]
+    assert pending and all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in pending)
+    for states in hidden[6:]:
+        measurement.observe("layer", states[:, 0])
+    result = measurement.results()["layer"]
+    low, high = measurement.entropy_metrics["layer"].value_range
+    reference = NeuronEntropy(16, 100, value_range=(low, high))
+    for states in hidden:
+        reference.update(states[:, 0])
+    torch.testing.assert_close(result.entropy, reference.compute(), rtol=0, atol=0)

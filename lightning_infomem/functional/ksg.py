@@ -27,8 +27,8 @@ How it is batched over pairs (no Python loop over pairs; loops run over chunks a
 All arithmetic is float64; memory is bounded by chunking (``max_chunk_elements``). Plain torch: the
 same code runs on CPU and CUDA. On CPU, when Numba is installed, ``backend="auto"`` uses the compiled
 kernel of `lightning_infomem.functional.ksg_compiled` instead (the same search and counting rules,
-one pair per loop iteration, parallel over pairs): 10x to 20x the authors' per-pair function where
-this code is 2.6x to 3.3x (docs/benchmarks.md), with the same counts.
+one pair per loop iteration, parallel over pairs): about 10x (one thread) to 19x-20x (two) the
+authors' per-pair function, where this code is 2.6x to 3.3x (docs/benchmarks.md), with the same counts.
 """
 
 from __future__ import annotations
@@ -419,6 +419,19 @@ def ksg_mutual_information(
         return torch.zeros(0, 0, dtype=torch.float64, device=device)
     x_all = _prepare(activations, standardize, noise, generator)  # [N, S] float64
 
+    psi_table = torch.special.digamma(torch.arange(1, num_samples + 1, dtype=torch.float64, device=device))
+    psi_k = float(torch.special.digamma(torch.tensor(float(k), dtype=torch.float64)))
+    offset = psi_k + float(psi_table[-1])  # psi(k) + psi(S); psi_table[n] = psi(n + 1)
+
+    rows, cols = torch.triu_indices(num_neurons, num_neurons, offset=0, device=device)  # pairs i <= j
+    # a constant neuron (e.g. a dead ReLU) shares nothing: its pairs stay 0 and are not computed
+    constant = x_all.amin(dim=1) == x_all.amax(dim=1)
+    varying = ~(constant[rows] | constant[cols])
+    rows, cols = rows[varying], cols[varying]
+    if compiled:
+        values = offset - _pair_terms_compiled(x_all, rows, cols, k) if rows.numel() else torch.zeros(0).double()
+        return _symmetric(num_neurons, rows, cols, values)
+
     # per-neuron tensors [N, S], shared by all pairs
     sorted_x, order = torch.sort(x_all, dim=1, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_samples, device=device).expand_as(order))
@@ -436,19 +449,7 @@ def ksg_mutual_information(
     width = max(k + 1, round(_STRIP_WIDTH * math.sqrt(k * num_samples)))
     strip_of_position, starts, num_strips = _strip_layout(sorted_x, width)
     strip_of_sample = strip_of_position.gather(1, rank)
-    constant = sorted_x[:, 0] == sorted_x[:, -1]
 
-    psi_table = torch.special.digamma(torch.arange(1, num_samples + 1, dtype=torch.float64, device=device))
-    psi_k = float(torch.special.digamma(torch.tensor(float(k), dtype=torch.float64)))
-    offset = psi_k + float(psi_table[-1])  # psi(k) + psi(S); psi_table[n] = psi(n + 1)
-
-    rows, cols = torch.triu_indices(num_neurons, num_neurons, offset=0, device=device)  # pairs i <= j
-    # a constant neuron (e.g. a dead ReLU) shares nothing: its pairs stay 0 and are not computed
-    varying = ~(constant[rows] | constant[cols])
-    rows, cols = rows[varying], cols[varying]
-    if compiled:
-        values = offset - _pair_terms_compiled(x_all, rows, cols, k) if rows.numel() else torch.zeros(0).double()
-        return _symmetric(num_neurons, rows, cols, values)
     values = torch.zeros(rows.numel(), dtype=torch.float64, device=device)
     pairs_per_chunk = max(1, max_chunk_elements // num_samples)  # [C, S] tensors within the budget
     for first in range(0, rows.numel(), pairs_per_chunk):

@@ -1,13 +1,15 @@
 """Joint histograms of neuron pairs and their plug-in mutual information, for all pairs at once.
 
-Counting is batched over pairs, with two exact kernels. ``"bincount"``: every pair's joint bin code
+Counting is batched over pairs, with three exact kernels. ``"bincount"``: every pair's joint bin code
 ``a * (B + 1) + b`` is offset into its own block and one ``bincount`` counts a whole block of pairs.
 ``"matmul"``: the joint histograms of a block of neurons against all later ones are one matrix product
-of one-hot codes (0/1 products: int8 with int32 sums where ``torch._int_mm`` runs, as on CPUs with
-VNNI or AMX and on GPUs; float32 with sample chunks under 2**24 otherwise). ``"auto"`` uses
-``"matmul"`` on GPUs and, on the CPU, whichever of the two is faster for the problem's size class
-(samples and neurons to the next power of two, bins, threads), measured once per process on the
-first problem of that class (both results are compared too). Neither loops over pairs in Python.
+of one-hot codes (0/1 products: int8 with int32 sums where ``torch._int_mm`` is fast, as on CPUs with
+VNNI or AMX and on GPUs; float32 with sample chunks under 2**24 otherwise). ``"compiled"`` (CPU, needs
+Numba): a counting loop compiled by Numba (`lightning_infomem.functional.counting_compiled`). ``"auto"``
+uses ``"matmul"`` on GPUs; on the CPU ``"compiled"`` when Numba is installed, otherwise whichever of
+``"bincount"`` and ``"matmul"`` is faster for the problem's size class (samples and neurons to the
+next power of two, bins, threads), measured once per process on the first problem of that class (both
+results are compared too). None loops over pairs in Python.
 """
 
 from __future__ import annotations
@@ -93,7 +95,6 @@ def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
     """Joint histograms by the compiled counting loop (parallel over rows on torch's thread count)."""
     num_neurons = bins.shape[1]
-    _KERNEL.require("method='compiled' (or use 'bincount')")
     transposed = _compiled_bins(bins, num_bins)
     for i0, i1 in _row_blocks(num_neurons, num_bins * num_bins, _COMPILED_CELLS_PER_BLOCK):
         num_pairs = (i1 - i0) * (2 * num_neurons - i0 - i1 - 1) // 2
@@ -110,6 +111,15 @@ def add_joint_histogram_counts(
     ``joint_counts`` is ``[P, num_bins, num_bins]`` int64 in the order of `pair_indices`. The compiled
     kernel adds into it directly (on CPU, where it is the choice of ``"auto"`` when Numba is installed);
     the other kernels add block by block.
+
+    Example:
+        >>> import torch
+        >>> bins = torch.tensor([[0, 1, 2], [1, 1, 0], [1, 0, 0]])
+        >>> joint = torch.zeros(3, 3, 3, dtype=torch.int64)
+        >>> add_joint_histogram_counts(bins, 3, joint)
+        >>> add_joint_histogram_counts(bins, 3, joint)  # counts accumulate
+        >>> torch.equal(joint, 2 * joint_histogram_counts(bins, 3))
+        True
     """
     method = resolve_counting_method(method, bins.device)
     compiled = method == "compiled" or (method == "auto" and compiled_counting_available())
@@ -319,8 +329,9 @@ def joint_histogram_counts(bins: Tensor, num_bins: int, method: CountingMethod =
             and a sample is left out of a pair's histogram when either of its two values is.
         num_bins: number of bins per neuron.
         method: ``"bincount"`` (offset joint codes counted by ``bincount``), ``"matmul"`` (the Gram
-            matrix of one-hot codes, int8 or float32) or ``"auto"`` (``"matmul"`` on GPUs; on the CPU the
-            faster of the two for the problem's size, measured once; see the module docs). All give
+            matrix of one-hot codes, int8 or float32), ``"compiled"`` (CPU, a Numba counting loop) or
+            ``"auto"`` (``"matmul"`` on GPUs; on the CPU ``"compiled"`` when Numba is installed, else the
+            faster of the first two for the problem's size, measured once; see the module docs). All give
             identical counts.
 
     Example:
