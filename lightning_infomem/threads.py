@@ -10,11 +10,15 @@ runs many times slower than on one thread (on a 2-core machine with one other bu
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["limited_threads", "numba_threads"]
+__all__ = ["compiled_kernel_threads", "limited_threads", "numba_threads"]
+
+# torch's thread count outside the outermost `limited_threads` block (None: not inside one)
+_OUTSIDE: ContextVar[Optional[int]] = ContextVar("lightning_infomem_threads_outside", default=None)
 
 
 @contextmanager
@@ -36,24 +40,44 @@ def limited_threads(threads: Optional[int]) -> Iterator[None]:
     if threads is None or threads >= previous:
         yield
         return
+    token = _OUTSIDE.set(previous if _OUTSIDE.get() is None else _OUTSIDE.get())
     torch.set_num_threads(max(1, threads))
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        _OUTSIDE.reset(token)
+
+
+def compiled_kernel_threads() -> int:
+    """Threads for the package's compiled kernels: torch's intra-op count outside any `limited_threads` block.
+
+    A compiled kernel is one large parallel loop whose idle threads sleep rather than spin, split into
+    equal tasks; unlike a run of mid-sized torch operations it does not collapse when other processes
+    hold some cores (it then runs about as fast as on one thread), so it keeps the count the process
+    chose. ``torch.set_num_threads(1)`` makes the kernels single-threaded too.
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with limited_threads(1):
+        ...     compiled_kernel_threads() == before
+        True
+    """
+    outside = _OUTSIDE.get()
+    return max(1, torch.get_num_threads() if outside is None else outside)
 
 
 @contextmanager
 def numba_threads() -> Iterator[None]:
-    """Run the block's Numba-parallel loops on torch's current intra-op thread count (at most Numba's).
+    """Run the block's Numba-parallel loops on `compiled_kernel_threads` threads (at most Numba's).
 
-    So that ``torch.set_num_threads`` and `limited_threads` govern the package's compiled kernels too.
-    Numba must be importable.
+    So that ``torch.set_num_threads`` governs the package's compiled kernels too. Numba must be importable.
     """
     import numba
 
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(compiled_kernel_threads(), numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
