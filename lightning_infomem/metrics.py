@@ -40,23 +40,28 @@ from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gat
 from lightning_infomem.checks import check_float, check_int, check_log_base, check_optional_int
 from lightning_infomem.functional.binning import (
     BinGrid,
+    CompiledGrid,
     ValueRange,
     bin_grid,
     bin_positions,
     binning_dtype,
     check_activations,
     check_num_bins,
+    compiled_bin_and_count,
+    compiled_grid,
     grid_bin_indices,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts
 from lightning_infomem.functional.mutual_information import (
     CountingMethod,
     add_joint_histogram_counts,
+    compiled_counting_available,
     iter_joint_histogram_counts,
     mutual_information_from_joint_counts,
     normalized_self_information,
     pair_indices,
     pairs_to_matrix,
+    pairwise_mutual_information_from_bins,
     resolve_counting_method,
 )
 
@@ -362,8 +367,28 @@ class _ActivationHistogramMetric(Metric):
         """Bin indices of a batch on the metric's range."""
         return grid_bin_indices(activations, self._bin_grid(activations.device))
 
+    def _compiled_grid(self, grid: BinGrid) -> Optional[CompiledGrid]:
+        """The range prepared for the compiled binning kernel (once per range), ``None`` where it cannot run."""
+        cached = getattr(self, "_compiled", None)
+        if cached is None or cached[0] is not grid:
+            assert self.range_low is not None and self.range_high is not None
+            cached = (grid, compiled_grid(grid, self.range_low, self.range_high, self.num_neurons))
+            self._compiled = cached
+        return cached[1]
+
     def _count(self, activations: Tensor) -> None:
         grid = self._bin_grid(activations.device)
+        compiled = self._compiled_grid(grid) if activations.device.type == "cpu" else None
+        if compiled is not None and self.counts.is_contiguous():
+            # one compiled pass: bins, per-neuron counts, counters (and the MI metric's pooled indices)
+            bins_out = self._pooled_bins_buffer(activations.shape[0])
+            nonfinite, clipped = compiled_bin_and_count(activations, compiled, self.counts, bins_out)
+            self.num_samples += activations.shape[0]
+            self.num_nonfinite += nonfinite
+            self.num_clipped += clipped
+            if bins_out is not None:
+                self._count_pairs(bins_out)
+            return
         finite = torch.isfinite(activations)
         values = activations.to(binning_dtype(activations.device))
         low = self.range_low.to(device=values.device, dtype=values.dtype)
@@ -377,6 +402,10 @@ class _ActivationHistogramMetric(Metric):
 
     def _count_pairs(self, bins: Tensor) -> None:
         """Hook for metrics that keep joint histograms."""
+
+    def _pooled_bins_buffer(self, num_rows: int) -> Optional[Tensor]:
+        """Where the compiled binning writes the bin indices for `_count_pairs` (``None``: not needed)."""
+        return None
 
     def _clear_pending(self) -> None:
         """Hook for metrics that pool small batches before counting them."""
@@ -394,8 +423,12 @@ class _ActivationHistogramMetric(Metric):
         return keep_shape
 
     def sync(self, *args: Any, **kwargs: Any) -> None:
-        """Fix a pending calibration range (a collective step under DDP), then sum the counts."""
-        self._settle()
+        """Fix a pending calibration range (a collective step under DDP), then sum the counts.
+
+        Pooled samples are counted when the states are read for the reduction (not at all when there is
+        nothing to synchronise).
+        """
+        self._finish_calibration()
         super().sync(*args, **kwargs)
 
     def reset(self) -> None:
@@ -408,19 +441,22 @@ class _ActivationHistogramMetric(Metric):
         self._update_count = 0
         self._forward_cache = None
         self._computed = None
+        self._clear_pending()
         for attr in self._defaults:
-            getattr(self, attr).zero_()
+            self._reset_state(attr)
         self._cache = None
         self._is_synced = False
         self._held_back = HeldBackSamples()
-        self._clear_pending()
         if not self._fixed_range:
             self._set_range(None, None)
 
+    def _reset_state(self, attr: str) -> None:
+        getattr(self, attr).zero_()
+
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Add another metric's counts; both must bin with the same range."""
+        self._settle()
         if isinstance(incoming_state, _ActivationHistogramMetric):
-            self._settle()
             incoming_state._settle()
             ours, theirs = self.value_range, incoming_state.value_range
             if ours is None or theirs is None:
@@ -591,12 +627,41 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         self.pool_samples = max(4096, 4 * (self.num_bins + 1) ** 2)
         self._pooled_dtype = self._pooled_index_dtype(self.num_bins)
         self._clear_pending()
+        self._joint_zero = False
         num_pairs = self.num_neurons * (self.num_neurons - 1) // 2
         self.add_state(
             "joint_counts",
             torch.zeros(num_pairs, self.num_bins, self.num_bins, dtype=torch.int64),
             dist_reduce_fx="sum",
         )
+
+    @property
+    def joint_counts(self) -> Tensor:  # type: ignore[override]
+        """The joint histogram of every pair, ``[N (N - 1) / 2, B, B]`` int64 (the order of `pair_indices`).
+
+        A state of the metric, always up to date: pooled samples are counted when it is read. The
+        metric reads it only where it needs the histograms themselves (synchronisation, checkpoints,
+        ``merge_state``, a full pool); ``compute()`` of a metric whose samples are all still pooled
+        reduces them without writing the histograms, and ``reset()`` marks the state as zero rather
+        than clearing tens of MiB.
+        """
+        self._flush_pending()
+        if self._joint_zero:
+            self._joint_store.zero_()
+            self._joint_zero = False
+        return self._joint_store
+
+    @joint_counts.setter
+    def joint_counts(self, value: Tensor) -> None:
+        self._joint_store = value  # the whole state: whatever was pooled is part of it or dropped with it
+        self._joint_zero = False
+        self._clear_pending()
+
+    def _reset_state(self, attr: str) -> None:
+        if attr == "joint_counts":
+            self._joint_zero = True  # zeroed when next read or counted into
+        else:
+            super()._reset_state(attr)
 
     @classmethod
     def state_bytes(cls, num_neurons: int, num_bins: int) -> int:
@@ -623,6 +688,9 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
             f"(grows with num_neurons**2; {neurons})"
         )
 
+    def _pooled_bins_buffer(self, num_rows: int) -> Optional[Tensor]:
+        return torch.empty(num_rows, self.num_neurons, dtype=self._pooled_dtype)
+
     def _count_pairs(self, bins: Tensor) -> None:
         # Counting touches every pair's (B + 1)**2 histogram cells whatever the batch size, so small
         # batches are pooled (as compact bin indices) and counted together.
@@ -634,9 +702,15 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     def _flush_pending(self) -> None:
         if not self._pending_bins:
             return
-        bins = torch.cat(self._pending_bins).long()
+        bins = self._pooled_bins()
         self._clear_pending()
-        add_joint_histogram_counts(bins, self.num_bins, self.joint_counts, self.method)
+        if self._joint_zero:
+            self._joint_store.zero_()
+            self._joint_zero = False
+        add_joint_histogram_counts(bins, self.num_bins, self._joint_store, self.method)
+
+    def _pooled_bins(self) -> Tensor:
+        return self._pending_bins[0] if len(self._pending_bins) == 1 else torch.cat(self._pending_bins)
 
     def _clear_pending(self) -> None:
         self._pending_bins: list[Tensor] = []
@@ -648,11 +722,22 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         NaN for a pair without a sample where both values are finite (and on the diagonal for a
         neuron with no finite value).
         """
-        self._settle()
+        self._finish_calibration()
         self._warn_about_dropped_values()
+        if self._joint_zero and self._pending_bins and self._reduces_pooled_bins():
+            # every sample is still pooled: each pair's histogram is reduced to its MI in cache, never written
+            pair_values = pairwise_mutual_information_from_bins(
+                self._pooled_bins(), self.num_bins, self.base, self.miller_madow, self.normalized, self.method
+            )
+            return self._matrix_from_pairs(pair_values, self.counts)
         # without left-out values, a pair's marginals are its two neurons' own histograms
         shared = int(self.num_nonfinite) == 0
         return self._matrix(self.joint_counts.split(max(1, 2**22 // self.num_bins**2)), self.counts, shared)
+
+    def _reduces_pooled_bins(self) -> bool:
+        """Whether the MI of pooled bins is computed without writing histograms (the compiled CPU kernel)."""
+        on_cpu = self._pending_bins[0].device.type == "cpu"
+        return on_cpu and self.method in ("auto", "compiled") and compiled_counting_available()
 
     def _matrix(self, joint_blocks: Any, counts: Tensor, marginals_from_counts: bool = False) -> Tensor:
         """The MI matrix from blocks of joint histograms (row-major pairs) and per-neuron histograms."""
@@ -668,6 +753,10 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
             )
             first += size
         pair_values = torch.cat(values or [torch.zeros(0, dtype=torch.float64, device=counts.device)])
+        return self._matrix_from_pairs(pair_values, counts)
+
+    def _matrix_from_pairs(self, pair_values: Tensor, counts: Tensor) -> Tensor:
+        """The MI matrix from the pairs' values (row-major) and the per-neuron histograms (its diagonal)."""
         diagonal = entropy_from_counts(counts, self.base, self.miller_madow, self.normalized)
         if self.normalized:
             diagonal = normalized_self_information(diagonal)

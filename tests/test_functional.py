@@ -11,6 +11,7 @@ from conftest import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, STUDE
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
+import lightning_infomem.functional.binning as binning_module
 import lightning_infomem.functional.mutual_information as mi_module
 from lightning_infomem.functional import (
     add_joint_histogram_counts,
@@ -26,6 +27,7 @@ from lightning_infomem.functional import (
     pair_indices,
     pairwise_mutual_information,
 )
+from lightning_infomem.functional.binning import bin_grid, compiled_bin_and_count, compiled_grid, grid_bin_indices
 from lightning_infomem.functional.compiled import CompiledKernel
 
 # --------------------------------------------------------------------------------------- references
@@ -529,6 +531,46 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
     )
 
 
+@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.parametrize("num_neurons", [2, 3, 9, 12])  # odd and even row counts: tasks pair rows
+@pytest.mark.parametrize("options", [{}, {"miller_madow": True}, {"normalized": True}, {"base": 2.0}])
+def test_compiled_pair_terms_equal_the_torch_path(num_neurons, options):
+    # the kernel that reduces each joint histogram in cache (pairwise_mutual_information on CPU) and the one
+    # that reduces stored histograms (the metric's compute) give the torch path's MI: NaN, zeros and all
+    x = data_with_nonfinite(num_neurons=max(num_neurons, 5))[:, :num_neurons]
+    for num_bins in (1, 2, 6, 17):
+        torch_path = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="bincount", **options)
+        fused = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="compiled", **options)
+        assert torch.equal(torch.isnan(fused), torch.isnan(torch_path))
+        assert torch.allclose(fused.nan_to_num(-7.0), torch_path.nan_to_num(-7.0), rtol=0, atol=1e-12)
+        joint = joint_histogram_counts(bin_indices(x, num_bins, (-2.0, 2.0)), num_bins)
+        from_counts = mutual_information_from_joint_counts(joint, **options)
+        assert from_counts.shape == (joint.shape[0],)
+        rows, cols = mi_module.pair_indices(num_neurons)
+        expected = torch_path[rows, cols]
+        assert torch.allclose(from_counts.nan_to_num(-7.0), expected.nan_to_num(-7.0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+def test_compiled_count_terms_keep_shape_and_leave_invalid_counts_to_the_torch_path(monkeypatch):
+    rng = np.random.default_rng(5)
+    joint = torch.from_numpy(rng.integers(0, 30, size=(2, 3, 4, 4)))
+    got = mutual_information_from_joint_counts(joint)
+    assert got.shape == (2, 3)
+    with monkeypatch.context() as patch:
+        patch.setattr(mi_module, "_KERNEL", NO_NUMBA)  # the torch path
+        expected = mutual_information_from_joint_counts(joint)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    negative = joint.clone()
+    negative[1, 2, 0, 0] = -3
+    assert mi_module._compiled_count_terms(negative.reshape(-1, 4, 4), None) is None  # flagged, not read
+    with pytest.raises(IndexError):  # the torch path's lookup refuses it
+        mutual_information_from_joint_counts(negative)
+    # a marginal bound below the counts (an inconsistent caller) is flagged too, never read out of bounds
+    small = (torch.ones(6, 4, dtype=torch.int64), torch.ones(6, 4, dtype=torch.int64))
+    assert mi_module._compiled_count_terms(joint.reshape(-1, 4, 4), small) is None
+
+
 def test_auto_measures_the_faster_kernel_once_per_size_class(monkeypatch):
     # without Numba ("auto" on CPU is the compiled kernel when it is installed)
     monkeypatch.setattr(mi_module, "_KERNEL", NO_NUMBA)
@@ -668,3 +710,71 @@ def test_cuda_counts_entropy_and_mutual_information_equal_cpu():
             cpu_metric.update(chunk)
             gpu_metric.update(chunk.cuda())
         torch.testing.assert_close(gpu_metric.compute().cpu(), cpu_metric.compute(), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------- compiled binning
+
+
+def _binning_cases():
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((300, 5)))
+    x[::7, 1] = math.nan
+    x[3, 2], x[4, 2] = math.inf, -math.inf
+    x[:, 3] = 0.25  # a constant neuron
+    f64 = torch.float64
+    per_neuron_low = torch.tensor([-1.0, -2.0, 0.0, 0.25, math.nan], dtype=f64)  # one undefined range
+    per_neuron_high = torch.tensor([1.0, 2.0, 3.0, 0.25, math.nan], dtype=f64)  # one zero-width range
+    huge = torch.tensor([[-1.5e308], [0.0], [1.5e308], [1e308], [-1.7e308]], dtype=f64).repeat(1, 5)
+    return [
+        (x, torch.tensor(-1.5, dtype=f64), torch.tensor(1.5, dtype=f64), 16),
+        (x.float(), torch.tensor(-1.5, dtype=f64), torch.tensor(1.5, dtype=f64), 7),
+        (x.to(torch.bfloat16), torch.tensor(-1.0, dtype=f64), torch.tensor(2.0, dtype=f64), 100),
+        (x.half(), torch.tensor(0.0, dtype=f64), torch.tensor(1.0, dtype=f64), 1),
+        (x, per_neuron_low, per_neuron_high, 16),
+        (huge, torch.tensor(-1.6e308, dtype=f64), torch.tensor(1.6e308, dtype=f64), 4),  # width overflows
+        (x.float() * 1e-39, torch.tensor(0.0, dtype=f64), torch.tensor(1e-40, dtype=f64), 8),  # subnormal range
+    ]
+
+
+@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.parametrize("case", range(7))
+def test_compiled_binning_equals_the_torch_path(case):
+    values, low, high, num_bins = _binning_cases()[case]
+    num_neurons = values.shape[1]
+    grid = bin_grid(low, high, num_bins)
+    compiled = compiled_grid(grid, low, high, num_neurons)
+    counts = torch.full((num_neurons, num_bins), 3, dtype=torch.int64)  # added to
+    bins = torch.empty(values.shape, dtype=torch.uint8)
+    nonfinite, clipped = compiled_bin_and_count(values, compiled, counts, bins)
+    expected = grid_bin_indices(values, grid)
+    assert torch.equal(bins.long(), expected)
+    assert torch.equal(counts, histogram_counts(expected, num_bins) + 3)
+    finite = torch.isfinite(values)
+    as_double = values.double()
+    assert nonfinite == int((~finite).sum())
+    assert clipped == int((((as_double < low) | (as_double > high)) & finite).sum())
+    # without the indices: the counts alone
+    alone = torch.zeros(num_neurons, num_bins, dtype=torch.int64)
+    assert compiled_bin_and_count(values, compiled, alone) == (nonfinite, clipped)
+    assert torch.equal(alone, counts - 3)
+
+
+def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
+    from lightning_infomem import NeuronEntropy, NeuronMutualInformation
+
+    x = data_with_nonfinite()
+    results = []
+    for available in (True, False):
+        with monkeypatch.context() as patch:
+            if not available:
+                patch.setattr(binning_module, "_BIN_AND_COUNT", NO_NUMBA)
+                patch.setattr(mi_module, "_KERNEL", NO_NUMBA)
+            values = []
+            for metric in (NeuronEntropy(9, 20, calibration_samples=64), NeuronMutualInformation(9, 6)):
+                for batch in x.split(50):
+                    metric.update(batch)
+                values += [metric.compute(), metric.counts.clone(), metric.num_clipped.clone()]
+            results.append(values)
+    for compiled, torch_path in zip(*results, strict=True):
+        assert torch.equal(compiled.isnan(), torch_path.isnan())
+        assert torch.allclose(compiled.nan_to_num(-1.0), torch_path.nan_to_num(-1.0), rtol=0, atol=1e-12)

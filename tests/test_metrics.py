@@ -452,3 +452,45 @@ def test_matmul_method_metric_equals_bincount(data):
     feed(b, data[:300], [300])
     assert torch.equal(a.joint_counts, b.joint_counts)
     assert torch.equal(a.compute(), b.compute())
+
+
+@pytest.mark.parametrize("method", ["auto", "bincount"])
+@pytest.mark.parametrize("pool_samples", [4096, 64])  # all samples pooled at compute(), or counted on the way
+def test_joint_state_after_reset_holds_only_the_new_samples(data, method, pool_samples):
+    # reset() marks the joint histograms as zero instead of clearing them: whatever path counts or reads
+    # them next (a full pool, compute() from pooled indices, a direct read) must not see the old counts
+    metric = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), method=method)
+    metric.pool_samples = pool_samples
+    feed(metric, data[:500], [200, 300])
+    before = metric.compute()
+    metric.reset()
+    feed(metric, data[500:800], [100, 200])
+    fresh = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), method="bincount")
+    fresh.update(data[500:800])
+    assert torch.allclose(metric.compute(), fresh.compute(), rtol=0, atol=1e-12, equal_nan=True)
+    assert not torch.allclose(metric.compute(), before, equal_nan=True)
+    assert torch.equal(metric.joint_counts, fresh.joint_counts)
+    # reset twice without samples in between: zeros, and a NaN result (no sample)
+    metric.reset()
+    metric.reset()
+    assert int(metric.joint_counts.sum()) == 0
+    assert bool(torch.isnan(metric.compute()).all())
+
+
+def test_pooled_samples_survive_copies_device_moves_and_state_reads(data):
+    import copy
+    import pickle
+
+    metric = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0))
+    metric.update(data[:300])
+    metric.compute()  # from the pooled indices: nothing counted into the state yet
+    metric.update(data[300:400])
+    expected = joint_histogram_counts(bin_indices(data[:400], 8, (-2.0, 2.0)), 8)
+    for copied in (copy.deepcopy(metric), pickle.loads(pickle.dumps(metric)), copy.deepcopy(metric).to("cpu")):
+        assert torch.equal(copied.joint_counts, expected)
+    assert torch.equal(metric.metric_state["joint_counts"], expected)  # torchmetrics' own view of the state
+    assert torch.equal(metric.joint_counts, expected)
+    # assigning the state replaces it whole (as a load or a DDP reduction does)
+    metric.update(data[400:500])
+    metric.joint_counts = expected.clone()
+    assert torch.equal(metric.joint_counts, expected)

@@ -29,6 +29,7 @@ from lightning_infomem.functional.mutual_information import (
     pair_indices,
     pairs_to_matrix,
     pairwise_mutual_information,
+    pairwise_mutual_information_from_bins,
 )
 from lightning_infomem.functional.subsampling import (
     InfluenceEstimate,
@@ -91,6 +92,7 @@ __all__ = [
     "pair_indices",
     "pairs_to_matrix",
     "pairwise_mutual_information",
+    "pairwise_mutual_information_from_bins",
     "presentation_statistics",
     "rademacher_probes",
     "resolve_value_range",

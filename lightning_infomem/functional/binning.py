@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int
+from lightning_infomem.functional.compiled import CompiledKernel
 
 ValueRange = Union[None, Tuple[float, float], Tuple[Tensor, Tensor], Sequence[float]]
 
@@ -25,8 +27,11 @@ __all__ = [
     "BinGrid",
     "ValueRange",
     "assign_bins",
+    "CompiledGrid",
     "bin_grid",
     "bin_positions",
+    "compiled_bin_and_count",
+    "compiled_grid",
     "bin_indices",
     "calibrate_value_range",
     "check_activations",
@@ -258,3 +263,73 @@ def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -
 def check_num_bins(num_bins: Any) -> int:
     """``num_bins`` as an ``int`` >= 1, or a ``ValueError``."""
     return check_int(num_bins, "num_bins", minimum=1)
+
+
+_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count")
+
+
+class CompiledGrid(NamedTuple):
+    """A `BinGrid` and its range as ``[N]`` NumPy arrays, for `compiled_bin_and_count` (see `compiled_grid`)."""
+
+    low: np.ndarray
+    width: np.ndarray
+    factor: np.ndarray
+    defined: np.ndarray
+    range_low: np.ndarray
+    range_high: np.ndarray
+    num_bins: int
+
+
+def compiled_grid(grid: BinGrid, low: Tensor, high: Tensor, num_neurons: int) -> Optional[CompiledGrid]:
+    """``grid`` (and its range ``low``, ``high``) prepared for the compiled binning kernel; ``None`` where that
+    kernel cannot run (not on the CPU, or Numba not installed)."""
+    if grid.low.device.type != "cpu" or not _BIN_AND_COUNT.available():
+        return None
+
+    def per_neuron(value: Optional[Tensor], fill: Any, dtype: torch.dtype) -> np.ndarray:
+        value = torch.full((), fill, dtype=dtype) if value is None else value.to(dtype)
+        return torch.broadcast_to(value.cpu(), (num_neurons,)).contiguous().numpy()
+
+    return CompiledGrid(
+        per_neuron(grid.low, 0.0, torch.float64),
+        per_neuron(grid.width, 1.0, torch.float64),
+        per_neuron(grid.factor, 1.0, torch.float64),
+        per_neuron(grid.defined, True, torch.bool),
+        per_neuron(low, 0.0, torch.float64),
+        per_neuron(high, 0.0, torch.float64),
+        grid.num_bins,
+    )
+
+
+def compiled_bin_and_count(
+    activations: Tensor, grid: CompiledGrid, counts: Tensor, bins_out: Optional[Tensor] = None
+) -> tuple[int, int]:
+    """Bin CPU ``[S, N]`` activations as `grid_bin_indices` does and add each neuron's histogram to ``counts``.
+
+    One compiled pass instead of a dozen tensor operations: ``counts`` (``[N, num_bins]`` int64,
+    contiguous) is added to; ``bins_out`` (``[S, N]`` integer, contiguous), when given, receives the
+    bin indices (``num_bins`` for a non-finite value). Returns ``(non-finite values, finite values
+    outside the range)``. Bit-for-bit the indices of the torch path (float64 arithmetic in the same order).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 5.0], [1.0, float("nan")], [0.5, 9.0]])
+        >>> low, high = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+        >>> grid = compiled_grid(bin_grid(low, high, 4), low, high, 2)
+        >>> counts, bins = torch.zeros(2, 4, dtype=torch.int64), torch.empty(3, 2, dtype=torch.uint8)
+        >>> (compiled_bin_and_count(x, grid, counts, bins) if grid is not None else (1, 2))
+        (1, 2)
+        >>> grid is None or torch.equal(bins.long(), grid_bin_indices(x, bin_grid(low, high, 4)))
+        True
+    """
+    values = activations.detach()
+    if values.dtype not in (torch.float32, torch.float64):
+        values = values.to(torch.float32)  # float16 and bfloat16 hold no value float32 does not
+    values = values.contiguous().numpy()
+    write = bins_out is not None
+    out = bins_out.numpy() if write else np.empty((0, 0), dtype=np.uint8)
+    nonfinite, clipped = _BIN_AND_COUNT(
+        values, grid.low, grid.width, grid.factor, grid.defined, grid.range_low, grid.range_high,
+        grid.num_bins, counts.numpy(), out, write,
+    )  # fmt: skip
+    return int(nonfinite), int(clipped)

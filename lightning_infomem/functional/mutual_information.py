@@ -42,7 +42,9 @@ __all__ = [
     "normalized_self_information",
     "pair_indices",
     "pairs_to_matrix",
+    "compiled_counting_available",
     "pairwise_mutual_information",
+    "pairwise_mutual_information_from_bins",
     "resolve_counting_method",
 ]
 
@@ -79,7 +81,10 @@ def resolve_counting_method(method: CountingMethod, device: torch.device) -> str
     return method
 
 
-_KERNEL = CompiledKernel("lightning_infomem.functional.counting_compiled", "joint_counts_block")
+_COMPILED_MODULE = "lightning_infomem.functional.counting_compiled"
+_KERNEL = CompiledKernel(_COMPILED_MODULE, "joint_counts_block")
+_PAIR_TERMS_KERNEL = CompiledKernel(_COMPILED_MODULE, "joint_plugin_terms")
+_COUNT_TERMS_KERNEL = CompiledKernel(_COMPILED_MODULE, "joint_count_terms")
 
 
 def compiled_counting_available() -> bool:
@@ -88,8 +93,9 @@ def compiled_counting_available() -> bool:
 
 
 def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
+    """``bins`` ``[S, N]`` as the compiled kernels read them: ``[N, S]`` rows of the smallest index dtype."""
     dtype = torch.uint8 if num_bins < 255 else torch.int16 if num_bins < 32767 else torch.int32
-    return bins.T.to(dtype).contiguous().numpy()  # [N, S]
+    return bins.T.to(dtype).contiguous().numpy()
 
 
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
@@ -127,7 +133,7 @@ def add_joint_histogram_counts(
         num_neurons = bins.shape[1]
         _KERNEL(_compiled_bins(bins, num_bins), 0, max(0, num_neurons - 1), num_bins, joint_counts.numpy(), True)
         return
-    for first, counts in iter_joint_histogram_counts(bins, num_bins, method):
+    for first, counts in iter_joint_histogram_counts(bins.long(), num_bins, method):
         joint_counts[first : first + counts.shape[0]] += counts
 
 
@@ -375,6 +381,10 @@ def mutual_information_from_joint_counts(
     """
     if joint_counts.ndim < 2 or joint_counts.shape[-1] != joint_counts.shape[-2]:
         raise ValueError(f"joint_counts must have shape [..., B, B], received shape {list(joint_counts.shape)}")
+    num_bins = joint_counts.shape[-1]
+    terms = _compiled_count_terms(joint_counts, marginals)
+    if terms is not None:
+        return _mutual_information_from_terms(*terms, num_bins, base, miller_madow, normalized)
     rows, columns = marginals if marginals is not None else (joint_counts.sum(-1), joint_counts.sum(-2))
     total_x, nlogn_x, occupied_x = plugin_terms(rows, occupied=True)
     _, nlogn_y, occupied_y = plugin_terms(columns, occupied=True)
@@ -382,9 +392,30 @@ def mutual_information_from_joint_counts(
     total, nlogn_joint, occupied_joint = plugin_terms(
         joint_counts, dim=(-2, -1), occupied=miller_madow, total=total_x, largest=largest
     )
+    return _mutual_information_from_terms(
+        total, nlogn_joint, nlogn_x, nlogn_y, occupied_joint, occupied_x, occupied_y,
+        num_bins, base, miller_madow, normalized,
+    )  # fmt: skip
+
+
+def _mutual_information_from_terms(
+    total: Tensor,
+    nlogn_joint: Tensor,
+    nlogn_x: Tensor,
+    nlogn_y: Tensor,
+    occupied_joint: Optional[Tensor],
+    occupied_x: Tensor,
+    occupied_y: Tensor,
+    num_bins: int,
+    base: Optional[float],
+    miller_madow: bool,
+    normalized: bool,
+) -> Tensor:
+    """Plug-in MI (see `mutual_information_from_joint_counts`) from each pair's float64 plug-in terms."""
     safe = total.clamp_min(1)
     mutual_info = (nlogn_joint - nlogn_x - nlogn_y) / safe + torch.log(safe)
     if miller_madow:
+        assert occupied_joint is not None
         mutual_info = mutual_info + (occupied_x + occupied_y - occupied_joint - 1) / (2 * safe)
     else:
         mutual_info = mutual_info.clamp_min(0)  # the plug-in value is >= 0; remove rounding residue
@@ -396,8 +427,55 @@ def mutual_information_from_joint_counts(
         denom = torch.sqrt(h_x * h_y)
         mutual_info = torch.where(denom > 0, mutual_info / denom.clamp_min(1e-300), 0.0)
     else:
-        mutual_info = _rescale(mutual_info, joint_counts.shape[-1], base, normalized=False)
+        mutual_info = _rescale(mutual_info, num_bins, base, normalized=False)
     return torch.where(total > 0, mutual_info, math.nan)  # no shared sample: undefined
+
+
+_NLOGN_TABLE_MAX = 2**24  # compiled paths: counts up to this read n log n from a table (128 MiB at most)
+
+# terms columns of the compiled kernels: total, n log n of the joint, of the rows, of the columns, and the
+# occupied cells of the joint, of the rows, of the columns
+_TERMS = 7
+
+
+def _split_terms(terms: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """The compiled kernels' ``[P, 7]`` terms as arguments of `_mutual_information_from_terms`, shaped ``shape``."""
+    total, joint, rows, columns, occupied, occupied_rows, occupied_columns = (c.reshape(shape) for c in terms.unbind(1))
+    return total, joint, rows, columns, occupied, occupied_rows, occupied_columns
+
+
+def _nlogn_table(largest: int) -> np.ndarray:
+    values = torch.arange(largest + 1, dtype=torch.float64)
+    return torch.special.xlogy(values, values).numpy()
+
+
+def _compiled_count_terms(
+    joint_counts: Tensor, marginals: Optional[tuple[Tensor, Tensor]]
+) -> Optional[tuple[Tensor, ...]]:
+    """Plug-in terms of CPU integer joint histograms by the compiled kernel, one pass; ``None`` where it does not
+    apply (other devices or dtypes, no Numba, counts beyond the lookup table or negative: the torch path decides)."""
+    if (
+        joint_counts.device.type != "cpu"
+        or joint_counts.dtype not in (torch.int64, torch.int32)
+        or joint_counts.numel() == 0
+        or not (compiled_counting_available() and _COUNT_TERMS_KERNEL.available())
+    ):
+        return None
+    shape = joint_counts.shape[:-2]
+    num_bins = joint_counts.shape[-1]
+    flat = joint_counts.detach().reshape(-1, num_bins, num_bins).contiguous()
+    if marginals is not None:  # each marginal's total bounds every count of the pair
+        largest = int(marginals[0].sum(-1).max())
+    else:
+        largest = int(flat.view(flat.shape[0], -1).sum(-1).max())
+    if not 0 <= largest <= _NLOGN_TABLE_MAX:
+        return None
+    terms = np.empty((flat.shape[0], _TERMS), dtype=np.float64)
+    _COUNT_TERMS_KERNEL(flat.numpy(), _nlogn_table(largest), terms)
+    result = torch.from_numpy(terms)
+    if bool((result[:, 0] < 0).any()):  # a count outside [0, largest]: not valid counts for the table
+        return None
+    return _split_terms(result, shape)
 
 
 def mean_off_diagonal(matrix: Tensor, nan_policy: Literal["propagate", "omit"] = "propagate") -> Tensor:
@@ -475,15 +553,66 @@ def pairwise_mutual_information(
     """
     check_activations(activations)
     bins = bin_indices(activations, num_bins, value_range)
-    values = [
-        mutual_information_from_joint_counts(counts, base, miller_madow, normalized)
-        for _, counts in iter_joint_histogram_counts(bins, num_bins, method)
-    ]
-    pair_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=bins.device)
+    pair_values = pairwise_mutual_information_from_bins(bins, num_bins, base, miller_madow, normalized, method)
     diagonal = entropy_from_counts(histogram_counts(bins, num_bins), base, miller_madow, normalized)
     if normalized:
         diagonal = normalized_self_information(diagonal)
     return pairs_to_matrix(pair_values, diagonal)
+
+
+def pairwise_mutual_information_from_bins(
+    bins: Tensor,
+    num_bins: int,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+    method: CountingMethod = "auto",
+) -> Tensor:
+    """Plug-in MI of every pair ``i < j`` from bin indices: ``[S, N]`` -> ``[N (N - 1) / 2]`` float64.
+
+    Pairs in the order of `pair_indices`; ``bins`` as for `joint_histogram_counts` (any integer
+    dtype), other arguments as in `pairwise_mutual_information`. On CPU with Numba (``method``
+    ``"auto"`` or ``"compiled"``) each pair's joint histogram is reduced to its MI while it is in the
+    first-level cache, so no histogram is written; otherwise the histograms are counted block by
+    block and reduced by `mutual_information_from_joint_counts`. Both give the same values (to
+    rounding of the sums).
+
+    Example:
+        >>> import torch
+        >>> bins = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
+        >>> pairwise_mutual_information_from_bins(bins, num_bins=2, base=2)
+        tensor([1., 0., 0.], dtype=torch.float64)
+    """
+    num_bins = check_num_bins(num_bins)
+    if bins.ndim != 2:
+        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    resolved = resolve_counting_method(method, bins.device)
+    compiled = resolved == "compiled" or (
+        resolved == "auto" and bins.device.type == "cpu" and compiled_counting_available()
+    )
+    if compiled and bins.shape[0] <= _NLOGN_TABLE_MAX:
+        return _pairwise_compiled(bins, num_bins, base, miller_madow, normalized)
+    values = [
+        mutual_information_from_joint_counts(counts, base, miller_madow, normalized)
+        for _, counts in iter_joint_histogram_counts(bins.long(), num_bins, method)
+    ]
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=bins.device)
+
+
+def _pairwise_compiled(
+    bins: Tensor, num_bins: int, base: Optional[float], miller_madow: bool, normalized: bool
+) -> Tensor:  # fmt: skip
+    """MI of every pair by the compiled kernel that reduces each joint histogram while it is in cache: ``[P]``."""
+    num_samples, num_neurons = bins.shape
+    num_pairs = num_neurons * (num_neurons - 1) // 2
+    if num_pairs == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    terms = np.empty((num_pairs, _TERMS), dtype=np.float64)
+    table = _nlogn_table(num_samples)
+    _PAIR_TERMS_KERNEL(_compiled_bins(bins, num_bins), 0, num_neurons - 1, num_bins, table, terms)
+    return _mutual_information_from_terms(
+        *_split_terms(torch.from_numpy(terms), (num_pairs,)), num_bins, base, miller_madow, normalized
+    )
 
 
 def normalized_self_information(entropy: Tensor) -> Tensor:
