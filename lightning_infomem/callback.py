@@ -689,14 +689,13 @@ class InformationMeasures(Callback):
                     if not result.defined:
                         continue
                     n = result.mutual_info.shape[0]
-                    eye = torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)
-                    off_diagonal = result.mutual_info[~eye]
                     if self.log_histograms:
                         entropy = result.entropy[~torch.isnan(result.entropy)]
                         if entropy.numel():
                             tag = self._key(name, "entropy_per_neuron", loader=loader)
                             writer.add_histogram(tag, entropy.float().cpu(), step)
-                        pairs = off_diagonal[~torch.isnan(off_diagonal)]
+                        pairs = result.pairs
+                        pairs = pairs[~torch.isnan(pairs)]  # each pair once
                         if pairs.numel():
                             tag = self._key(name, "mutual_info_pairs", loader=loader)
                             writer.add_histogram(tag, pairs.float().cpu(), step)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
-from lightning_infomem.functional.mutual_information import mean_off_diagonal
+from lightning_infomem.functional.mutual_information import cached_pair_indices
 from lightning_infomem.metrics import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
 
 __all__ = ["ActivationMeasurement", "Binning", "LayerResult", "MeasurementSettings", "summarize"]
@@ -71,11 +71,20 @@ class LayerResult(NamedTuple):
         return float(torch.nanmean(self.entropy))
 
     @property
+    def pairs(self) -> Tensor:
+        """The MI of each pair ``i < j`` (the order of `pair_indices`), ``[N (N - 1) / 2]``; NaN where undefined."""
+        rows, columns = cached_pair_indices(self.mutual_info.shape[0], self.mutual_info.device)
+        return self.mutual_info[rows, columns]
+
+    @property
     def mean_mutual_info(self) -> float:
         """Mean MI over the defined pairs (0 for one neuron: no pairs); NaN for an undefined layer."""
         if not self.defined:
             return math.nan
-        return float(mean_off_diagonal(self.mutual_info, nan_policy="omit"))
+        pairs = self.pairs
+        if pairs.numel() == 0:
+            return 0.0
+        return float(torch.nanmean(pairs))  # NaN when no pair is defined
 
 
 def summarize(results: dict[str, LayerResult]) -> tuple[float, float]:
@@ -93,10 +102,9 @@ def summarize(results: dict[str, LayerResult]) -> tuple[float, float]:
     entropy = float(torch.nanmean(entropies))
     pair_sum, pair_count = 0.0, 0
     for result in results.values():
-        n = result.mutual_info.shape[0]
-        off = result.mutual_info[~torch.eye(n, dtype=torch.bool, device=result.mutual_info.device)]
-        defined = ~torch.isnan(off)
-        pair_sum += float(off[defined].sum())
+        pairs = result.pairs
+        defined = ~torch.isnan(pairs)
+        pair_sum += float(pairs[defined].sum())
         pair_count += int(defined.sum())
     return entropy, (pair_sum / pair_count if pair_count else 0.0)
 

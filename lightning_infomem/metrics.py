@@ -55,11 +55,11 @@ from lightning_infomem.functional.entropy import entropy_from_counts, histogram_
 from lightning_infomem.functional.mutual_information import (
     CountingMethod,
     add_joint_histogram_counts,
+    cached_pair_indices,
     compiled_counting_available,
     iter_joint_histogram_counts,
     mutual_information_from_joint_counts,
     normalized_self_information,
-    pair_indices,
     pairs_to_matrix,
     pairwise_mutual_information_from_bins,
     resolve_counting_method,
@@ -741,7 +741,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
 
     def _matrix(self, joint_blocks: Any, counts: Tensor, marginals_from_counts: bool = False) -> Tensor:
         """The MI matrix from blocks of joint histograms (row-major pairs) and per-neuron histograms."""
-        rows, columns = pair_indices(self.num_neurons, counts.device)
+        rows, columns = cached_pair_indices(self.num_neurons, counts.device)
         values, first = [], 0
         for block in joint_blocks:
             size = block.shape[0]

@@ -14,6 +14,7 @@ results are compared too). None loops over pairs in Python.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator, Literal, Optional
 
@@ -66,6 +67,12 @@ def pair_indices(num_neurons: int, device: Optional[torch.device] = None) -> tup
     """
     rows, cols = torch.triu_indices(num_neurons, num_neurons, offset=1, device=device)
     return rows, cols
+
+
+@functools.lru_cache(maxsize=64)
+def cached_pair_indices(num_neurons: int, device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
+    """`pair_indices`, made once per size and device and shared: callers must not modify them."""
+    return pair_indices(num_neurons, device)
 
 
 def resolve_counting_method(method: CountingMethod, device: torch.device) -> str:
@@ -509,7 +516,7 @@ def pairs_to_matrix(pair_values: Tensor, diagonal: Tensor) -> Tensor:
     """Symmetric ``[N, N]`` matrix from values of the pairs ``i < j`` (row-major) and a diagonal."""
     num_neurons = diagonal.shape[0]
     matrix = torch.diag_embed(diagonal.to(pair_values.dtype))
-    rows, cols = pair_indices(num_neurons, diagonal.device)
+    rows, cols = cached_pair_indices(num_neurons, diagonal.device)
     matrix[rows, cols] = pair_values
     matrix[cols, rows] = pair_values
     return matrix
