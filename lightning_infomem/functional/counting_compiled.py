@@ -201,7 +201,7 @@ def joint_count_terms(joint: np.ndarray, table: np.ndarray, terms: np.ndarray) -
             _terms(cells, 0, num_bins, num_bins, table, terms, p, np.empty(num_bins, dtype=np.int64))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def bin_and_count(
     values: np.ndarray,
     low: np.ndarray,
@@ -214,6 +214,7 @@ def bin_and_count(
     counts: np.ndarray,
     bins_out: np.ndarray,
     write_bins: bool,
+    num_chunks: int,
 ) -> tuple[int, int]:  # fmt: skip
     """Bin ``[S, N]`` float ``values`` as `grid_bin_indices` does and add each neuron's histogram to ``counts``.
 
@@ -223,32 +224,39 @@ def bin_and_count(
     path, floored and clamped to ``[0, num_bins - 1]``; a non-finite value, or any value of a neuron
     whose range is undefined, gets ``num_bins`` and is not counted. ``counts`` is ``[N, num_bins]``
     int64 (added to); with ``write_bins``, the indices go to ``bins_out`` ``[S, N]`` (an integer dtype).
-    Returns ``(non-finite values, finite values outside the range)``.
+    Returns ``(non-finite values, finite values outside the range)``. Rows are split into one chunk
+    per thread (``num_chunks``, fewer for small inputs), each with its own histograms, added up at the end.
     """
     num_samples, num_neurons = values.shape
     top = np.float64(num_bins - 1)
     stride = num_bins + 1  # a column for the skip index: counting needs no branch
-    nonfinite = 0
-    clipped = 0
-    index = np.empty(num_neurons, dtype=np.int64)
-    hist = np.zeros(num_neurons * stride, dtype=np.int64)
-    for s in range(num_samples):
-        row = values[s]
-        for n in range(num_neurons):  # selects only, so that the loop vectorises (the division is its cost)
-            v = np.float64(row[n])
-            position = (v * factor[n] - low[n]) / width[n] * num_bins
-            position = position if position > 0.0 else 0.0  # below the range, or NaN
-            position = position if position < top else top
-            finite = (v - v) == 0.0  # False for NaN and +-Inf
-            nonfinite += 1 - np.int64(finite)
-            clipped += np.int64((v < range_low[n]) | (v > range_high[n])) & np.int64(finite)
-            index[n] = np.int64(position) if finite & defined[n] else num_bins  # floor: position >= 0
-        for n in range(num_neurons):
-            hist[n * stride + index[n]] += 1
-        if write_bins:
+    num_chunks = max(1, min(num_chunks, num_samples // 256))
+    hist = np.zeros((num_chunks, num_neurons * stride), dtype=np.int64)
+    tallies = np.zeros((num_chunks, 2), dtype=np.int64)
+    for c in numba.prange(num_chunks):
+        index = np.empty(num_neurons, dtype=np.int64)
+        nonfinite = 0
+        clipped = 0
+        for s in range(c * num_samples // num_chunks, (c + 1) * num_samples // num_chunks):
+            row = values[s]
+            for n in range(num_neurons):  # selects only, so that the loop vectorises (the division is its cost)
+                v = np.float64(row[n])
+                position = (v * factor[n] - low[n]) / width[n] * num_bins
+                position = position if position > 0.0 else 0.0  # below the range, or NaN
+                position = position if position < top else top
+                finite = (v - v) == 0.0  # False for NaN and +-Inf
+                nonfinite += 1 - np.int64(finite)
+                clipped += np.int64((v < range_low[n]) | (v > range_high[n])) & np.int64(finite)
+                index[n] = np.int64(position) if finite & defined[n] else num_bins  # floor: position >= 0
             for n in range(num_neurons):
-                bins_out[s, n] = index[n]
-    for n in range(num_neurons):
-        for b in range(num_bins):
-            counts[n, b] += hist[n * stride + b]
-    return nonfinite, clipped
+                hist[c, n * stride + index[n]] += 1
+            if write_bins:
+                for n in range(num_neurons):
+                    bins_out[s, n] = index[n]
+        tallies[c, 0] = nonfinite
+        tallies[c, 1] = clipped
+    for c in range(num_chunks):
+        for n in range(num_neurons):
+            for b in range(num_bins):
+                counts[n, b] += hist[c, n * stride + b]
+    return tallies[:, 0].sum(), tallies[:, 1].sum()
