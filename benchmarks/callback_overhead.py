@@ -24,6 +24,7 @@ epoch-end computation) over the plain epoch::
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import statistics
@@ -142,6 +143,7 @@ def measure(family: str, layers: str, args: argparse.Namespace) -> dict[str, Any
             enable_checkpointing=False,
             callbacks=callbacks,
         )
+        gc.collect()  # the previous run's garbage is not collected inside this one
         sync()
         start = time.perf_counter()
         trainer.validate(model, loader, verbose=False)

@@ -129,10 +129,12 @@ class InformationMeasures(Callback):
         max_state_bytes: memory budget of each layer's MI histogram state (``None``: no budget);
             checked at setup where the module gives its width (``nn.Linear``, convolutions).
         dataloaders: indices of the validation dataloaders to measure (``None``: all).
-        threads: torch intra-op threads for the callback's own work (binning, counting, H and I at the
-            epoch end), restored afterwards; the model's forward pass keeps torch's setting. Default 1:
-            these are many mid-sized operations, which on a machine whose other cores are busy run
-            many times slower with several threads (see docs/benchmarks.md). ``None``: torch's setting.
+        threads: torch intra-op threads for the callback's own tensor operations (calibration, the
+            epoch-end reductions), restored afterwards; the model's forward pass keeps torch's setting.
+            Default 1: these are many mid-sized operations, which on a machine whose other cores are
+            busy run many times slower with several threads (see docs/benchmarks.md). ``None``:
+            torch's setting. The compiled kernels (counting, binning; Numba) keep torch's thread count
+            set outside the callback: each is one large loop in equal tasks whose idle threads sleep.
 
     Example:
         >>> import torch
