@@ -56,7 +56,6 @@ from lightning_infomem.functional.mutual_information import (
     CountingMethod,
     add_joint_histogram_counts,
     cached_pair_indices,
-    compiled_counting_available,
     iter_joint_histogram_counts,
     mutual_information_from_joint_counts,
     normalized_self_information,
@@ -724,8 +723,9 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         """
         self._finish_calibration()
         self._warn_about_dropped_values()
-        if self._joint_zero and self._pending_bins and self._reduces_pooled_bins():
-            # every sample is still pooled: each pair's histogram is reduced to its MI in cache, never written
+        if self._joint_zero and self._pending_bins:
+            # every sample is still pooled: the MI comes from the pooled indices, and the state is not written
+            # (on CPU with Numba each pair's histogram is reduced to its MI while it is in cache)
             pair_values = pairwise_mutual_information_from_bins(
                 self._pooled_bins(), self.num_bins, self.base, self.miller_madow, self.normalized, self.method
             )
@@ -733,11 +733,6 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         # without left-out values, a pair's marginals are its two neurons' own histograms
         shared = int(self.num_nonfinite) == 0
         return self._matrix(self.joint_counts.split(max(1, 2**22 // self.num_bins**2)), self.counts, shared)
-
-    def _reduces_pooled_bins(self) -> bool:
-        """Whether the MI of pooled bins is computed without writing histograms (the compiled CPU kernel)."""
-        on_cpu = self._pending_bins[0].device.type == "cpu"
-        return on_cpu and self.method in ("auto", "compiled") and compiled_counting_available()
 
     def _matrix(self, joint_blocks: Any, counts: Tensor, marginals_from_counts: bool = False) -> Tensor:
         """The MI matrix from blocks of joint histograms (row-major pairs) and per-neuron histograms."""

@@ -101,24 +101,26 @@ def _scan_strip(
         dy = y0 - strip_y[j]
         if dy >= kth:
             break
-        if j != skip:
-            dx = abs(strip_x[j] - x0)
-            d = dx if dx > dy else dy
-            if d < kth:
-                kth = _insert(best, k, d)
+        kth = _consider(strip_x[j], x0, dy, j == skip, best, k, kth)
         j -= 1
     j = start
     while j < last:
         dy = strip_y[j] - y0
         if dy >= kth:
             break
-        if j != skip:
-            dx = abs(strip_x[j] - x0)
-            d = dx if dx > dy else dy
-            if d < kth:
-                kth = _insert(best, k, d)
+        kth = _consider(strip_x[j], x0, dy, j == skip, best, k, kth)
         j += 1
     return kth
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _consider(x: float, x0: float, dy: float, is_self: bool, best: np.ndarray, k: int, kth: float) -> float:
+    """Keep the max-norm distance ``max(|x - x0|, dy)`` among the ``k`` smallest (not for the sample itself)."""
+    if is_self:
+        return kth
+    dx = abs(x - x0)
+    d = dx if dx > dy else dy
+    return _insert(best, k, d) if d < kth else kth
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -106,7 +106,7 @@ def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
 
 
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
-    """Joint histograms by the compiled counting loop (parallel over rows on torch's thread count)."""
+    """Joint histograms by the compiled counting loop (in parallel, see `compiled_kernel_threads`)."""
     num_neurons = bins.shape[1]
     transposed = _compiled_bins(bins, num_bins)
     for i0, i1 in _row_blocks(num_neurons, num_bins * num_bins, _COMPILED_CELLS_PER_BLOCK):
