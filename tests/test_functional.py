@@ -725,6 +725,15 @@ def _binning_cases():
     per_neuron_low = torch.tensor([-1.0, -2.0, 0.0, 0.25, math.nan], dtype=f64)  # one undefined range
     per_neuron_high = torch.tensor([1.0, 2.0, 3.0, 0.25, math.nan], dtype=f64)  # one zero-width range
     huge = torch.tensor([[-1.5e308], [0.0], [1.5e308], [1e308], [-1.7e308]], dtype=f64).repeat(1, 5)
+    wide = torch.from_numpy(rng.standard_normal((257, 131)).astype(np.float32))
+    wide[rng.random(wide.shape) < 0.02] = math.nan
+    wide[rng.random(wide.shape) < 0.02] = math.inf
+    wide[rng.random(wide.shape) < 0.02] = -math.inf
+    wide_low = torch.from_numpy(rng.standard_normal(131) - 1.0)
+    wide_high = wide_low + torch.from_numpy(rng.random(131) * 2.0)
+    wide_low[[5, 64, 130]] = math.nan  # undefined ranges, one in the remainder
+    wide_high[[5, 64, 130]] = math.nan
+    wide_high[7] = wide_low[7]  # a zero-width range
     return [
         (x, torch.tensor(-1.5, dtype=f64), torch.tensor(1.5, dtype=f64), 16),
         (x.float(), torch.tensor(-1.5, dtype=f64), torch.tensor(1.5, dtype=f64), 7),
@@ -733,11 +742,12 @@ def _binning_cases():
         (x, per_neuron_low, per_neuron_high, 16),
         (huge, torch.tensor(-1.6e308, dtype=f64), torch.tensor(1.6e308, dtype=f64), 4),  # width overflows
         (x.float() * 1e-39, torch.tensor(0.0, dtype=f64), torch.tensor(1e-40, dtype=f64), 8),  # subnormal range
+        (wide, wide_low, wide_high, 100),  # wider than the vector loops, with a remainder
     ]
 
 
 @pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_compiled_binning_equals_the_torch_path(case):
     values, low, high, num_bins = _binning_cases()[case]
     num_neurons = values.shape[1]

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int
 from lightning_infomem.functional.compiled import CompiledKernel
-from lightning_infomem.threads import compiled_kernel_threads
 
 ValueRange = Union[None, Tuple[float, float], Tuple[Tensor, Tensor], Sequence[float]]
 
@@ -331,6 +330,6 @@ def compiled_bin_and_count(
     out = bins_out.numpy() if write else np.empty((0, 0), dtype=np.uint8)
     nonfinite, clipped = _BIN_AND_COUNT(
         values, grid.low, grid.width, grid.factor, grid.defined, grid.range_low, grid.range_high,
-        grid.num_bins, counts.numpy(), out, write, compiled_kernel_threads(),
+        grid.num_bins, counts.numpy(), out, write,
     )  # fmt: skip
     return int(nonfinite), int(clipped)
