@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -788,3 +789,36 @@ def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
     for compiled, torch_path in zip(*results, strict=True):
         assert torch.equal(compiled.isnan(), torch_path.isnan())
         assert torch.allclose(compiled.nan_to_num(-1.0), torch_path.nan_to_num(-1.0), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ torch's idle OpenMP threads
+
+
+def test_releasing_idle_openmp_threads_keeps_torch_working():
+    from lightning_infomem import threads as threads_module
+
+    x = torch.randn(1 << 20, dtype=torch.float64)
+    before, expected = torch.get_num_threads(), x.exp()  # a parallel region: torch's workers are idle after it
+    released = threads_module.release_idle_openmp_threads()
+    assert released >= 0
+    if sys.platform.startswith("linux") and any("libgomp" in line for line in open("/proc/self/maps")):
+        assert released >= 1  # GNU OpenMP (torch's on Linux wheels) is loaded and has the pause
+    assert torch.get_num_threads() == before
+    assert torch.equal(x.exp(), expected)  # new workers start for the next parallel region
+    assert threads_module.release_idle_openmp_threads() >= 0  # again, with no idle team: harmless
+
+
+def test_parallel_kernels_release_idle_openmp_threads_and_serial_ones_do_not(monkeypatch):
+    from lightning_infomem.functional import compiled as compiled_module
+
+    calls = []
+    monkeypatch.setattr(compiled_module, "release_idle_openmp_threads", lambda: calls.append(1) or 0)
+    parallel = CompiledKernel("math", "fsum")  # any importable function stands in for a kernel
+    serial = CompiledKernel("math", "fsum", parallel=False)
+    if not mi_module.compiled_counting_available():
+        pytest.skip("needs Numba (the parallel kernels set Numba's thread count)")
+    torch.set_num_threads(2)
+    assert parallel([1.0, 2.0]) == 3.0 and calls == [1]
+    assert serial([1.0, 2.0]) == 3.0 and calls == [1]
+    torch.set_num_threads(1)  # one thread: nothing to share the cores with
+    assert parallel([1.0]) == 1.0 and calls == [1]

@@ -84,6 +84,11 @@ def _finite_min_max(x: Tensor, dim: Optional[int]) -> Tuple[Tensor, Tensor]:
         shape = () if dim is None else x.shape[1:]
         nan = torch.full(shape, float("nan"), dtype=x.dtype, device=x.device)
         return nan, nan.clone()
+    if x.device.type == "cpu":  # (elsewhere this test would be a host synchronisation)
+        # the usual case, every value finite, in one pass: a NaN or an infinity reaches the minimum or maximum
+        low, high = torch.aminmax(x, dim=0)
+        if bool(torch.isfinite(low).all()) and bool(torch.isfinite(high).all()):
+            return low, high
     finite = torch.isfinite(x)
     low = torch.where(finite, x, math.inf).amin(dim=0)
     high = torch.where(finite, x, -math.inf).amax(dim=0)
@@ -265,7 +270,7 @@ def check_num_bins(num_bins: Any) -> int:
     return check_int(num_bins, "num_bins", minimum=1)
 
 
-_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count")
+_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count", parallel=False)
 
 
 class CompiledGrid(NamedTuple):

@@ -1,7 +1,7 @@
 """The package's Numba kernels, each imported on first use, so that Numba stays an optional dependency.
 
 `CompiledKernel` names a kernel by module and attribute; ``available()`` imports it once (Numba
-imported then), and calling it runs the kernel on torch's current intra-op thread count. Callers
+imported then), and calling it runs the kernel (a parallel one on torch's intra-op thread count). Callers
 fall back to their torch implementations when it is not available.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Optional
 
-from lightning_infomem.threads import numba_threads
+from lightning_infomem.threads import numba_threads, release_idle_openmp_threads
 
 __all__ = ["CompiledKernel"]
 
@@ -24,8 +24,9 @@ class CompiledKernel:
         True
     """
 
-    def __init__(self, module: str, attribute: str, error: Optional[str] = None) -> None:
+    def __init__(self, module: str, attribute: str, error: Optional[str] = None, *, parallel: bool = True) -> None:
         self.module, self.attribute = module, attribute
+        self.parallel = parallel  # a Numba-parallel kernel (False: one thread, called as it is)
         self.error = error  # why it cannot run, once known (or given, e.g. in tests)
         self._function: Optional[Any] = None
 
@@ -44,7 +45,13 @@ class CompiledKernel:
             raise ValueError(f"{what} needs Numba ({self.error}): pip install numba")
 
     def __call__(self, *args: Any) -> Any:
-        """Run the kernel on torch's intra-op thread count (see `numba_threads`)."""
+        """Run the kernel: a parallel one on torch's intra-op thread count (see `numba_threads`), after
+        releasing torch's idle OpenMP threads so that they do not share its cores (see
+        `release_idle_openmp_threads`)."""
         self.require(f"{self.module}.{self.attribute}")
-        with numba_threads():
+        if not self.parallel:
+            return self._function(*args)
+        with numba_threads() as threads:
+            if threads > 1:
+                release_idle_openmp_threads()
             return self._function(*args)
