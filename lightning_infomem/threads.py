@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-__all__ = ["compiled_kernel_threads", "limited_threads", "numba_threads", "release_idle_openmp_threads"]
+__all__ = ["compiled_kernel_threads", "limited_threads", "release_idle_openmp_threads"]
 
 # torch's thread count outside the outermost `limited_threads` block (None: not inside one)
 _OUTSIDE: ContextVar[Optional[int]] = ContextVar("lightning_infomem_threads_outside", default=None)
@@ -55,10 +55,11 @@ def limited_threads(threads: Optional[int]) -> Iterator[None]:
 def compiled_kernel_threads() -> int:
     """Threads for the package's compiled kernels: torch's intra-op count outside any `limited_threads` block.
 
-    A compiled kernel is one large parallel loop whose idle threads sleep rather than spin, split into
-    equal tasks; unlike a run of mid-sized torch operations it does not collapse when other processes
-    hold some cores (it then runs about as fast as on one thread), so it keeps the count the process
-    chose. ``torch.set_num_threads(1)`` makes the kernels single-threaded too.
+    A compiled kernel runs chunks of its tasks, each thread taking the next chunk as it comes free, on
+    worker threads that sleep rather than spin while idle; unlike a run of mid-sized torch operations
+    it does not collapse when other processes hold some cores (it then runs about as fast as on one
+    thread), so it keeps the count the process chose. ``torch.set_num_threads(1)`` makes the kernels
+    single-threaded too.
 
     Example:
         >>> import torch
@@ -69,23 +70,6 @@ def compiled_kernel_threads() -> int:
     """
     outside = _OUTSIDE.get()
     return max(1, torch.get_num_threads() if outside is None else outside)
-
-
-@contextmanager
-def numba_threads() -> Iterator[int]:
-    """Run the block's Numba-parallel loops on `compiled_kernel_threads` threads (at most Numba's); yields that count.
-
-    So that ``torch.set_num_threads`` governs the package's compiled kernels too. Numba must be importable.
-    """
-    import numba
-
-    previous = numba.get_num_threads()
-    threads = max(1, min(compiled_kernel_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        numba.set_num_threads(previous)
 
 
 _OMP_PAUSE_SOFT = 1  # omp_pause_soft of OpenMP 5.0's omp_pause_resource_t
@@ -122,7 +106,7 @@ def release_idle_openmp_threads() -> int:
     took 18 to 19 ms right after torch's work instead of 10 to 11. This releases the calling thread's
     idle workers (``omp_pause_resource_all(omp_pause_soft)``, OpenMP 5.0); torch's next parallel
     operation starts new ones (about 25 us once). Other threads' parallel regions are not touched;
-    other OpenMP runtimes (LLVM's, Intel's) are left alone. Called before each parallel compiled kernel.
+    other OpenMP runtimes (LLVM's, Intel's) are left alone. Called before a compiled kernel starts several threads.
 
     Example:
         >>> release_idle_openmp_threads() >= 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -808,17 +809,44 @@ def test_releasing_idle_openmp_threads_keeps_torch_working():
     assert threads_module.release_idle_openmp_threads() >= 0  # again, with no idle team: harmless
 
 
-def test_parallel_kernels_release_idle_openmp_threads_and_serial_ones_do_not(monkeypatch):
+def _fill_squares(squares, threads_seen, start, stop):
+    """A stand-in for a compiled kernel over tasks: each task writes its own place."""
+    threads_seen.add(threading.get_ident())
+    for task in range(start, stop):
+        squares[task] += task * task
+
+
+def test_run_tasks_runs_every_task_once_on_torchs_threads_and_releases_openmp_threads(monkeypatch):
     from lightning_infomem.functional import compiled as compiled_module
 
-    calls = []
-    monkeypatch.setattr(compiled_module, "release_idle_openmp_threads", lambda: calls.append(1) or 0)
-    parallel = CompiledKernel("math", "fsum")  # any importable function stands in for a kernel
-    serial = CompiledKernel("math", "fsum", parallel=False)
-    if not mi_module.compiled_counting_available():
-        pytest.skip("needs Numba (the parallel kernels set Numba's thread count)")
+    released = []
+    monkeypatch.setattr(compiled_module, "release_idle_openmp_threads", lambda: released.append(1) or 0)
+    kernel = CompiledKernel(__name__, "_fill_squares")
+    for threads, num_tasks in [(1, 10), (2, 1000), (2, 3), (2, 1), (2, 0)]:
+        torch.set_num_threads(threads)
+        squares, seen = np.zeros(num_tasks, dtype=np.int64), set()
+        released.clear()
+        kernel.run_tasks(num_tasks, squares, seen, chunks_per_thread=4)
+        assert squares.tolist() == [task * task for task in range(num_tasks)]  # each task exactly once
+        several = threads > 1 and num_tasks > 1
+        assert released == ([1] if several else [])  # only before several threads start
+        assert len(seen) <= threads
+
+
+def _fail_on_task_five(out, start, stop):
+    for task in range(start, stop):
+        if task == 5:
+            raise RuntimeError("task 5 failed")
+        out[task] = 1
+
+
+def test_run_tasks_raises_the_error_of_a_chunk_after_the_others_finished():
+    kernel = CompiledKernel(__name__, "_fail_on_task_five")
     torch.set_num_threads(2)
-    assert parallel([1.0, 2.0]) == 3.0 and calls == [1]
-    assert serial([1.0, 2.0]) == 3.0 and calls == [1]
-    torch.set_num_threads(1)  # one thread: nothing to share the cores with
-    assert parallel([1.0]) == 1.0 and calls == [1]
+    out = np.zeros(64, dtype=np.int64)
+    with pytest.raises(RuntimeError, match="task 5 failed"):
+        kernel.run_tasks(64, out, chunks_per_thread=8)  # chunks of 4 tasks: 4..7 stops at 5
+    assert out[8:].all() and out[:4].all()  # every other chunk ran
+    squares = np.zeros(50, dtype=np.int64)
+    CompiledKernel(__name__, "_fill_squares").run_tasks(50, squares, set())  # the workers still serve
+    assert squares.tolist() == [task * task for task in range(50)]

@@ -210,17 +210,14 @@ def test_backends_agree_on_ties_relu_and_constants(k):
     torch.testing.assert_close(by_compiled, by_torch, rtol=0, atol=1e-12)
 
 
-def test_compiled_backend_uses_torch_threads_and_restores_numba_threads():
+def test_compiled_backend_gives_the_same_values_on_any_thread_count():
     if not ksg_module.compiled_kernel_available():
         pytest.skip("Numba is not installed")
-    import numba
-
     data = make_mixed_activations(num_samples=200, seed=4)
-    before = numba.get_num_threads()
+    torch.set_num_threads(1)
     one = ksg_mutual_information(data, backend="compiled")
     torch.set_num_threads(2)
     assert torch.equal(ksg_mutual_information(data, backend="compiled"), one)  # pairs split, values equal
-    assert numba.get_num_threads() == before
 
 
 @pytest.mark.parametrize("num_samples,k", [(2, 1), (3, 2), (5, 1), (9, 8)])

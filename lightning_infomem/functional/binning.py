@@ -270,7 +270,7 @@ def check_num_bins(num_bins: Any) -> int:
     return check_int(num_bins, "num_bins", minimum=1)
 
 
-_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count", parallel=False)
+_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count")
 
 
 class CompiledGrid(NamedTuple):

@@ -43,7 +43,6 @@ from torch import Tensor
 from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.functional.binning import check_activations
 from lightning_infomem.functional.compiled import CompiledKernel
-from lightning_infomem.threads import compiled_kernel_threads
 
 __all__ = ["ksg_mutual_information"]
 
@@ -63,9 +62,7 @@ def compiled_kernel_available() -> bool:
 
 
 def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> Tensor:
-    """``mean_s(psi(n_x + 1) + psi(n_y + 1))`` of each pair by the compiled kernel (see `compiled_kernel_threads`)."""
-    import numba
-
+    """``mean_s(psi(n_x + 1) + psi(n_y + 1))`` of each pair by the compiled kernel (see `CompiledKernel.run_tasks`)."""
     num_neurons, num_samples = x_all.shape
     values = x_all.numpy()
     order = np.argsort(values, axis=1, kind="stable")
@@ -75,9 +72,9 @@ def _pair_terms_compiled(x_all: Tensor, rows: Tensor, cols: Tensor, k: int) -> T
     psi = torch.special.digamma(torch.arange(1, num_samples + 1, dtype=torch.float64)).numpy()
     out = np.empty(rows.numel(), dtype=np.float64)
     width = max(k + 1, min(num_samples, round(_COMPILED_STRIP_WIDTH * math.sqrt(k * num_samples))))
-    threads = max(1, min(compiled_kernel_threads(), numba.config.NUMBA_NUM_THREADS))
     order = np.ascontiguousarray(order)
-    _KERNEL(sorted_values, order, rank, rows.numpy(), cols.numpy(), int(k), width, psi, 8 * threads, out)
+    pairs = (rows.numpy(), cols.numpy())
+    _KERNEL.run_tasks(rows.numel(), sorted_values, order, rank, *pairs, int(k), width, psi, out, chunks_per_thread=8)
     return torch.from_numpy(out)
 
 

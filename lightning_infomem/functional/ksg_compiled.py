@@ -1,6 +1,6 @@
 """The KSG estimator's CPU kernel, compiled with Numba when it is installed (``pip install numba``).
 
-One pass per pair, in parallel over pairs, with the per-neuron sorted orders shared by all pairs:
+One pass per pair (ranges of pairs on several threads), with the per-neuron sorted orders shared by all pairs:
 
 * **k-th neighbour distance**: the samples are cut into strips of consecutive ranks of the first
   neuron, each strip sorted by the second neuron's values (built in one pass by dealing the samples
@@ -27,11 +27,6 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
-
-# Numba's own work queue rather than an OpenMP runtime next to torch's (with OpenMP, the thread count
-# set before the first parallel launch was not honoured); a layer chosen by the user is kept
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = ["ksg_pair_terms"]
 
@@ -205,28 +200,25 @@ def _pair(
     return total / num_samples
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def ksg_pair_terms(
     sorted_values: np.ndarray, order: np.ndarray, rank: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-    k: int, width: int, psi: np.ndarray, num_chunks: int, out: np.ndarray,
+    k: int, width: int, psi: np.ndarray, out: np.ndarray, start: int, stop: int,
 ) -> None:  # fmt: skip
-    """``out[q] = mean_s(psi(n_x(s) + 1) + psi(n_y(s) + 1))`` for each pair ``(rows[q], cols[q])``.
+    """``out[q] = mean_s(psi(n_x(s) + 1) + psi(n_y(s) + 1))`` for the pairs ``(rows[q], cols[q])``, start <= q < stop.
 
     ``sorted_values [N, S]`` holds each neuron's values ascending, ``order`` / ``rank`` the permutation to
-    that order and its inverse, ``psi[n] = digamma(n + 1)``; the pairs are cut into ``num_chunks``
-    contiguous chunks run in parallel on ``numba.get_num_threads()`` threads.
+    that order and its inverse, ``psi[n] = digamma(n + 1)``. One thread; `CompiledKernel.run_tasks` runs
+    ranges of pairs on several.
     """
     num_samples = sorted_values.shape[1]
-    num_pairs = rows.shape[0]
-    num_chunks = max(1, min(num_pairs, num_chunks))
-    for c in numba.prange(num_chunks):  # contiguous chunks of pairs, one scratch space each
-        strip_y = np.empty(num_samples, dtype=np.float64)
-        strip_x = np.empty(num_samples, dtype=np.float64)
-        slot = np.empty(num_samples, dtype=np.int64)
-        fill = np.empty(num_samples // width + 2, dtype=np.int64)
-        best = np.empty(k, dtype=np.float64)
-        for q in range(c * num_pairs // num_chunks, (c + 1) * num_pairs // num_chunks):
-            out[q] = _pair(
-                sorted_values, order, rank, rows[q], cols[q], k, width, psi,
-                strip_y, strip_x, slot, fill, best,
-            )  # fmt: skip
+    strip_y = np.empty(num_samples, dtype=np.float64)
+    strip_x = np.empty(num_samples, dtype=np.float64)
+    slot = np.empty(num_samples, dtype=np.int64)
+    fill = np.empty(num_samples // width + 2, dtype=np.int64)
+    best = np.empty(k, dtype=np.float64)
+    for q in range(start, stop):
+        out[q] = _pair(
+            sorted_values, order, rank, rows[q], cols[q], k, width, psi,
+            strip_y, strip_x, slot, fill, best,
+        )  # fmt: skip

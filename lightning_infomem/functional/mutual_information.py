@@ -99,6 +99,11 @@ def compiled_counting_available() -> bool:
     return _KERNEL.available()
 
 
+def _block_tasks(i0: int, i1: int) -> int:
+    """Tasks of the compiled kernels over the block of rows ``i0 <= i < i1``: two rows each (equal numbers of pairs)."""
+    return (i1 - i0 + 1) // 2
+
+
 def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
     """``bins`` ``[S, N]`` as the compiled kernels read them: ``[N, S]`` rows of the smallest index dtype."""
     dtype = torch.uint8 if num_bins < 255 else torch.int16 if num_bins < 32767 else torch.int32
@@ -106,13 +111,13 @@ def _compiled_bins(bins: Tensor, num_bins: int) -> np.ndarray:
 
 
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:
-    """Joint histograms by the compiled counting loop (in parallel, see `compiled_kernel_threads`)."""
+    """Joint histograms by the compiled counting loop (on several threads, see `CompiledKernel.run_tasks`)."""
     num_neurons = bins.shape[1]
     transposed = _compiled_bins(bins, num_bins)
     for i0, i1 in _row_blocks(num_neurons, num_bins * num_bins, _COMPILED_CELLS_PER_BLOCK):
         num_pairs = (i1 - i0) * (2 * num_neurons - i0 - i1 - 1) // 2
         out = np.empty((num_pairs, num_bins, num_bins), dtype=np.int64)
-        _KERNEL(transposed, i0, i1, num_bins, out, False)
+        _KERNEL.run_tasks(_block_tasks(i0, i1), transposed, i0, i1, num_bins, out, False)
         yield _first_pair(i0, num_neurons), torch.from_numpy(out)
 
 
@@ -138,7 +143,9 @@ def add_joint_histogram_counts(
     compiled = method == "compiled" or (method == "auto" and compiled_counting_available())
     if compiled and joint_counts.is_contiguous() and joint_counts.dtype == torch.int64:
         num_neurons = bins.shape[1]
-        _KERNEL(_compiled_bins(bins, num_bins), 0, max(0, num_neurons - 1), num_bins, joint_counts.numpy(), True)
+        i1 = max(0, num_neurons - 1)
+        transposed = _compiled_bins(bins, num_bins)
+        _KERNEL.run_tasks(_block_tasks(0, i1), transposed, 0, i1, num_bins, joint_counts.numpy(), True)
         return
     for first, counts in iter_joint_histogram_counts(bins.long(), num_bins, method):
         joint_counts[first : first + counts.shape[0]] += counts
@@ -478,7 +485,7 @@ def _compiled_count_terms(
     if not 0 <= largest <= _NLOGN_TABLE_MAX:
         return None
     terms = np.empty((flat.shape[0], _TERMS), dtype=np.float64)
-    _COUNT_TERMS_KERNEL(flat.numpy(), _nlogn_table(largest), terms)
+    _COUNT_TERMS_KERNEL.run_tasks(flat.shape[0], flat.numpy(), _nlogn_table(largest), terms)
     result = torch.from_numpy(terms)
     if bool((result[:, 0] < 0).any()):  # a count outside [0, largest]: not valid counts for the table
         return None
@@ -616,7 +623,8 @@ def _pairwise_compiled(
         return torch.zeros(0, dtype=torch.float64)
     terms = np.empty((num_pairs, _TERMS), dtype=np.float64)
     table = _nlogn_table(num_samples)
-    _PAIR_TERMS_KERNEL(_compiled_bins(bins, num_bins), 0, num_neurons - 1, num_bins, table, terms)
+    i1 = num_neurons - 1
+    _PAIR_TERMS_KERNEL.run_tasks(_block_tasks(0, i1), _compiled_bins(bins, num_bins), 0, i1, num_bins, table, terms)
     return _mutual_information_from_terms(
         *_split_terms(torch.from_numpy(terms), (num_pairs,)), num_bins, base, miller_madow, normalized
     )
