@@ -771,6 +771,15 @@ def test_compiled_binning_equals_the_torch_path(case):
     assert torch.equal(alone, counts - 3)
 
 
+@pytest.mark.parametrize("case", range(8))
+def test_bin_indices_are_the_same_without_the_compiled_binning(case, monkeypatch):
+    values = _binning_cases()[case][0]
+    with_kernel = bin_indices(values, 16)
+    monkeypatch.setattr(binning_module, "_BIN_AND_COUNT", NO_NUMBA)
+    assert torch.equal(bin_indices(values, 16), with_kernel)
+    assert torch.equal(bin_indices(values, 5, (-1.0, 0.5)), bin_indices(values.double(), 5, (-1.0, 0.5)))
+
+
 def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
     from lightning_infomem import NeuronEntropy, NeuronMutualInformation
 

@@ -184,7 +184,14 @@ def bin_indices(activations: Tensor, num_bins: int, value_range: ValueRange = No
     check_activations(activations)
     num_bins = check_num_bins(num_bins)
     low, high = resolve_value_range(activations, value_range)
-    return grid_bin_indices(activations, bin_grid(low, high, num_bins))
+    grid = bin_grid(low, high, num_bins)
+    compiled = compiled_grid(grid, low, high, activations.shape[1]) if activations.device.type == "cpu" else None
+    if compiled is not None:  # one compiled pass on one thread (the same indices, bit for bit)
+        out = torch.empty(activations.shape, dtype=torch.int64)
+        counts = torch.zeros(activations.shape[1], num_bins, dtype=torch.int64)  # (not needed here)
+        compiled_bin_and_count(activations, compiled, counts, out)
+        return out
+    return grid_bin_indices(activations, grid)
 
 
 class BinGrid(NamedTuple):

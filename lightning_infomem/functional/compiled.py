@@ -88,7 +88,7 @@ class CompiledKernel:
         self.require(f"{self.module}.{self.attribute}")
         return self._function(*args)
 
-    def run_tasks(self, num_tasks: int, *args: Any, chunks_per_thread: int = _CHUNKS_PER_THREAD) -> None:
+    def run_tasks(self, num_tasks: int, *args: Any, chunks_per_thread: Optional[int] = None) -> None:
         """Run ``kernel(*args, start, stop)`` over the tasks ``0 <= task < num_tasks`` on `compiled_kernel_threads`.
 
         The tasks are cut into about ``chunks_per_thread`` contiguous chunks per thread; the calling
@@ -105,7 +105,8 @@ class CompiledKernel:
             function(*args, 0, num_tasks)
             return
         release_idle_openmp_threads()
-        num_chunks = min(num_tasks, threads * max(1, chunks_per_thread))
+        per_thread = _CHUNKS_PER_THREAD if chunks_per_thread is None else max(1, chunks_per_thread)
+        num_chunks = min(num_tasks, threads * per_thread)
         bounds = [c * num_tasks // num_chunks for c in range(num_chunks + 1)]
         next_chunk = iter(range(num_chunks))
         lock = threading.Lock()
