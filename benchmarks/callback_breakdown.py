@@ -5,11 +5,13 @@ on the three hidden linear layers, with a ``TensorBoardLogger`` (histograms and 
 included). Two figures:
 
 * **ratio**: the monitored validation epoch over the plain one (medians of ``--repeats`` each,
-  alternated so that drifts of the machine hit both), without any profiler. Both trainers have a
-  ``TensorBoardLogger`` (the logger's own cost is not the callback's), and the garbage collector runs
-  before every timed epoch: otherwise the garbage of one run (a ``Trainer`` and its loop objects) is
-  collected inside the next, and a plain epoch after a monitored one took 50 ms instead of 29. Each
-  kind has one trainer, validated repeatedly, as in a fit;
+  alternated so that drifts of the machine hit both), without any profiler; the monitored epochs
+  that draw the MI heatmaps (every fifth measurement by default) are also given apart from the
+  others. Both trainers have a ``TensorBoardLogger`` (the logger's own cost is not the callback's),
+  and the garbage collector runs before every timed epoch: otherwise the garbage of one run (a
+  ``Trainer`` and its loop objects) is collected inside the next, and a plain epoch after a
+  monitored one took 50 ms instead of 29. Each kind has one trainer, validated repeatedly, as in a
+  fit;
 * **parts**: one monitored epoch under ``cProfile``, its time attributed to the package's functions:
   joint-histogram counting (MI), binning and per-neuron counting (entropy), calibration of the
   ranges, the epoch-end computation of H and I, TensorBoard reporting, and the rest of the callback
@@ -149,11 +151,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         return time.perf_counter() - start
 
     run(False), run(True), run(True)  # warm-up: allocations, kernel choice, the counting method measured once
-    plain, monitored = [], []
+    plain, monitored, heatmap_epochs = [], [], []
+    every = getattr(callback, "heatmap_every_n_epochs", 0)
     for _ in range(args.repeats):
         plain.append(run(False))
+        # the callback draws the MI heatmaps when its count of measurements so far is a multiple of `every`
+        heatmap_epochs.append(every > 0 and getattr(callback, "_measurements", 1) % every == 0)
         monitored.append(run(True))
     p, m = statistics.median(plain), statistics.median(monitored)
+    with_heatmap = [t for t, heat in zip(monitored, heatmap_epochs, strict=True) if heat]
+    without_heatmap = [t for t, heat in zip(monitored, heatmap_epochs, strict=True) if not heat]
 
     profiler = cProfile.Profile()
     profiled = run(True, profiler)
@@ -173,6 +180,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         (f"plain validation epoch (median of {args.repeats})", f"{p * 1e3:.1f} ms"),
         (f"with InformationMeasures (median of {args.repeats})", f"{m * 1e3:.1f} ms"),
         ("ratio monitored / plain", f"{m / p:.2f}x"),
+    ]
+    if with_heatmap and without_heatmap:
+        rows += [
+            (
+                f"  epochs with the MI heatmaps (every {every}th; median of {len(with_heatmap)})",
+                f"{statistics.median(with_heatmap) * 1e3:.1f} ms",
+            ),
+            (
+                f"  the other epochs (median of {len(without_heatmap)})",
+                f"{statistics.median(without_heatmap) * 1e3:.1f} ms",
+            ),
+        ]
+    rows += [
         ("profiled monitored epoch (cProfile on)", f"{profiled * 1e3:.1f} ms"),
         ("  of which inside the callback", f"{inside * 1e3:.1f} ms"),
     ]
