@@ -60,8 +60,9 @@ __all__ = ["Binning", "InformationMeasures"]
 
 _LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
 # MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side. TensorBoard scales
-# images to its cards anyway; encoding the PNG of a 128-neuron matrix doubled to 256 took 17.7 ms
-# against 2.7 ms at its own size (benchmarks/callback_breakdown.py counts three per heatmap epoch).
+# images to its cards anyway, and a larger image only costs encoding and writing: an epoch drawing
+# three 128-neuron heatmaps in benchmarks/callback_breakdown.py took 83 ms more than the others at
+# 256 pixels, 43 ms more at 128.
 _HEATMAP_MIN_SIZE = 128
 
 
