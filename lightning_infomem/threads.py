@@ -105,8 +105,8 @@ def release_idle_openmp_threads() -> int:
     with them: on the 2-core machine of ``benchmarks/counting_kernel.py``, the joint-counting kernel
     took 18 to 19 ms right after torch's work instead of 10 to 11. This releases the calling thread's
     idle workers (``omp_pause_resource_all(omp_pause_soft)``, OpenMP 5.0); torch's next parallel
-    operation starts new ones (about 25 us once). Other threads' parallel regions are not touched;
-    other OpenMP runtimes (LLVM's, Intel's) are left alone. Called before a compiled kernel starts several threads.
+    operation starts new ones. Other threads' parallel regions are not touched; other OpenMP
+    runtimes (LLVM's, Intel's) are left alone. Called before a compiled kernel starts several threads.
 
     Example:
         >>> release_idle_openmp_threads() >= 0
