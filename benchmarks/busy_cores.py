@@ -6,7 +6,8 @@ torch's default thread count and with one thread, alternately in the same run:
 1. a 90-step training loop of the digits-sized MLP (3 x 256, batch 64): the user's own loop;
 2. one validation epoch with ``InformationMeasures`` (3 x 256 MLP, 2,048 samples) with the callback's
    ``threads=None`` (torch's setting) and with its default ``threads=1``;
-3. all-pairs histogram MI (``pairwise_mutual_information``, S = 2,048, N = 256, 32 bins).
+3. all-pairs histogram MI (``pairwise_mutual_information``, S = 2,048, N = 256, 32 bins);
+4. all-pairs KSG MI (``ksg_mutual_information``, compiled backend, S = 2,000, N = 32, k = 3).
 
 Then the same without the hogs. Each figure is the median of ``--repeats``. Run from the repository
 root on an otherwise idle machine (the hogs are the only load it should see)::
@@ -35,7 +36,7 @@ from callback_overhead import MLP  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_infomem import InformationMeasures  # noqa: E402
-from lightning_infomem.functional import pairwise_mutual_information  # noqa: E402
+from lightning_infomem.functional import ksg_mutual_information, pairwise_mutual_information  # noqa: E402
 
 
 def _spin() -> None:
@@ -110,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     def pairwise() -> None:
         pairwise_mutual_information(acts, 32)
 
+    ksg_data = torch.randn(2000, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def ksg() -> None:
+        ksg_mutual_information(ksg_data, k=3)
+
     cases = [
         (f"90-step training loop, torch threads {default_threads}", with_threads(default_threads, training_loop)),
         ("90-step training loop, torch threads 1", with_threads(1, training_loop)),
@@ -120,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             with_threads(default_threads, pairwise),
         ),
         ("pairwise MI 2048 x 256, 32 bins, torch threads 1", with_threads(1, pairwise)),
+        (f"KSG MI 2000 x 32, torch threads {default_threads}", with_threads(default_threads, ksg)),
+        ("KSG MI 2000 x 32, torch threads 1", with_threads(1, ksg)),
     ]  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     for load in ("idle", "loaded"):
