@@ -7,9 +7,9 @@ imported then). Every kernel is compiled for one thread and releases the GIL; a 
 package's worker threads, on torch's intra-op thread count (`compiled_kernel_threads`). Callers fall
 back to their torch implementations when a kernel is not available.
 
-Why not Numba's ``parallel=True``: the same loops compiled as ``numba.prange`` bodies ran 27 %
-slower on one thread (the joint counting of one layer: 19.0 against 13.9 ms), and each parallel
-launch cost about 60 us (``benchmarks/counting_kernel.py`` times the kernel).
+Why not Numba's ``parallel=True``: the same counting loop compiled as a ``numba.prange`` body runs
+1.34x to 1.35x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``
+compiles and times both).
 """
 
 from __future__ import annotations

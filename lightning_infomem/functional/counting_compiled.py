@@ -13,9 +13,9 @@
 Rows ``i`` and ``i1 - 1 - (i - i0)`` of a block are counted by the same task, so every task has the
 same number of pairs. The kernels are compiled for one thread and run a range of tasks
 (``start``, ``stop``): `CompiledKernel.run_tasks` runs the ranges on several threads (the kernels
-release the GIL). Compiled with ``parallel=True`` and ``numba.prange`` instead, the same loops ran
-27 % slower on one thread (19.0 against 13.9 ms for a layer's 8,128 pairs x 2,048 samples) and
-9.5 against 7.0 ms on two. This module imports Numba; nothing imports it otherwise (see
+release the GIL). Compiled with ``parallel=True`` and ``numba.prange`` instead, the same counting
+loop ran 1.34x to 1.35x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``).
+This module imports Numba; nothing imports it otherwise (see
 `lightning_infomem.functional.compiled`).
 """
 
