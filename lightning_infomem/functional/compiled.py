@@ -119,7 +119,8 @@ class CompiledKernel:
                     return
                 function(*args, bounds[chunk], bounds[chunk + 1])
 
-        futures = [_workers(threads - 1).submit(work) for _ in range(threads - 1)]
+        pool = _workers(threads - 1)
+        futures = [pool.submit(work) for _ in range(threads - 1)]
         try:
             work()
         finally:
