@@ -22,14 +22,13 @@ import argparse
 import logging
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 import warnings
 from typing import Callable, Sequence
 
 import torch
-from machine import cpu_name, print_table, usable_cores
+from machine import cpu_name, median_time, print_table, usable_cores
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from callback_overhead import MLP  # noqa: E402
@@ -49,16 +48,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hogs", type=int, default=1, help="busy-loop processes started during the loaded half")
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args(argv)
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -138,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 hog.start()
             time.sleep(0.5)
         try:
-            results[load] = {name: _median_time(fn, args.repeats) for name, fn in cases}
+            results[load] = {name: median_time(fn, args.repeats, warm_up=True) for name, fn in cases}
         finally:
             for hog in hogs:
                 hog.terminate()

@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from machine import cpu_name, print_table, usable_cores
+from machine import cpu_name, median_time, print_table, usable_cores
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from callback_overhead import MLP  # noqa: E402
@@ -94,15 +94,6 @@ def prange_kernel():  # type: ignore[no-untyped-def]
                     j += group
 
     return terms_prange
-
-
-def median_time(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def timed(run: Callable[[], object], before: Callable[[], object], threads: int, repeats: int) -> float:

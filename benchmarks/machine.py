@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["cpu_name", "fmt_seconds", "make_synchronize", "print_table", "usable_cores"]
+__all__ = ["cpu_name", "fmt_seconds", "make_synchronize", "median_time", "print_table", "usable_cores"]
 
 
 def cpu_name() -> str:
@@ -58,3 +60,15 @@ def fmt_seconds(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.1f} us"
+
+
+def median_time(run: Callable[[], object], repeats: int, warm_up: bool = False) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``run`` (after one untimed call with ``warm_up``)."""
+    if warm_up:
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

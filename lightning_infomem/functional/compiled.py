@@ -8,7 +8,7 @@ package's worker threads, on torch's intra-op thread count (`compiled_kernel_thr
 back to their torch implementations when a kernel is not available.
 
 Why not Numba's ``parallel=True``: the same counting loop compiled as a ``numba.prange`` body runs
-1.34x to 1.35x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``
+1.34x to 1.36x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``
 compiles and times both).
 """
 

@@ -14,7 +14,7 @@ Rows ``i`` and ``i1 - 1 - (i - i0)`` of a block are counted by the same task, so
 same number of pairs. The kernels are compiled for one thread and run a range of tasks
 (``start``, ``stop``): `CompiledKernel.run_tasks` runs the ranges on several threads (the kernels
 release the GIL). Compiled with ``parallel=True`` and ``numba.prange`` instead, the same counting
-loop ran 1.34x to 1.35x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``).
+loop ran 1.34x to 1.36x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``).
 This module imports Numba; nothing imports it otherwise (see
 `lightning_infomem.functional.compiled`).
 """
@@ -230,11 +230,11 @@ def bin_and_count(
     Returns ``(non-finite values, finite values outside the range)``.
 
     One thread, and NumPy's error model: Python's checks every float division for a zero divisor (to
-    raise), which kept the position loop from vectorising (about 2.5x slower); a zero width gives
-    what torch gives. Each row is binned in three loops (positions with selects only, the conversion
-    to integers, the histogram increments) so that the first two vectorise. A parallel version over
-    row chunks was slower up to about 65,000 rows of 128 neurons (its loop body did not vectorise,
-    and each parallel launch costs about 60 us); the callback bins 1,024 to 2,048 rows at a time.
+    raise), which kept the position loop from vectorising (2.15x slower, ``benchmarks/counting_kernel.py``);
+    a zero width gives what torch gives. Each row is binned in three loops (positions with selects
+    only, the conversion to integers, the histogram increments) so that the first two vectorise.
+    The callback bins 1,024 to 2,048 rows at a time; a Numba-parallel version over row chunks was
+    slower at those sizes in a scratch timing (its loop body did not vectorise).
     """
     num_samples, num_neurons = values.shape
     top = np.float64(num_bins - 1)
