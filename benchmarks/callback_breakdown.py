@@ -55,19 +55,21 @@ from lightning_infomem import InformationMeasures  # noqa: E402
 LAYERS = ["net.0", "net.2", "net.4"]
 # parts: cumulative times of these functions; the joint counting (_flush_pending, or the MI of pooled bins
 # reduced in cache) runs both inside the per-batch counting and at the epoch end, and is taken out of both
-MI_COUNTING = [("metrics.py", "_flush_pending"), ("mutual_information.py", "pairwise_mutual_information_from_bins")]
+METRICS = "metrics/information.py"
+CALLBACK = "callbacks/information.py"
+MI_COUNTING = [(METRICS, "_flush_pending"), ("mutual_information.py", "pairwise_mutual_information_from_bins")]
 PARTS = [
     ("MI: joint-histogram counting", MI_COUNTING),
-    ("H: binning and per-neuron counting", [("metrics.py", "_count")]),
-    ("calibration of the bin ranges", [("measurement.py", "_try_calibration")]),
-    ("epoch end: H and I from the counts", [("measurement.py", "results")]),
-    ("TensorBoard: histograms and heatmap", [("callback.py", "_log_tensorboard"), ("callback.py", "_report_layers")]),
+    ("H: binning and per-neuron counting", [(METRICS, "_count")]),
+    ("calibration of the bin ranges", [("metrics/measurement.py", "_try_calibration")]),
+    ("epoch end: H and I from the counts", [("metrics/measurement.py", "results")]),
+    ("TensorBoard: histograms and heatmap", [(CALLBACK, "_log_tensorboard"), (CALLBACK, "_report_layers")]),
 ]
 CALLBACK_ENTRY = [
-    ("callback.py", "on_validation_epoch_start"),
-    ("callback.py", "on_validation_batch_end"),
-    ("callback.py", "on_validation_epoch_end"),
-    ("callback.py", "hook"),
+    (CALLBACK, "on_validation_epoch_start"),
+    (CALLBACK, "on_validation_batch_end"),
+    (CALLBACK, "on_validation_epoch_end"),
+    (CALLBACK, "hook"),
 ]
 
 
@@ -98,8 +100,8 @@ def _flush_inside(stats: pstats.Stats, caller: list[tuple[str, str]]) -> float:
     """Cumulative seconds of the joint counting called, directly or not, from ``caller``: from ``_count`` it is
     called through ``_count_pairs``, from ``results`` through the metrics' ``_settle`` and ``compute``."""
     through = {
-        "_count": [("metrics.py", "_count_pairs")],
-        "results": [("metrics.py", "_settle"), ("metrics.py", "compute"), ("metrics.py", "joint_counts")],
+        "_count": [(METRICS, "_count_pairs")],
+        "results": [(METRICS, "_settle"), (METRICS, "compute"), (METRICS, "joint_counts")],
     }[caller[0][1]]
     total = 0.0
     for key, (_, _, _, _, callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -169,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts: dict[str, float] = {}
     for part, functions in PARTS:
         parts[part] = _cumulative(stats, functions)
-    parts["H: binning and per-neuron counting"] -= _flush_inside(stats, [("metrics.py", "_count")])
-    parts["epoch end: H and I from the counts"] -= _flush_inside(stats, [("measurement.py", "results")])
+    parts["H: binning and per-neuron counting"] -= _flush_inside(stats, [(METRICS, "_count")])
+    parts["epoch end: H and I from the counts"] -= _flush_inside(stats, [("metrics/measurement.py", "results")])
     parts["other: hooks, activation copies, bookkeeping"] = inside - sum(parts.values())
 
     print(f"lightning_infomem {lightning_infomem.__version__} from {os.path.dirname(lightning_infomem.__file__)}")

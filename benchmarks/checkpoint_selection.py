@@ -1,6 +1,6 @@
 """Does monitoring H and I pick better models? Model and checkpoint selection on the digits, against the baselines.
 
-Two settings (see ``lightning_infomem.experiments``): a shortcut (the paper's Colored MNIST construction:
+Two settings (see ``lightning_infomem.demos.experiments``): a shortcut (the paper's Colored MNIST construction:
 binary label ``digit >= 5`` flipped with probability 0.25, a colour agreeing with the noisy label with
 probability ``(1 + alpha) / 2``; ground truth: accuracy with random colour against the clean label) and
 label noise (a fraction ``beta`` of training and validation labels redrawn; ground truth: clean test
@@ -83,7 +83,7 @@ def _job(task: tuple[str, float, int, dict[str, Any], int]) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from lightning_infomem.experiments import RunConfig, run_one
+    from lightning_infomem.demos.experiments import RunConfig, run_one
 
     result = run_one(setting, level, seed, RunConfig(**config_kwargs))
     return {k: v for k, v in result.items() if not k.startswith("_")}
@@ -122,7 +122,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
-    from lightning_infomem.experiments import checkpoint_selection, early_stopping, model_selection
+    from lightning_infomem.demos.experiments import checkpoint_selection, early_stopping, model_selection
 
     report: dict[str, Any] = {"model_selection": {}, "checkpoint_selection": {}, "early_stopping": {}, "fit": {}}
     for setting in ("shortcut", "label_noise"):
@@ -236,7 +236,7 @@ def figures(runs: list[dict[str, Any]], out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lightning_infomem.experiments import chosen_checkpoint
+    from lightning_infomem.demos.experiments import chosen_checkpoint
 
     keys = [
         ("truth_acc", None),

@@ -42,11 +42,12 @@ from machine import cpu_name, median_time, print_table, usable_cores
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from callback_overhead import MLP  # noqa: E402
 
+import lightning_infomem.functional.joint_counts as joint_counts_module  # noqa: E402
 import lightning_infomem.functional.mutual_information as mi_module  # noqa: E402
 from lightning_infomem.functional import bin_indices, pairwise_mutual_information_from_bins  # noqa: E402
-from lightning_infomem.functional import counting_compiled as counting_kernels  # noqa: E402
+from lightning_infomem.functional._kernels import counting as counting_kernels  # noqa: E402
+from lightning_infomem.functional._kernels.threads import limited_threads  # noqa: E402
 from lightning_infomem.functional.binning import bin_grid, compiled_bin_and_count, compiled_grid  # noqa: E402
-from lightning_infomem.threads import limited_threads  # noqa: E402
 
 
 def layer_bins(num_samples: int, num_neurons: int, num_bins: int) -> list[torch.Tensor]:
@@ -72,7 +73,7 @@ def prange_kernel():  # type: ignore[no-untyped-def]
 
     if numba.config.THREADING_LAYER == "default":
         numba.config.THREADING_LAYER = "workqueue"
-    from lightning_infomem.functional import counting_compiled as kernels
+    from lightning_infomem.functional._kernels import counting as kernels
 
     @numba.njit(nogil=True, parallel=True)
     def terms_prange(bins, i0, i1, num_bins, table, terms):  # type: ignore[no-untyped-def]
@@ -122,8 +123,8 @@ def main() -> None:
 
     worst = 0.0
     for bins in all_bins:  # exactness first (and the warm-up)
-        fused = pairwise_mutual_information_from_bins(bins, args.bins, method="compiled")
-        reference = pairwise_mutual_information_from_bins(bins.long(), args.bins, method="bincount")
+        fused = pairwise_mutual_information_from_bins(bins, args.bins, backend="compiled")
+        reference = pairwise_mutual_information_from_bins(bins.long(), args.bins, backend="bincount")
         worst = max(worst, float((fused - reference).abs().max()))
 
     matrix = torch.randn(256, 256)
@@ -152,8 +153,8 @@ def main() -> None:
     pairs = args.neurons * (args.neurons - 1) // 2
     table = mi_module._nlogn_table(args.samples)
     ours_terms, prange_terms = np.empty((pairs, 7)), np.empty((pairs, 7))
-    transposed = [mi_module._compiled_bins(b, args.bins) for b in all_bins]
-    tasks = mi_module._block_tasks(0, args.neurons - 1)
+    transposed = [joint_counts_module.compiled_bin_layout(b, args.bins) for b in all_bins]
+    tasks = joint_counts_module.compiled_row_tasks(0, args.neurons - 1)
     kernel = mi_module._PAIR_TERMS_KERNEL
     problem = (0, args.neurons - 1, args.bins, table)  # rows i0, i1, bins, n log n table
     same = True

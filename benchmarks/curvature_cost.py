@@ -95,7 +95,7 @@ def lightning_epoch_seconds(kind: str, x: Tensor, y: Tensor, args: argparse.Name
     if with_callback:
         callbacks.append(
             LossCurvature(
-                DataLoader(data, batch_size=args.score_batch), num_probes=10, num_images=0, log_histogram=False
+                DataLoader(data, batch_size=args.score_batch), num_probes=10, num_images=0, log_histograms=False
             )
         )
     trainer = Trainer(

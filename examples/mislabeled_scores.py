@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics, train_on_subsets
-from lightning_infomem.digits import detection_auroc, digits_split, flip_labels, found_fraction
+from lightning_infomem.demos.digits import detection_auroc, digits_split, flip_labels, found_fraction
 
 # (score name, where it comes from, high is suspicious)
 SCORES = [

@@ -40,8 +40,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem.groups import GroupAccuracy, GroupMemorizationGap
-from lightning_infomem.spurious import MaskedConsistencyModule, probe_critical_neurons
+from lightning_infomem import MaskedConsistencyModule, probe_critical_neurons
+from lightning_infomem.metrics.groups import GroupAccuracy, GroupMemorizationGap
 
 GROUP_NAMES = ["<5 / colour 0 (maj)", "<5 / colour 1 (min)", ">=5 / colour 0 (min)", ">=5 / colour 1 (maj)"]
 MINORITY = [1, 2]

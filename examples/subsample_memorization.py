@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, LossCurvature, train_on_subsets
-from lightning_infomem.digits import digits_split, flip_labels
+from lightning_infomem.demos.digits import digits_split, flip_labels
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")

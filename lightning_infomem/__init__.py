@@ -1,14 +1,25 @@
 """lightning_infomem: see whether a network memorizes, and which kind, while it trains."""
 
 from lightning_infomem import functional
-from lightning_infomem.callback import InformationMeasures
-from lightning_infomem.curvature import LossCurvature
-from lightning_infomem.groups import GroupAccuracy, GroupMemorizationGap, WorstGroupAccuracy
-from lightning_infomem.indexing import IndexedDataset
-from lightning_infomem.metrics import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
-from lightning_infomem.spurious import MaskedConsistency, MaskedConsistencyModule, probe_critical_neurons
-from lightning_infomem.subsampling import SubsampleRecords, load_records, train_on_subsets
-from lightning_infomem.training_dynamics import TrainingDynamics
+from lightning_infomem.callbacks import (
+    InformationMeasures,
+    LossCurvature,
+    MaskedConsistency,
+    MaskedConsistencyModule,
+    TrainingDynamics,
+)
+from lightning_infomem.data import IndexedDataset
+from lightning_infomem.metrics import (
+    GroupAccuracy,
+    GroupMemorizationGap,
+    LayerResult,
+    NeuronEntropy,
+    NeuronMutualInformation,
+    StateTooLargeError,
+    WorstGroupAccuracy,
+)
+from lightning_infomem.spurious import ProbeResult, probe_critical_neurons
+from lightning_infomem.subsampling import RecordError, SubsampleRecords, load_records, train_on_subsets
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,11 +27,14 @@ __all__ = [
     "GroupMemorizationGap",
     "IndexedDataset",
     "InformationMeasures",
+    "LayerResult",
     "LossCurvature",
     "MaskedConsistency",
     "MaskedConsistencyModule",
     "NeuronEntropy",
     "NeuronMutualInformation",
+    "ProbeResult",
+    "RecordError",
     "StateTooLargeError",
     "SubsampleRecords",
     "TrainingDynamics",

@@ -13,7 +13,7 @@ import numbers
 import operator
 from typing import Any, Optional
 
-__all__ = ["check_float", "check_int", "check_log_base", "check_optional_int"]
+__all__ = ["check_bool", "check_float", "check_int", "check_log_base", "check_optional_int", "check_prefix", "join_key"]
 
 
 def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
@@ -36,6 +36,48 @@ def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Opt
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ValueError(f"{name} must be {_int_wording(minimum, maximum)}, received {number}")
     return number
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a Python ``bool``: ``True``/``False`` or a NumPy bool, never a string or a number.
+
+    ``bool("False")`` is ``True``, so a string from a config file would silently switch a feature on.
+
+    Example:
+        >>> check_bool(False, "miller_madow")
+        False
+        >>> check_bool("False", "miller_madow")
+        Traceback (most recent call last):
+        ...
+        ValueError: miller_madow must be True or False, received 'False' (str)
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, received {value!r} ({type(value).__name__})")
+
+
+def check_prefix(value: Any, name: str = "prefix") -> str:
+    """A key prefix: a string without a leading or trailing ``/`` (``""``: keys without a prefix).
+
+    Example:
+        >>> check_prefix("infomem/")
+        Traceback (most recent call last):
+        ...
+        ValueError: prefix must be a string without a leading or trailing '/', received 'infomem/'
+    """
+    if not isinstance(value, str) or value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"{name} must be a string without a leading or trailing '/', received {value!r}")
+    return value
+
+
+def join_key(prefix: str, *parts: str) -> str:
+    """A logged key: ``prefix`` and ``parts`` joined by ``/``, the prefix left out when it is empty.
+
+    Example:
+        >>> join_key("infomem", "net.0", "entropy"), join_key("", "entropy")
+        ('infomem/net.0/entropy', 'entropy')
+    """
+    return "/".join((prefix, *parts) if prefix else parts)
 
 
 def check_optional_int(

@@ -860,9 +860,11 @@ def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
     ddp_row, single_row = ddp_history["history"][0], single.history[0]
     for key in expected_keys(["net.0", "net.2"]):
         assert ddp_row[key] == pytest.approx(single_row[key], rel=1e-12), key
-    # the worker's results file for the main process's callback, never read here, does not outlive it
-    leftover = next(c for c in ddp_trainer.callbacks if isinstance(c, InformationMeasures))._results_path()
-    assert os.path.exists(leftover)
+    # the worker's results, for the main process's callback, wait in a directory only this user can open,
+    # and do not outlive the callback when they are never read
+    leftover = next(c for c in ddp_trainer.callbacks if isinstance(c, InformationMeasures))._spawned.directory
+    assert os.path.exists(os.path.join(leftover, "results.pt"))
+    assert os.stat(leftover).st_mode & 0o777 == 0o700
     del ddp_trainer
     gc.collect()
     assert not os.path.exists(leftover)

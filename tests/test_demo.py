@@ -14,8 +14,8 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from lightning_infomem.digits import coloured_digits, redraw_labels  # noqa: E402
-from lightning_infomem.experiments import (  # noqa: E402
+from lightning_infomem.demos.digits import coloured_digits, redraw_labels  # noqa: E402
+from lightning_infomem.demos.experiments import (  # noqa: E402
     checkpoint_selection,
     chosen_checkpoint,
     early_stopping,
@@ -29,7 +29,7 @@ from lightning_infomem.experiments import (  # noqa: E402
 def demo_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     completed = subprocess.run(
-        [sys.executable, "-m", "lightning_infomem.demo", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "lightning_infomem.demos.demo", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,

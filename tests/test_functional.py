@@ -14,6 +14,7 @@ from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
 import lightning_infomem.functional.binning as binning_module
+import lightning_infomem.functional.joint_counts as joint_counts_module
 import lightning_infomem.functional.mutual_information as mi_module
 from lightning_infomem.functional import (
     add_joint_histogram_counts,
@@ -29,8 +30,8 @@ from lightning_infomem.functional import (
     pair_indices,
     pairwise_mutual_information,
 )
+from lightning_infomem.functional._kernels.compiled import CompiledKernel
 from lightning_infomem.functional.binning import bin_grid, compiled_bin_and_count, compiled_grid, grid_bin_indices
-from lightning_infomem.functional.compiled import CompiledKernel
 
 # --------------------------------------------------------------------------------------- references
 
@@ -491,33 +492,36 @@ BLOCKINGS = {
 @pytest.mark.parametrize("blocking", list(BLOCKINGS))
 def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, products):
     for name, value in BLOCKINGS[blocking].items():
-        monkeypatch.setattr(mi_module, name, value)
+        monkeypatch.setattr(joint_counts_module, name, value)
     # the matmul kernel's int8 products (torch._int_mm, where it runs) and its float32 fallback
     monkeypatch.setattr(
-        mi_module, "_INT8_MATMUL", {"cpu": products == "int8" and mi_module._int8_matmul_available(torch.device("cpu"))}
+        joint_counts_module,
+        "_INT8_MATMUL",
+        {"cpu": products == "int8" and joint_counts_module._int8_matmul_available(torch.device("cpu"))},
     )
-    monkeypatch.setattr(mi_module, "_MEASURED", {})
+    monkeypatch.setattr(joint_counts_module, "_MEASURED", {})
     x = data_with_nonfinite()
     num_bins = 6
     bins = bin_indices(x, num_bins, (-2.0, 2.0))
-    by_bincount = joint_histogram_counts(bins, num_bins, method="bincount")
-    by_matmul = joint_histogram_counts(bins, num_bins, method="matmul")
+    by_bincount = joint_histogram_counts(bins, num_bins, backend="bincount")
+    by_matmul = joint_histogram_counts(bins, num_bins, backend="matmul")
     assert by_bincount.dtype == by_matmul.dtype == torch.int64
     assert by_bincount.shape == (36, num_bins, num_bins)
     assert torch.equal(by_bincount, by_matmul)
     assert torch.equal(by_bincount, naive_joint_counts(bins, num_bins))
-    assert torch.equal(joint_histogram_counts(bins, num_bins, method="auto"), by_bincount)
-    if mi_module.compiled_counting_available():
-        monkeypatch.setattr(mi_module, "_COMPILED_CELLS_PER_BLOCK", BLOCKINGS[blocking].get("_CODES_PER_BLOCK", 2**22))
-        assert torch.equal(joint_histogram_counts(bins, num_bins, method="compiled"), by_bincount)
+    assert torch.equal(joint_histogram_counts(bins, num_bins, backend="auto"), by_bincount)
+    if joint_counts_module.compiled_counting_available():
+        cells = BLOCKINGS[blocking].get("_CODES_PER_BLOCK", 2**22)
+        monkeypatch.setattr(joint_counts_module, "_COMPILED_CELLS_PER_BLOCK", cells)
+        assert torch.equal(joint_histogram_counts(bins, num_bins, backend="compiled"), by_bincount)
         into = torch.ones_like(by_bincount)
-        add_joint_histogram_counts(bins, num_bins, into, method="compiled")  # adds in place
+        add_joint_histogram_counts(bins, num_bins, into, backend="compiled")  # adds in place
         assert torch.equal(into, by_bincount + 1)
         into = torch.ones_like(by_bincount)
-        add_joint_histogram_counts(bins, num_bins, into, method="bincount")
+        add_joint_histogram_counts(bins, num_bins, into, backend="bincount")
         assert torch.equal(into, by_bincount + 1)
     # blocks are contiguous in pair order and cover every pair once
-    for method in ("bincount", "matmul", "compiled")[: 3 if mi_module.compiled_counting_available() else 2]:
+    for method in ("bincount", "matmul", "compiled")[: 3 if joint_counts_module.compiled_counting_available() else 2]:
         firsts, total = [], 0
         for first, counts in iter_joint_histogram_counts(bins, num_bins, method):
             firsts.append(first)
@@ -528,12 +532,12 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
             assert len(firsts) == 8  # one block per row i < N - 1
     # and the MI on top of either kernel is identical
     assert torch.equal(
-        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="bincount"),
-        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="matmul"),
+        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), backend="bincount"),
+        pairwise_mutual_information(x, num_bins, (-2.0, 2.0), backend="matmul"),
     )
 
 
-@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
 @pytest.mark.parametrize("num_neurons", [2, 3, 9, 12])  # odd and even row counts: tasks pair rows
 @pytest.mark.parametrize("options", [{}, {"miller_madow": True}, {"normalized": True}, {"base": 2.0}])
 def test_compiled_pair_terms_equal_the_torch_path(num_neurons, options):
@@ -541,26 +545,26 @@ def test_compiled_pair_terms_equal_the_torch_path(num_neurons, options):
     # that reduces stored histograms (the metric's compute) give the torch path's MI: NaN, zeros and all
     x = data_with_nonfinite(num_neurons=max(num_neurons, 5))[:, :num_neurons]
     for num_bins in (1, 2, 6, 17):
-        torch_path = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="bincount", **options)
-        fused = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), method="compiled", **options)
+        torch_path = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), backend="bincount", **options)
+        fused = pairwise_mutual_information(x, num_bins, (-2.0, 2.0), backend="compiled", **options)
         assert torch.equal(torch.isnan(fused), torch.isnan(torch_path))
         assert torch.allclose(fused.nan_to_num(-7.0), torch_path.nan_to_num(-7.0), rtol=0, atol=1e-12)
         joint = joint_histogram_counts(bin_indices(x, num_bins, (-2.0, 2.0)), num_bins)
         from_counts = mutual_information_from_joint_counts(joint, **options)
         assert from_counts.shape == (joint.shape[0],)
-        rows, cols = mi_module.pair_indices(num_neurons)
+        rows, cols = joint_counts_module.pair_indices(num_neurons)
         expected = torch_path[rows, cols]
         assert torch.allclose(from_counts.nan_to_num(-7.0), expected.nan_to_num(-7.0), rtol=0, atol=1e-12)
 
 
-@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
 def test_compiled_count_terms_keep_shape_and_leave_invalid_counts_to_the_torch_path(monkeypatch):
     rng = np.random.default_rng(5)
     joint = torch.from_numpy(rng.integers(0, 30, size=(2, 3, 4, 4)))
     got = mutual_information_from_joint_counts(joint)
     assert got.shape == (2, 3)
     with monkeypatch.context() as patch:
-        patch.setattr(mi_module, "_KERNEL", NO_NUMBA)  # the torch path
+        patch.setattr(joint_counts_module, "_KERNEL", NO_NUMBA)  # the torch path
         expected = mutual_information_from_joint_counts(joint)
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
     negative = joint.clone()
@@ -575,14 +579,17 @@ def test_compiled_count_terms_keep_shape_and_leave_invalid_counts_to_the_torch_p
 
 def test_auto_measures_the_faster_kernel_once_per_size_class(monkeypatch):
     # without Numba ("auto" on CPU is the compiled kernel when it is installed)
-    monkeypatch.setattr(mi_module, "_KERNEL", NO_NUMBA)
-    monkeypatch.setattr(mi_module, "_MEASURED", {})
+    monkeypatch.setattr(joint_counts_module, "_KERNEL", NO_NUMBA)
+    monkeypatch.setattr(joint_counts_module, "_MEASURED", {})
     bins = torch.randint(0, 8, (700, 20), generator=torch.Generator().manual_seed(0))
-    first = joint_histogram_counts(bins, 8, method="auto")  # measures both kernels, returns the counts
-    assert len(mi_module._MEASURED) == 1 and set(mi_module._MEASURED.values()) <= {"bincount", "matmul"}
-    assert torch.equal(first, joint_histogram_counts(bins, 8, method="bincount"))
-    again = joint_histogram_counts(bins[:600], 8, method="auto")  # same size class: the measured choice
-    assert len(mi_module._MEASURED) == 1
+    first = joint_histogram_counts(bins, 8, backend="auto")  # measures both kernels, returns the counts
+    assert len(joint_counts_module._MEASURED) == 1 and set(joint_counts_module._MEASURED.values()) <= {
+        "bincount",
+        "matmul",
+    }
+    assert torch.equal(first, joint_histogram_counts(bins, 8, backend="bincount"))
+    again = joint_histogram_counts(bins[:600], 8, backend="auto")  # same size class: the measured choice
+    assert len(joint_counts_module._MEASURED) == 1
     assert torch.equal(again, naive_joint_counts(bins[:600], 8))
 
 
@@ -685,15 +692,15 @@ def test_invalid_value_range(value_range):
 
 
 def test_invalid_counting_method():
-    with pytest.raises(ValueError, match="method"):
-        pairwise_mutual_information(torch.randn(10, 3), 4, method="einsum")
+    with pytest.raises(ValueError, match="backend"):
+        pairwise_mutual_information(torch.randn(10, 3), 4, backend="einsum")
 
 
 def test_compiled_counting_without_numba_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(mi_module, "_KERNEL", NO_NUMBA)
+    monkeypatch.setattr(joint_counts_module, "_KERNEL", NO_NUMBA)
     bins = torch.randint(0, 4, (50, 5), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="pip install numba"):
-        joint_histogram_counts(bins, 4, method="compiled")
+        joint_histogram_counts(bins, 4, backend="compiled")
     assert torch.equal(joint_histogram_counts(bins, 4), naive_joint_counts(bins, 4))  # "auto" falls back
 
 
@@ -704,8 +711,8 @@ def test_cuda_counts_entropy_and_mutual_information_equal_cpu():
 
     data = make_mixed_activations(num_samples=3000, seed=12)
     bins = bin_indices(data, 16)
-    on_cpu = joint_histogram_counts(bins, 16, method="bincount")
-    assert torch.equal(joint_histogram_counts(bins.cuda(), 16, method="matmul").cpu(), on_cpu)
+    on_cpu = joint_histogram_counts(bins, 16, backend="bincount")
+    assert torch.equal(joint_histogram_counts(bins.cuda(), 16, backend="matmul").cpu(), on_cpu)
     for metric_class in (NeuronEntropy, NeuronMutualInformation):
         cpu_metric, gpu_metric = metric_class(data.shape[1]), metric_class(data.shape[1]).cuda()
         for chunk in data.split(700):
@@ -748,7 +755,7 @@ def _binning_cases():
     ]
 
 
-@pytest.mark.skipif(not mi_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
 @pytest.mark.parametrize("case", range(8))
 def test_compiled_binning_equals_the_torch_path(case):
     values, low, high, num_bins = _binning_cases()[case]
@@ -789,7 +796,7 @@ def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
         with monkeypatch.context() as patch:
             if not available:
                 patch.setattr(binning_module, "_BIN_AND_COUNT", NO_NUMBA)
-                patch.setattr(mi_module, "_KERNEL", NO_NUMBA)
+                patch.setattr(joint_counts_module, "_KERNEL", NO_NUMBA)
             values = []
             for metric in (NeuronEntropy(9, 20, calibration_samples=64), NeuronMutualInformation(9, 6)):
                 for batch in x.split(50):
@@ -805,7 +812,7 @@ def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
 
 
 def test_releasing_idle_openmp_threads_keeps_torch_working():
-    from lightning_infomem import threads as threads_module
+    from lightning_infomem.functional._kernels import threads as threads_module
 
     x = torch.randn(1 << 20, dtype=torch.float64)
     before, expected = torch.get_num_threads(), x.exp()  # a parallel region: torch's workers are idle after it
@@ -826,7 +833,7 @@ def _fill_squares(squares, threads_seen, start, stop):
 
 
 def test_run_tasks_runs_every_task_once_on_torchs_threads_and_releases_openmp_threads(monkeypatch):
-    from lightning_infomem.functional import compiled as compiled_module
+    from lightning_infomem.functional._kernels import compiled as compiled_module
 
     released = []
     monkeypatch.setattr(compiled_module, "release_idle_openmp_threads", lambda: released.append(1) or 0)

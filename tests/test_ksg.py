@@ -15,7 +15,7 @@ from sklearn.neighbors import KDTree, NearestNeighbors
 
 import lightning_infomem.functional.ksg as ksg_module
 from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal
-from lightning_infomem.functional.compiled import CompiledKernel
+from lightning_infomem.functional._kernels.compiled import CompiledKernel
 
 NO_NUMBA = CompiledKernel("numba_is_absent", "kernel", error="No module named 'numba'")  # as without Numba
 

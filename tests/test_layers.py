@@ -9,7 +9,7 @@ import torch
 from lightning_helpers import DigitsCNN, DigitsMLP, DigitsSequenceModel
 from torch import nn
 
-from lightning_infomem.layers import DEFAULT_MAX_LAYERS, default_layers, resolve_layers, to_neuron_activations
+from lightning_infomem.callbacks.layers import DEFAULT_MAX_LAYERS, default_layers, resolve_layers, to_neuron_activations
 
 
 class Encoder(nn.Module):
@@ -214,7 +214,7 @@ def test_a_dotted_class_path_selects_by_type_as_config_files_give_it():
 # ------------------------------------------------------------------------------- real module trees
 from model_zoo import ResNet18, VisionTransformer, hf_model, real_timm_vit, real_torchvision_resnet18  # noqa: E402
 
-from lightning_infomem.layers import choose_default_layers, named_layers  # noqa: E402
+from lightning_infomem.callbacks.layers import choose_default_layers, named_layers  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["distilbert", "bert", "gpt2"])

@@ -441,31 +441,31 @@ def test_invalid_arguments_raise_value_error(metric_cls, kwargs, match):
 
 
 def test_invalid_counting_method_raises():
-    with pytest.raises(ValueError, match="method"):
-        NeuronMutualInformation(4, 8, method="einsum")
+    with pytest.raises(ValueError, match="backend"):
+        NeuronMutualInformation(4, 8, backend="einsum")
 
 
 def test_matmul_method_metric_equals_bincount(data):
-    a = NeuronMutualInformation(NUM_MIXED, 6, (-2.0, 2.0), method="matmul")
-    b = NeuronMutualInformation(NUM_MIXED, 6, (-2.0, 2.0), method="bincount")
+    a = NeuronMutualInformation(NUM_MIXED, 6, (-2.0, 2.0), backend="matmul")
+    b = NeuronMutualInformation(NUM_MIXED, 6, (-2.0, 2.0), backend="bincount")
     feed(a, data[:300], [100, 200])
     feed(b, data[:300], [300])
     assert torch.equal(a.joint_counts, b.joint_counts)
     assert torch.equal(a.compute(), b.compute())
 
 
-@pytest.mark.parametrize("method", ["auto", "bincount"])
+@pytest.mark.parametrize("backend", ["auto", "bincount"])
 @pytest.mark.parametrize("pool_samples", [4096, 64])  # all samples pooled at compute(), or counted on the way
-def test_joint_state_after_reset_holds_only_the_new_samples(data, method, pool_samples):
+def test_joint_state_after_reset_holds_only_the_new_samples(data, backend, pool_samples):
     # reset() marks the joint histograms as zero instead of clearing them: whatever path counts or reads
     # them next (a full pool, compute() from pooled indices, a direct read) must not see the old counts
-    metric = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), method=method)
+    metric = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), backend=backend)
     metric.pool_samples = pool_samples
     feed(metric, data[:500], [200, 300])
     before = metric.compute()
     metric.reset()
     feed(metric, data[500:800], [100, 200])
-    fresh = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), method="bincount")
+    fresh = NeuronMutualInformation(NUM_MIXED, 8, (-2.0, 2.0), backend="bincount")
     fresh.update(data[500:800])
     assert torch.allclose(metric.compute(), fresh.compute(), rtol=0, atol=1e-12, equal_nan=True)
     assert not torch.allclose(metric.compute(), before, equal_nan=True)

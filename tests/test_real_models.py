@@ -23,8 +23,8 @@ from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
 from lightning_infomem import InformationMeasures
+from lightning_infomem.callbacks.layers import named_layers, to_neuron_activations
 from lightning_infomem.functional import mean_off_diagonal, neuron_entropy, pairwise_mutual_information
-from lightning_infomem.layers import named_layers, to_neuron_activations
 
 
 def captured(model: nn.Module, names: list[str], batches: list[Any], reduction: str = "first") -> dict[str, Tensor]:

@@ -479,7 +479,7 @@ def test_pooled_updates_equal_per_batch_counting_and_do_not_keep_whole_hidden_st
     """Batches are counted in updates of 1,024 rows: the counts equal the metrics fed batch by batch, and a
     pooled batch that is a view of a larger tensor (the first token of [B, T, D] hidden states) keeps only
     its own rows alive, not the whole tensor."""
-    from lightning_infomem.measurement import ActivationMeasurement, MeasurementSettings
+    from lightning_infomem.metrics.measurement import ActivationMeasurement, MeasurementSettings
 
     generator = torch.Generator().manual_seed(0)
     hidden = [torch.randn(64, 50, 16, generator=generator) for _ in range(12)]  # [B, T, D] per batch

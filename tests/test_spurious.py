@@ -9,22 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_infomem.groups import GroupAccuracy, GroupMemorizationGap, WorstGroupAccuracy, group_accuracy_counts
-from lightning_infomem.spurious import (
-    MaskedConsistency,
-    MaskedConsistencyModule,
+from lightning_infomem.callbacks.masked_consistency import MaskedConsistency, MaskedConsistencyModule
+from lightning_infomem.functional.groups import group_accuracy_counts
+from lightning_infomem.functional.spurious import (
     Unit,
     critical_units,
     magnitude_mask,
     masked_consistency_loss,
     masked_forward,
-    modify_copy,
     nt_xent,
-    probe_critical_neurons,
     random_units,
     supported_layers,
     top_weights,
 )
+from lightning_infomem.metrics.groups import GroupAccuracy, GroupMemorizationGap, WorstGroupAccuracy
+from lightning_infomem.spurious import modify_copy, probe_critical_neurons
 from tests.lightning_helpers import DigitsCNN, DigitsMLP, digits_loaders, digits_tensors, fast_trainer
 
 # ----------------------------------------------------------------------------------------------- groups
@@ -315,7 +314,7 @@ def test_wrapper_and_callback_train(tmp_path) -> None:
 
 
 def test_worst_group_accuracy_is_never_nan() -> None:
-    from lightning_infomem.groups import WorstGroupAccuracy
+    from lightning_infomem.metrics.groups import WorstGroupAccuracy
 
     metric = WorstGroupAccuracy(num_groups=2)
     with pytest.warns(RuntimeWarning, match="no group has samples"):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, TrainingDynamics
+from lightning_infomem.data import MissingIndexError
 from lightning_infomem.functional import (
     STATISTICS,
     dynamics_scores,
@@ -26,7 +27,6 @@ from lightning_infomem.functional import (
     presentation_statistics,
     update_forgetting,
 )
-from lightning_infomem.indexing import MissingIndexError
 
 
 class IndexedMLP(LightningModule):
@@ -178,10 +178,29 @@ def test_every_statistic_equals_a_direct_loop_over_the_logits(tmp_path):
     assert set(scores) >= {"cumulative_loss", "aum", "forgetting", "learned_epoch", "confidence", "variability"}
     assert all(value.shape == (200,) for value in scores.values())
     assert_scores_close(scores, direct_scores(recorder.records, 200))
-    assert dynamics.epochs_recorded == list(range(6))
+    assert dynamics.epochs_scored == list(range(6))
     assert torch.equal(scores["presentations"], torch.full((200,), 6.0, dtype=torch.float64))
     assert float(scores["forgetting"].nan_to_num(posinf=0).sum()) > 0  # training forgets some samples
     assert torch.equal(dynamics.labels, digits_tensors("train")[1][:200])
+
+
+def test_each_epochs_history_row_equals_a_direct_loop(tmp_path):
+    # per-epoch mean loss and learned fraction, from the recorded logits of that epoch alone
+    dynamics, recorder = _fit(tmp_path, epochs=3)
+    assert [row["epoch"] for row in dynamics.history] == [0, 1, 2]
+    learned: dict[int, bool] = {}
+    for row in dynamics.history:
+        epoch = row["epoch"]
+        records = [r for r in recorder.records if r[0] == epoch]
+        losses = torch.cat([nn.functional.cross_entropy(z, y, reduction="none") for _, _, z, y in records])
+        correct_by_sample: dict[int, bool] = {}
+        for _, index, logits, labels in records:
+            for i, ok in zip(index.tolist(), (logits.argmax(1) == labels).tolist(), strict=True):
+                correct_by_sample[i] = correct_by_sample.get(i, True) and ok
+        learned.update(correct_by_sample)
+        assert row["dynamics/mean_loss"] == pytest.approx(float(losses.mean()), rel=1e-9)
+        assert row["dynamics/mean_loss"] > 0.01
+        assert row["dynamics/learned_fraction"] == pytest.approx(sum(learned.values()) / len(learned), rel=1e-12)
 
 
 def test_gradient_accumulation_and_mixed_precision_record_every_presentation(tmp_path):
@@ -239,7 +258,7 @@ def test_resume_continues_every_statistic_exactly(tmp_path):
     resumed = TrainingDynamics(num_images=0)
     trainer = fast_trainer(tmp_path / "b", max_epochs=4, callbacks=[resumed])
     trainer.fit(IndexedMLP(), loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert resumed.epochs_recorded == [0, 1, 2, 3]
+    assert resumed.epochs_scored == [0, 1, 2, 3]
     for name, value in uninterrupted.scores.items():
         torch.testing.assert_close(resumed.scores[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
 
@@ -258,7 +277,7 @@ def test_errors_name_the_fix(tmp_path):
     trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[TrainingDynamics(logits_module="head")])
     with pytest.raises(ValueError, match="no module named 'head'.*net.1"):
         trainer.fit(IndexedMLP(), DataLoader(indexed_digits(64), batch_size=32))
-    for kwargs in ({"logits_module": 3}, {"prefix": ""}, {"num_images": -1}):
+    for kwargs in ({"logits_module": 3}, {"prefix": "dynamics/"}, {"num_images": -1}):
         with pytest.raises(ValueError):
             TrainingDynamics(**kwargs)
 

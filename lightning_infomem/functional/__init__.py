@@ -1,4 +1,5 @@
-"""Functional core: tensors in, tensors out. Binning, histograms, entropy, mutual information, loss curvature."""
+"""Functional core: tensors in, tensors out. Binning, histograms, entropy, mutual information, KSG, loss curvature,
+training dynamics, subsampled memorization and influence, group accuracy, the critical-neuron and NT-Xent math."""
 
 from lightning_infomem.functional.binning import (
     BinGrid,
@@ -18,18 +19,31 @@ from lightning_infomem.functional.curvature import (
     rademacher_probes,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts, neuron_entropy
-from lightning_infomem.functional.ksg import ksg_mutual_information
-from lightning_infomem.functional.mutual_information import (
-    CountingMethod,
+from lightning_infomem.functional.groups import group_accuracy_counts
+from lightning_infomem.functional.joint_counts import (
+    CountingBackend,
     add_joint_histogram_counts,
     iter_joint_histogram_counts,
     joint_histogram_counts,
+    pair_indices,
+)
+from lightning_infomem.functional.ksg import ksg_mutual_information
+from lightning_infomem.functional.mutual_information import (
     mean_off_diagonal,
     mutual_information_from_joint_counts,
-    pair_indices,
     pairs_to_matrix,
     pairwise_mutual_information,
     pairwise_mutual_information_from_bins,
+)
+from lightning_infomem.functional.spurious import (
+    Unit,
+    critical_units,
+    magnitude_mask,
+    masked_consistency_loss,
+    masked_forward,
+    nt_xent,
+    random_units,
+    top_weights,
 )
 from lightning_infomem.functional.subsampling import (
     InfluenceEstimate,
@@ -56,7 +70,7 @@ from lightning_infomem.functional.training_dynamics import (
 __all__ = [
     "STATISTICS",
     "BinGrid",
-    "CountingMethod",
+    "CountingBackend",
     "add_joint_histogram_counts",
     "CurvatureEstimates",
     "ForgettingState",
@@ -64,6 +78,7 @@ __all__ = [
     "InfluenceTooLargeError",
     "MemorizationEstimate",
     "TopKInfluence",
+    "Unit",
     "ValueRange",
     "assign_bins",
     "bin_grid",
@@ -73,6 +88,14 @@ __all__ = [
     "dynamics_scores",
     "entropy_from_counts",
     "grid_bin_indices",
+    "group_accuracy_counts",
+    "critical_units",
+    "magnitude_mask",
+    "masked_consistency_loss",
+    "masked_forward",
+    "nt_xent",
+    "random_units",
+    "top_weights",
     "histogram_counts",
     "influence_estimates",
     "influence_from_masks",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int
-from lightning_infomem.functional.compiled import CompiledKernel
+from lightning_infomem.functional._kernels.compiled import CompiledKernel
 
 ValueRange = Union[None, Tuple[float, float], Tuple[Tensor, Tensor], Sequence[float]]
 
@@ -277,7 +277,7 @@ def check_num_bins(num_bins: Any) -> int:
     return check_int(num_bins, "num_bins", minimum=1)
 
 
-_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional.counting_compiled", "bin_and_count")
+_BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional._kernels.counting", "bin_and_count")
 
 
 class CompiledGrid(NamedTuple):

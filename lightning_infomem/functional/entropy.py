@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_infomem.checks import check_log_base
+from lightning_infomem.checks import check_bool, check_log_base
 from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
 
 __all__ = ["count_codes", "entropy_from_counts", "histogram_counts", "neuron_entropy", "plugin_terms"]
@@ -141,6 +141,7 @@ def entropy_from_counts(
         >>> entropy_from_counts(torch.tensor([[5, 5], [10, 0]]), base=2).round(decimals=6)
         tensor([1., 0.], dtype=torch.float64)
     """
+    miller_madow, normalized = check_bool(miller_madow, "miller_madow"), check_bool(normalized, "normalized")
     total, nlogn, occupied = plugin_terms(counts, occupied=True)
     entropy = _entropy_from_terms(total, nlogn, occupied)
     if miller_madow:
@@ -186,6 +187,7 @@ def neuron_entropy(
         >>> neuron_entropy(x, num_bins=4, value_range=(0.0, 3.0), base=2)
         tensor([2., 0.], dtype=torch.float64)
     """
+    miller_madow, normalized = check_bool(miller_madow, "miller_madow"), check_bool(normalized, "normalized")
     check_activations(activations)
     counts = histogram_counts(bin_indices(activations, num_bins, value_range), num_bins)
     return entropy_from_counts(counts, base=base, miller_madow=miller_madow, normalized=normalized)

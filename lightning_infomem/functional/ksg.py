@@ -26,7 +26,7 @@ How it is batched over pairs (no Python loop over pairs; loops run over chunks a
 
 All arithmetic is float64; memory is bounded by chunking (``max_chunk_elements``). Plain torch: the
 same code runs on CPU and CUDA. On CPU, when Numba is installed, ``backend="auto"`` uses the compiled
-kernel of `lightning_infomem.functional.ksg_compiled` instead (the same search and counting rules,
+kernel of `lightning_infomem.functional._kernels.ksg` instead (the same search and counting rules,
 one pair per loop iteration, parallel over pairs): about 10x (one thread) to 19x-20x (two) the
 authors' per-pair function, where this code is 2.6x to 3.3x (docs/benchmarks.md), with the same counts.
 """
@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
+from lightning_infomem.functional._kernels.compiled import CompiledKernel
 from lightning_infomem.functional.binning import check_activations
-from lightning_infomem.functional.compiled import CompiledKernel
 
 __all__ = ["ksg_mutual_information"]
 
@@ -52,7 +52,7 @@ _CPU_CHUNK_ELEMENTS = 2**19  # CPU: a few MiB per temporary; much larger blocks 
 _DEVICE_CHUNK_ELEMENTS = 2**24  # accelerators: large blocks amortise kernel launches
 
 
-_KERNEL = CompiledKernel("lightning_infomem.functional.ksg_compiled", "ksg_pair_terms")
+_KERNEL = CompiledKernel("lightning_infomem.functional._kernels.ksg", "ksg_pair_terms")
 _COMPILED_STRIP_WIDTH = 1.2  # compiled kernel: strips of about this * sqrt(k S) samples (0.7 and 2.0: 5 % slower)
 
 

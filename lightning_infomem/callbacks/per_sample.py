@@ -9,7 +9,6 @@ without relearning: ``score_table()`` (every score by name, ``[N]`` each), ``top
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -18,7 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_infomem.checks import check_int
+from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem.checks import check_int, join_key
 from lightning_infomem.reporting import write_csv
 
 __all__ = ["PerSampleScores"]
@@ -38,7 +38,7 @@ class PerSampleScores:
     prefix: str
     num_images: int
     batch_unpack: Callable[[Any], Any]
-    _warned: set[str]
+    _warn_once: WarnOnce
 
     def score_table(self) -> dict[str, Tensor]:
         """Every score by name, each ``[N]`` float64 on the CPU (NaN for a sample never scored)."""
@@ -100,9 +100,11 @@ class PerSampleScores:
             for name, values in table.items():
                 finite = values[torch.isfinite(values)]
                 if finite.numel():
-                    writer.add_histogram(f"{self.prefix}/{name}", finite.float(), trainer.global_step)
+                    writer.add_histogram(join_key(self.prefix, name), finite.float(), trainer.global_step)
             if figure is not None:
-                writer.add_figure(f"{self.prefix}/top_{self.primary_score}", figure, trainer.global_step, close=False)
+                writer.add_figure(
+                    join_key(self.prefix, f"top_{self.primary_score}"), figure, trainer.global_step, close=False
+                )
         if figure is not None:
             import matplotlib.pyplot as plt
 
@@ -144,8 +146,3 @@ class PerSampleScores:
             ax.set_title(f"#{i} y={int(self.labels[i])}\n{value:.3g}", fontsize=7)
         figure.tight_layout()
         return figure
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=3)

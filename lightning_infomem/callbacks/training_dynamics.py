@@ -18,7 +18,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lightning_infomem.checks import check_int
+from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem.callbacks.layers import first_tensor, named_layers
+from lightning_infomem.callbacks.per_sample import PerSampleScores
+from lightning_infomem.callbacks.state_keys import prefixed_state_key
+from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key
+from lightning_infomem.data import (
+    BatchUnpack,
+    accumulation_dtype,
+    default_batch_unpack,
+    sum_over_processes,
+    training_set_size,
+)
 from lightning_infomem.functional.training_dynamics import (
     STATISTICS,
     ForgettingState,
@@ -27,16 +38,6 @@ from lightning_infomem.functional.training_dynamics import (
     presentation_statistics,
     update_forgetting,
 )
-from lightning_infomem.indexing import (
-    BatchUnpack,
-    accumulation_dtype,
-    default_batch_unpack,
-    sum_over_processes,
-    training_set_size,
-)
-from lightning_infomem.layers import first_tensor, named_layers
-from lightning_infomem.sample_results import PerSampleScores
-from lightning_infomem.state_keys import prefixed_state_key
 
 __all__ = ["TrainingDynamics"]
 
@@ -119,7 +120,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         >>> trainer = Trainer(max_epochs=3, callbacks=[dynamics], logger=False, enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
         >>> trainer.fit(Net(), DataLoader(data, batch_size=16, shuffle=True))
-        >>> dynamics.scores["cumulative_loss"].shape, dynamics.epochs_recorded
+        >>> dynamics.scores["cumulative_loss"].shape, dynamics.epochs_scored
         (torch.Size([40]), [0, 1, 2])
         >>> values, indices = dynamics.topk(5, "aum")  # the five lowest areas under the margin
     """
@@ -149,22 +150,18 @@ class TrainingDynamics(PerSampleScores, Callback):
     ) -> None:
         if logits_module is not None and not isinstance(logits_module, str):
             raise ValueError(f"logits_module must be a module name, '' or None, received {logits_module!r}")
-        if not isinstance(prefix, str) or not prefix or prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(
-                f"prefix must be a non-empty string without a leading or trailing '/', received {prefix!r}"
-            )
         self.logits_module = logits_module
         self.loss_fn = loss_fn
         self.output_transform = output_transform
         self.batch_unpack = default_batch_unpack if batch_unpack is None else batch_unpack
         self.num_images = check_int(num_images, "num_images", minimum=0)
-        self.log_histograms = bool(log_histograms)
-        self.prefix = prefix
+        self.log_histograms = check_bool(log_histograms, "log_histograms")
+        self.prefix = check_prefix(prefix)
 
         self.sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
         self.state = new_forgetting_state(0)
         self.labels = torch.zeros(0, dtype=torch.int64)
-        self.epochs_recorded: list[int] = []
+        self.epochs_scored: list[int] = []
         self.history: list[dict[str, Any]] = []
         self._epoch_sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
         self._sized = True
@@ -176,7 +173,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._pending_samples = 0
         self._hook = self._make_hook()
         self._train_dataset: Optional[Dataset] = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
 
     # ------------------------------------------------------------------------------ identity
     @property
@@ -190,7 +187,7 @@ class TrainingDynamics(PerSampleScores, Callback):
             "epoch_sums": self._epoch_sums.detach().cpu().double().clone(),
             "forgetting": {name: value.detach().cpu().clone() for name, value in self.state._asdict().items()},
             "labels": self.labels.detach().cpu().clone(),
-            "epochs_recorded": list(self.epochs_recorded),
+            "epochs_scored": list(self.epochs_scored),
             "history": [dict(row) for row in self.history],
         }
 
@@ -199,7 +196,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._epoch_sums = state_dict["epoch_sums"].double()
         self.state = ForgettingState(**state_dict["forgetting"])
         self.labels = state_dict["labels"].long()
-        self.epochs_recorded = list(state_dict.get("epochs_recorded", []))
+        self.epochs_scored = list(state_dict.get("epochs_scored", []))
         self.history = [dict(row) for row in state_dict.get("history", [])]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -356,19 +353,20 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.sums = self.sums + epoch_sums
         self.state = update_forgetting(self.state, seen, correct, epoch)
         self._epoch_sums.zero_()
-        self.epochs_recorded.append(epoch)
+        self.epochs_scored.append(epoch)
         presented = float(seen.sum())
         row = {
             "epoch": epoch,
             "global_step": trainer.global_step,
-            f"{self.prefix}/mean_loss": float(epoch_sums[:, STATISTICS.index("loss")].sum()) / max(presented, 1.0),
-            f"{self.prefix}/forgetting_events": float(self.state.events.sum() - before),
-            f"{self.prefix}/learned_fraction": float((self.state.last_correct == 1).sum())
+            join_key(self.prefix, "mean_loss"): float(epoch_sums[:, STATISTICS.index("loss")].sum())
+            / max(presented, 1.0),
+            join_key(self.prefix, "forgetting_events"): float(self.state.events.sum() - before),
+            join_key(self.prefix, "learned_fraction"): float((self.state.last_correct == 1).sum())
             / max(1, int((self.state.last_correct >= 0).sum())),
         }
         self.history.append(row)
         # one scalar through Lightning's log (about 0.5 ms a call on a CPU): the others are in `history`
-        key = f"{self.prefix}/forgetting_events"
+        key = join_key(self.prefix, "forgetting_events")
         pl_module.log(key, torch.tensor(row[key], dtype=torch.float32), on_step=False, on_epoch=True, batch_size=1)
         self._log_scores_to_tensorboard(trainer, self._train_dataset, self.log_histograms)
 

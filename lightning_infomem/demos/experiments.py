@@ -1,6 +1,6 @@
 """Controlled memorization experiments on the digits, and the rules a user would pick checkpoints by.
 
-Two settings, built so that the network really memorizes (see `lightning_infomem.digits`):
+Two settings, built so that the network really memorizes (see `lightning_infomem.demos.digits`):
 
 - ``shortcut``: the paper's Colored MNIST construction. Binary label ``digit >= 5`` flipped with
   probability 0.25 in training and in-distribution validation; a colour that agrees with the noisy
@@ -31,8 +31,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem.callback import InformationMeasures
-from lightning_infomem.digits import coloured_digits, load_digits, redraw_labels
+from lightning_infomem.callbacks.information import InformationMeasures
+from lightning_infomem.demos.digits import coloured_digits, load_digits, redraw_labels
 from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import mean_off_diagonal
 
@@ -295,7 +295,7 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
 
 def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: Tensor) -> dict[str, dict[str, float]]:
     """AUROC and found fraction of each per-sample score for the relabelled training samples (assigned != true)."""
-    from lightning_infomem.digits import detection_auroc, found_fraction
+    from lightning_infomem.demos.digits import detection_auroc, found_fraction
 
     noisy = assigned != true
     if not bool(noisy.any()) or bool(noisy.all()):

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
-from lightning_infomem.threads import compiled_kernel_threads, release_idle_openmp_threads
+from lightning_infomem.functional._kernels.threads import compiled_kernel_threads, release_idle_openmp_threads
 
 __all__ = ["CompiledKernel"]
 
@@ -57,7 +57,7 @@ class CompiledKernel:
     """A compiled kernel ``module.attribute``, imported on first use.
 
     Example:
-        >>> kernel = CompiledKernel("lightning_infomem.functional.counting_compiled", "joint_counts_block")
+        >>> kernel = CompiledKernel("lightning_infomem.functional._kernels.counting", "joint_counts_block")
         >>> isinstance(kernel.available(), bool)
         True
         >>> CompiledKernel("math", "fsum")([0.1] * 10)  # any importable function: called once

@@ -22,9 +22,11 @@ from typing import Any, Literal, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
-from lightning_infomem.functional.mutual_information import cached_pair_indices
-from lightning_infomem.metrics import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
+from lightning_infomem.functional.joint_counts import (
+    cached_pair_indices,
+)
+from lightning_infomem.metrics.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
+from lightning_infomem.metrics.information import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
 
 __all__ = ["ActivationMeasurement", "Binning", "LayerResult", "MeasurementSettings", "summarize"]
 

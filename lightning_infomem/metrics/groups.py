@@ -18,57 +18,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_infomem.checks import check_int
+from lightning_infomem.functional.groups import check_num_groups, group_accuracy_counts
 
-__all__ = ["GroupAccuracy", "GroupMemorizationGap", "WorstGroupAccuracy", "group_accuracy_counts"]
-
-
-def _check_num_groups(num_groups: int) -> int:
-    return check_int(num_groups, "num_groups", minimum=1)
-
-
-def group_accuracy_counts(preds: Tensor, target: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """``(correct, total)`` per group, each ``[num_groups]`` int64.
-
-    Args:
-        preds: ``[S]`` predicted classes, or ``[S, C]`` logits / probabilities (argmax is taken).
-        target: ``[S]`` true classes.
-        groups: ``[S]`` group ids in ``[0, num_groups)``.
-        num_groups: number of groups.
-
-    Example:
-        >>> import torch
-        >>> correct, total = group_accuracy_counts(
-        ...     torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]), 2
-        ... )
-        >>> correct.tolist(), total.tolist()
-        ([2, 1], [2, 2])
-    """
-    num_groups = _check_num_groups(num_groups)
-    if preds.ndim == 2:
-        preds = preds.argmax(dim=1)
-    if preds.ndim != 1 or target.ndim != 1 or groups.ndim != 1:
-        raise ValueError(
-            "preds must be [S] classes or [S, C] scores, target and groups [S]; received shapes "
-            f"{tuple(preds.shape)}, {tuple(target.shape)}, {tuple(groups.shape)}"
-        )
-    if not preds.shape[0] == target.shape[0] == groups.shape[0]:
-        raise ValueError(
-            f"preds, target and groups must have the same number of samples, received "
-            f"{preds.shape[0]}, {target.shape[0]}, {groups.shape[0]}"
-        )
-    if groups.is_floating_point():
-        raise ValueError("groups must be integer group ids; convert them with groups.long()")
-    groups = groups.long()
-    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
-        raise ValueError(
-            f"group ids must be in [0, {num_groups}), received ids from {int(groups.min())} to "
-            f"{int(groups.max())}; raise num_groups or remap the ids"
-        )
-    hit = (preds.long() == target.long()).long()
-    correct = torch.zeros(num_groups, dtype=torch.long, device=groups.device).index_add(0, groups, hit)
-    total = torch.bincount(groups, minlength=num_groups)
-    return correct, total.long()
+__all__ = ["GroupAccuracy", "GroupMemorizationGap", "WorstGroupAccuracy"]
 
 
 def _accuracy(correct: Tensor, total: Tensor) -> Tensor:
@@ -101,7 +53,7 @@ class GroupAccuracy(Metric):
 
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        num_groups = _check_num_groups(num_groups)
+        num_groups = check_num_groups(num_groups)
         self.num_groups = num_groups
         self.add_state("correct", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
@@ -173,7 +125,7 @@ class GroupMemorizationGap(Metric):
 
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        num_groups = _check_num_groups(num_groups)
+        num_groups = check_num_groups(num_groups)
         self.num_groups = num_groups
         for name in ("train_correct", "train_total", "test_correct", "test_total"):
             self.add_state(name, torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")

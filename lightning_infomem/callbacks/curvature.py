@@ -17,9 +17,11 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_infomem.checks import check_float, check_int, check_optional_int
-from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
-from lightning_infomem.indexing import (
+from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem.callbacks.per_sample import PerSampleScores
+from lightning_infomem.callbacks.state_keys import prefixed_state_key
+from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
+from lightning_infomem.data import (
     BatchUnpack,
     IndexedDataset,
     MissingIndexError,
@@ -27,8 +29,7 @@ from lightning_infomem.indexing import (
     default_batch_unpack,
     sum_over_processes,
 )
-from lightning_infomem.sample_results import PerSampleScores
-from lightning_infomem.state_keys import prefixed_state_key
+from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
 
 __all__ = ["IndexedDataset", "LossCurvature", "MissingIndexError", "default_batch_unpack"]
 
@@ -71,7 +72,7 @@ class LossCurvature(PerSampleScores, Callback):
         batch_unpack: ``batch -> (inputs, targets, indices)``; default `default_batch_unpack`.
         max_batches: score at most this many batches per scored epoch (per process); ``None`` for all.
         num_images: highest-curvature samples in the TensorBoard image grid (0 disables).
-        log_histogram: log the TensorBoard histogram of scores.
+        log_histograms: log the TensorBoard histogram of scores.
         prefix: first part of logged keys and of the state key.
         seed: seed of the probes (a new generator per scored epoch and process, from ``seed``, the epoch
             and the rank, so a resumed run draws the probes a continuous run would).
@@ -115,7 +116,7 @@ class LossCurvature(PerSampleScores, Callback):
         batch_unpack: Optional[BatchUnpack] = None,
         max_batches: Optional[int] = None,
         num_images: int = 16,
-        log_histogram: bool = True,
+        log_histograms: bool = True,
         prefix: str = "curvature",
         seed: int = 0,
     ) -> None:
@@ -129,8 +130,8 @@ class LossCurvature(PerSampleScores, Callback):
         self.batch_unpack = default_batch_unpack if batch_unpack is None else batch_unpack
         self.max_batches = check_optional_int(max_batches, "max_batches", minimum=1)
         self.num_images = check_int(num_images, "num_images", minimum=0)
-        self.log_histogram = log_histogram
-        self.prefix = prefix
+        self.log_histograms = check_bool(log_histograms, "log_histograms")
+        self.prefix = check_prefix(prefix)
         self.seed = check_int(seed, "seed")
 
         self.score_sum = torch.zeros(0, dtype=torch.float64)
@@ -139,7 +140,7 @@ class LossCurvature(PerSampleScores, Callback):
         self.last_scores = torch.zeros(0, dtype=torch.float64)
         self.epochs_scored: list[int] = []
         self.history: list[dict[str, Any]] = []
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
 
     _TENSORS = ("score_sum", "num_scored", "labels", "last_scores")
 
@@ -281,10 +282,10 @@ class LossCurvature(PerSampleScores, Callback):
         self.epochs_scored.append(trainer.current_epoch)
         mean = float(epoch_scores[scored].mean()) if bool(scored.any()) else float("nan")
         self.history.append(
-            {"epoch": trainer.current_epoch, "global_step": trainer.global_step, f"{self.prefix}/mean": mean}
+            {"epoch": trainer.current_epoch, "global_step": trainer.global_step, join_key(self.prefix, "mean"): mean}
         )
         if scored.any():
-            pl_module.log(f"{self.prefix}/mean", torch.tensor(mean, dtype=torch.float32, device=device))
+            pl_module.log(join_key(self.prefix, "mean"), torch.tensor(mean, dtype=torch.float32, device=device))
         self._log_tensorboard(trainer)
 
     def _grow(self, size: int) -> None:
@@ -298,7 +299,7 @@ class LossCurvature(PerSampleScores, Callback):
     def _log_tensorboard(self, trainer: Trainer) -> None:
         dataset = getattr(self.dataloader, "dataset", None)
         self._log_scores_to_tensorboard(
-            trainer, dataset if dataset is not None else self._train_dataset, self.log_histogram
+            trainer, dataset if dataset is not None else self._train_dataset, self.log_histograms
         )
 
     _train_dataset: Optional[Dataset] = None

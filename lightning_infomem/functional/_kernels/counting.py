@@ -16,7 +16,7 @@ same number of pairs. The kernels are compiled for one thread and run a range of
 release the GIL). Compiled with ``parallel=True`` and ``numba.prange`` instead, the same counting
 loop ran 1.34x to 1.36x slower on one thread and 1.23x to 1.38x on two (``benchmarks/counting_kernel.py``).
 This module imports Numba; nothing imports it otherwise (see
-`lightning_infomem.functional.compiled`).
+`lightning_infomem.functional._kernels.compiled`).
 """
 
 from __future__ import annotations

@@ -11,13 +11,8 @@ quota and the range calibration; at the end of the epoch the callback logs the r
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
-import tempfile
-import uuid
-import warnings
-import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -28,8 +23,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_infomem.checks import check_float, check_int, check_optional_int
-from lightning_infomem.layers import (
+from lightning_infomem.callbacks._spawn import SpawnedResults
+from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem.callbacks.layers import (
     LayerSpec,
     OutputTransform,
     SequenceReduction,
@@ -39,22 +35,23 @@ from lightning_infomem.layers import (
     resolve_layers,
     to_neuron_activations,
 )
-from lightning_infomem.measurement import (
+from lightning_infomem.callbacks.state_keys import prefixed_state_key
+from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
+from lightning_infomem.functional._kernels.threads import limited_threads
+from lightning_infomem.metrics.information import (
+    DEFAULT_MAX_STATE_BYTES,
+    NeuronEntropy,
+    NeuronMutualInformation,
+    StateTooLargeError,
+)
+from lightning_infomem.metrics.measurement import (
     ActivationMeasurement,
     Binning,
     LayerResult,
     MeasurementSettings,
     summarize,
 )
-from lightning_infomem.metrics import (
-    DEFAULT_MAX_STATE_BYTES,
-    NeuronEntropy,
-    NeuronMutualInformation,
-    StateTooLargeError,
-)
 from lightning_infomem.reporting import heatmap_image, write_csv
-from lightning_infomem.state_keys import prefixed_state_key
-from lightning_infomem.threads import limited_threads
 
 __all__ = ["Binning", "InformationMeasures"]
 
@@ -194,8 +191,6 @@ class InformationMeasures(Callback):
                 raise ValueError(f"{name} must be 'layer', 'neuron' or 'global', received {value!r}")
         if sequence_reduction not in ("first", "mean"):
             raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
-        if not isinstance(prefix, str) or prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"prefix must be a string without a leading or trailing '/', received {prefix!r}")
         if isinstance(dataloaders, (str, bytes)) or (dataloaders is not None and not isinstance(dataloaders, Sequence)):
             raise ValueError(f"dataloaders must be None or a sequence of dataloader indices, received {dataloaders!r}")
         self.layers = layers
@@ -211,12 +206,12 @@ class InformationMeasures(Callback):
             range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
         )
         self.calibration_samples = check_int(calibration_samples, "calibration_samples", minimum=1)
-        self.miller_madow = bool(miller_madow)
+        self.miller_madow = check_bool(miller_madow, "miller_madow")
         self.sequence_reduction = sequence_reduction
         self.output_transform = output_transform
-        self.log_histograms = bool(log_histograms)
+        self.log_histograms = check_bool(log_histograms, "log_histograms")
         self.heatmap_every_n_epochs = check_int(heatmap_every_n_epochs, "heatmap_every_n_epochs", minimum=0)
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.seed = check_int(seed, "seed")
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
         self.threads = check_optional_int(threads, "threads", minimum=1)
@@ -241,11 +236,8 @@ class InformationMeasures(Callback):
         self._fit_measurements = 0
         self._fit_validations: list[tuple[int, bool]] = []
         self._announced = False
-        self._warned: set[str] = set()
-        self._results_token = uuid.uuid4().hex
-        # results a ddp_spawn worker left for this (main-process) callback and nobody read: removed when
-        # the callback is collected or the interpreter exits (not stored: the callback must stay picklable)
-        weakref.finalize(self, _remove_if_present, self._results_path())
+        self._warn_once = WarnOnce()
+        self._spawned = SpawnedResults()  # results measured by this callback's copy in a ddp_spawn worker
 
     @classmethod
     def paper(cls, layers: LayerSpec = None, **overrides: Any) -> InformationMeasures:
@@ -305,7 +297,7 @@ class InformationMeasures(Callback):
         After a fit under a spawning strategy (``ddp_spawn``), the measurements were made in the worker
         processes; the main process reads them back from rank 0 here.
         """
-        self._absorb_worker_results()
+        self._collect_spawned_results()
         return self._history
 
     @history.setter
@@ -314,7 +306,7 @@ class InformationMeasures(Callback):
 
     def layer_results(self, dataloader_idx: int = 0) -> dict[str, LayerResult]:
         """The per-layer results (entropy vectors, MI matrices) of the latest measurement of a dataloader."""
-        self._absorb_worker_results()
+        self._collect_spawned_results()
         return self.results.get(dataloader_idx, {})
 
     @property
@@ -360,7 +352,7 @@ class InformationMeasures(Callback):
         return "validation ran, but no activation reached the monitored layers (see the earlier warning)"
 
     def _key(self, *parts: str, loader: Optional[int] = None) -> str:
-        key = "/".join((self.prefix, *parts) if self.prefix else parts)
+        key = join_key(self.prefix, *parts)
         return key if loader is None or self._num_loaders <= 1 else f"{key}/dataloader_idx_{loader}"
 
     def _settings(self) -> MeasurementSettings:
@@ -504,8 +496,8 @@ class InformationMeasures(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
-        if self._in_spawned_worker(trainer) and trainer.global_rank == 0:
-            self._send_worker_results()
+        if trainer.global_rank == 0 and self._spawned.in_worker():
+            self._spawned.send(self._result_state())
 
     def _should_measure(self, trainer: Trainer) -> bool:
         if trainer.state.fn != "fit":
@@ -713,26 +705,10 @@ class InformationMeasures(Callback):
                         tag = self._key(name, "mutual_info_matrix", loader=loader)
                         writer.add_image(tag, image, step, dataformats="HWC")
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=2)
-
     # ------------------------------------------------------------------ spawned worker processes
-    @staticmethod
-    def _in_spawned_worker(trainer: Trainer) -> bool:
-        """Whether this process is a worker started by a multiprocessing launcher (``ddp_spawn``, ``ddp_fork``)."""
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-        launcher = getattr(trainer.strategy, "launcher", None)
-        return isinstance(launcher, _MultiProcessingLauncher) and multiprocessing.parent_process() is not None
-
-    def _results_path(self) -> str:
-        return os.path.join(tempfile.gettempdir(), f"lightning_infomem_{self._results_token}.pt")
-
-    def _send_worker_results(self) -> None:
-        """From rank 0 of a spawned run: leave the measurements where the main process's callback finds them."""
-        state = {
+    def _result_state(self) -> dict[str, Any]:
+        """The results a worker's rank 0 sends back to the main process (plain tensors, numbers, strings)."""
+        return {
             "history": self._history,
             "layer_names": self.layer_names,
             "layer_widths": self.layer_widths,
@@ -744,35 +720,22 @@ class InformationMeasures(Callback):
             },
             "fit_validations": self._fit_validations,
         }
-        path = self._results_path()
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
 
-    def _absorb_worker_results(self) -> None:
-        path = self._results_path()
-        if not os.path.exists(path):
+    def _collect_spawned_results(self) -> None:
+        """Take over what the rank-0 copy of this callback measured in a spawned or forked worker, if anything."""
+        state = self._spawned.receive()
+        if state is None:
             return
-        try:
-            state = torch.load(path, weights_only=False)
-        finally:
-            os.remove(path)
         self._history = state["history"]
         self.layer_names = state["layer_names"]
         self.layer_widths = state["layer_widths"]
         self.neuron_indices = state["neuron_indices"]
         self._measurements = state["measurements"]
-        self._fit_validations = state["fit_validations"]
+        self._fit_validations = [tuple(v) for v in state["fit_validations"]]
         self.results = {
             loader: {name: LayerResult(*values) for name, values in results.items()}
             for loader, results in state["results"].items()
         }
-
-
-def _remove_if_present(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _is_compiled(module: nn.Module) -> bool:

@@ -107,9 +107,12 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 def sum_over_processes(trainer: Trainer, tensor: Tensor) -> Tensor:
-    """``tensor`` summed over the processes of ``trainer`` (itself in a single process); a collective step."""
+    """``tensor`` summed over the processes of ``trainer`` (a copy in a single process); a collective step.
+
+    Always a new tensor, so that the caller may clear ``tensor`` and keep the sum.
+    """
     if trainer.world_size <= 1:
-        return tensor
+        return tensor.clone()
     return trainer.strategy.reduce(tensor, reduce_op="sum")
 
 

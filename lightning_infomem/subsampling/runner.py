@@ -33,8 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -44,20 +43,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_infomem.checks import check_float, check_int, check_optional_int
-from lightning_infomem.functional.subsampling import (
-    DEFAULT_MAX_BYTES,
-    InfluenceEstimate,
-    MemorizationEstimate,
-    TopKInfluence,
-    influence_estimates,
-    influence_per_class,
-    influence_topk,
-    memorization_estimates,
-    rms_error_bound,
+from lightning_infomem.subsampling.records import (
+    RecordError,
+    SubsampleRecords,
+    describe_difference,
+    load_records,
+    read_record,
+    record_path,
 )
-from lightning_infomem.reporting import write_csv
 
-__all__ = ["Builder", "RecordError", "SubsampleRecords", "load_records", "subset_mask", "train_on_subsets"]
+__all__ = ["Builder", "subset_mask", "train_on_subsets"]
 
 Builder = Callable[[int], tuple[LightningModule, Trainer]]
 Predict = Callable[[LightningModule, Tensor], Tensor]
@@ -80,14 +75,6 @@ def subset_mask(num_examples: int, fraction: float, seed: int, index: int) -> Te
     mask = np.zeros(num_examples, dtype=bool)
     mask[rng.permutation(num_examples)[: round(fraction * num_examples)]] = True
     return torch.from_numpy(mask)
-
-
-def _record_path(out_dir: str, index: int) -> str:
-    return os.path.join(out_dir, f"model_{index:05d}.pt")
-
-
-class RecordError(ValueError):
-    """A record file (or the run's ``config.json``) is damaged or belongs to another run; the message names it."""
 
 
 def _labels_and_fingerprint(dataset: Dataset) -> tuple[Tensor, str]:
@@ -121,18 +108,6 @@ def _optimizer_identity(trainer: Trainer) -> list[Any]:
         [type(optimizer).__name__, {str(k): repr(v) for k, v in sorted(optimizer.defaults.items())}]
         for optimizer in getattr(trainer, "optimizers", [])
     ]
-
-
-def _describe_difference(
-    first: Mapping[str, Any], second: Mapping[str, Any], first_label: str, second_label: str
-) -> str:
-    """The settings in which two identities differ, ``"key: value (label), value (label)"``."""
-    keys = sorted(set(first) | set(second))
-    return "; ".join(
-        f"{k}: {first.get(k)!r} ({first_label}), {second.get(k)!r} ({second_label})"
-        for k in keys
-        if first.get(k) != second.get(k)
-    )
 
 
 @torch.no_grad()
@@ -221,7 +196,7 @@ def _train_one(index: int) -> tuple[int, float, dict[str, Any]]:
 
 def _write_record(record: dict[str, Any], out_dir: str, index: int) -> None:
     """Write a record so that a crash leaves it complete or absent: temp file, flush, fsync, atomic rename."""
-    path = _record_path(out_dir, index)
+    path = record_path(out_dir, index)
     tmp = f"{os.path.join(out_dir, '.tmp')}_{index:05d}_{os.getpid()}.pt"
     with open(tmp, "wb") as handle:
         torch.save(record, handle)
@@ -245,38 +220,6 @@ def _fsync_directory(path: str) -> None:
         pass
     finally:
         os.close(descriptor)
-
-
-def _read_record(path: str) -> dict[str, Any]:
-    """A record file's contents, checked for the fields and shapes a record has; `RecordError` names the file."""
-    try:
-        record = torch.load(path, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated, empty or not a torch file: all mean "damaged"
-        first_line = (str(error).splitlines() or [""])[0][:160]
-        raise RecordError(
-            f"record {path} cannot be read: it is truncated, empty or not a record ({type(error).__name__}: "
-            f"{first_line})"
-        ) from error
-    problem = None
-    if not isinstance(record, dict):
-        problem = f"holds a {type(record).__name__}, not a record"
-    else:
-        missing = [k for k in ("index", "mask", "train_correct", "test_correct", "run", "training") if k not in record]
-        if missing:
-            problem = f"lacks {missing} (written by another program or an older version)"
-        elif not (
-            isinstance(record["mask"], Tensor) and record["mask"].dtype == torch.bool and record["mask"].ndim == 1
-        ):
-            problem = "has no boolean subset mask"
-        elif not (
-            isinstance(record["train_correct"], Tensor) and record["train_correct"].shape == record["mask"].shape
-        ):
-            problem = "has training correctness of another shape than its mask"
-        elif os.path.basename(path) != os.path.basename(_record_path("", int(record["index"]))):
-            problem = f"holds the record of model {record['index']}"
-    if problem:
-        raise RecordError(f"record {path} {problem}")
-    return record
 
 
 def _format_seconds(seconds: float) -> str:
@@ -321,11 +264,11 @@ def _verified_records(out_dir: str, num_models: int, identity: dict[str, Any]) -
     """The sound records of this run in ``out_dir``; damaged ones are set aside (to retrain), foreign ones refused."""
     sound: dict[int, dict[str, Any]] = {}
     for index in range(num_models):
-        path = _record_path(out_dir, index)
+        path = record_path(out_dir, index)
         if not os.path.exists(path):
             continue
         try:
-            record = _read_record(path)
+            record = read_record(path)
         except RecordError as error:
             aside = path + ".damaged"
             os.replace(path, aside)
@@ -334,7 +277,7 @@ def _verified_records(out_dir: str, num_models: int, identity: dict[str, Any]) -
         if record["run"] != identity:
             raise RecordError(
                 f"record {path} belongs to another run "
-                f"({_describe_difference(record['run'], identity, 'that record', 'this call')}); "
+                f"({describe_difference(record['run'], identity, 'that record', 'this call')}); "
                 "continue that run with its own settings, or use a new out_dir"
             )
         sound[index] = record
@@ -463,7 +406,7 @@ def train_on_subsets(
 
     existing = _verified_records(out_dir, num_models, identity)
     reference_training = next(iter(existing.values()))["training"] if existing else None
-    reference_path = _record_path(out_dir, next(iter(existing))) if existing else None
+    reference_path = record_path(out_dir, next(iter(existing))) if existing else None
     todo = [i for i in range(num_models) if i not in existing]
     if max_models is not None:
         todo = todo[:max_models]
@@ -488,14 +431,14 @@ def train_on_subsets(
     def finished(count: int, index: int, training: dict[str, Any]) -> None:
         nonlocal reference_training, reference_path
         if reference_training is None:
-            reference_training, reference_path = training, _record_path(out_dir, index)
+            reference_training, reference_path = training, record_path(out_dir, index)
         elif training != reference_training:
             raise RecordError(
                 f"model {index} was built with other training settings than {reference_path} "
-                f"({_describe_difference(training, reference_training, f'model {index}', 'earlier records')}); "
+                f"({describe_difference(training, reference_training, f'model {index}', 'earlier records')}); "
                 "records of one out_dir must come from "
                 f"one run: build the models as before, or use a new out_dir (the new record is "
-                f"{_record_path(out_dir, index)})"
+                f"{record_path(out_dir, index)})"
             )
         if not progress:
             return
@@ -531,7 +474,7 @@ def train_on_subsets(
                     for count, (index, _, training) in enumerate(pool.imap_unordered(_train_one, todo, chunksize=1), 1):
                         finished(count, index, training)
         except KeyboardInterrupt:
-            finished_models = len([i for i in range(num_models) if os.path.exists(_record_path(out_dir, i))])
+            finished_models = len([i for i in range(num_models) if os.path.exists(record_path(out_dir, i))])
             print(
                 f"subsampling: interrupted; {finished_models}/{num_models} model records are saved in {out_dir}, "
                 f"rerun the same call to continue",
@@ -539,131 +482,3 @@ def train_on_subsets(
             )
             raise
     return load_records(out_dir, num_models=num_models, train_labels=train_labels, test_labels=test_labels)
-
-
-def load_records(
-    out_dir: Union[str, os.PathLike],
-    num_models: Optional[int] = None,
-    train_labels: Optional[Tensor] = None,
-    test_labels: Optional[Tensor] = None,
-) -> SubsampleRecords:
-    """Stack the records in ``out_dir`` (those with index ``< num_models``, or all), in index order.
-
-    Every record is read and checked: a damaged one, records of different runs (data, ``fraction``,
-    ``seed``, ``batch_size``, ``settings``) and models built with different training settings raise
-    `RecordError` naming the first odd file.
-
-    Example:
-        >>> import tempfile
-        >>> load_records(tempfile.mkdtemp())  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: no model records (model_*.pt) in ...; train them with train_on_subsets first
-    """
-    out_dir = os.fspath(out_dir)
-    paths = sorted(glob.glob(os.path.join(out_dir, "model_*.pt")))
-    records, first = [], None
-    for path in paths:
-        record = _read_record(path)
-        if num_models is not None and record["index"] >= num_models:
-            continue
-        if first is None:
-            first = (path, record)
-        else:
-            for part, what in (("run", "another run"), ("training", "models built with other training settings")):
-                if record[part] != first[1][part]:
-                    raise RecordError(
-                        f"record {path} belongs to {what} than {first[0]} "
-                        f"({_describe_difference(record[part], first[1][part], 'that record', 'the first')}); "
-                        "keep one run per out_dir"
-                    )
-            if (record["test_correct"] is None) != (first[1]["test_correct"] is None):
-                raise RecordError(f"record {path} and {first[0]} disagree on whether there is a test set")
-        records.append(record)
-    if not records:
-        raise ValueError(f"no model records (model_*.pt) in {out_dir}; train them with train_on_subsets first")
-    has_test = records[0]["test_correct"] is not None
-    return SubsampleRecords(
-        indices=torch.tensor([r["index"] for r in records]),
-        in_train=torch.stack([r["mask"] for r in records]),
-        train_correct=torch.stack([r["train_correct"] for r in records]),
-        test_correct=torch.stack([r["test_correct"] for r in records]) if has_test else None,
-        fraction=float(records[0]["fraction"]),
-        seconds=torch.tensor([float(r["seconds"]) for r in records]),
-        train_labels=train_labels,
-        test_labels=test_labels,
-    )
-
-
-@dataclass
-class SubsampleRecords:
-    """The stacked records of ``t`` models: masks and correctness, with the estimators as methods.
-
-    ``indices`` [t] (model indices), ``in_train`` and ``train_correct`` [t, n] bool, ``test_correct``
-    [t, m] bool or ``None``, ``seconds`` [t] (training + prediction time per model), labels if known.
-
-    Example:
-        >>> records = SubsampleRecords(torch.arange(4), torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]]).bool(),
-        ...                            torch.tensor([[1, 1], [0, 1], [1, 0], [0, 1]]).bool())
-        >>> records.memorization().value.tolist(), round(records.rms_error_bound(), 3)
-        ([1.0, 0.5], 1.091)
-    """
-
-    indices: Tensor
-    in_train: Tensor
-    train_correct: Tensor
-    test_correct: Optional[Tensor] = None
-    fraction: float = 0.7
-    seconds: Optional[Tensor] = None
-    train_labels: Optional[Tensor] = None
-    test_labels: Optional[Tensor] = None
-
-    @property
-    def num_models(self) -> int:
-        return int(self.in_train.shape[0])
-
-    def memorization(self) -> MemorizationEstimate:
-        """`memorization_estimates` of the training examples."""
-        return memorization_estimates(self.in_train, self.train_correct)
-
-    def _test(self) -> Tensor:
-        if self.test_correct is None:
-            raise ValueError("influence needs test correctness: pass test_dataset to train_on_subsets")
-        return self.test_correct
-
-    def influence(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> InfluenceEstimate:
-        """Dense `influence_estimates` ``[m, n]``; refused above ``max_bytes`` (see `influence_topk`)."""
-        return influence_estimates(self.in_train, self._test(), max_bytes=max_bytes)
-
-    def influence_topk(self, k: int, same_class: bool = True) -> TopKInfluence:
-        """`influence_topk`: ``k`` most influential training examples per test example (same class if asked)."""
-        if same_class and (self.train_labels is None or self.test_labels is None):
-            raise ValueError("same_class=True needs train_labels and test_labels; pass same_class=False")
-        labels = (self.train_labels, self.test_labels) if same_class else (None, None)
-        return influence_topk(self.in_train, self._test(), k, train_labels=labels[0], test_labels=labels[1])
-
-    def influence_per_class(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> dict[int, Any]:
-        """`influence_per_class`: same-class dense blocks."""
-        if self.train_labels is None or self.test_labels is None:
-            raise ValueError("influence_per_class needs train_labels and test_labels")
-        return influence_per_class(
-            self.in_train, self._test(), self.train_labels, self.test_labels, max_bytes=max_bytes
-        )
-
-    def rms_error_bound(self) -> float:
-        """`rms_error_bound` for this ``t`` and ``fraction``."""
-        return rms_error_bound(self.num_models, self.fraction)
-
-    def to_csv(self, path: Union[str, os.PathLike], extra: Optional[dict[str, Sequence[Any]]] = None) -> str:
-        """One row per training example: ``index``, ``label``, ``memorization``, ``stderr``, ``defined``, ``extra``."""
-        est = self.memorization()
-        rows = []
-        for i in range(est.value.numel()):
-            row: dict[str, Any] = {"index": i}
-            if self.train_labels is not None:
-                row["label"] = int(self.train_labels[i])
-            row.update(memorization=float(est.value[i]), stderr=float(est.stderr[i]), defined=bool(est.defined[i]))
-            for name, values in (extra or {}).items():
-                row[name] = values[i]
-            rows.append(row)
-        return write_csv(rows, path)

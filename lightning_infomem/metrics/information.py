@@ -36,8 +36,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
-from lightning_infomem.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
-from lightning_infomem.checks import check_float, check_int, check_log_base, check_optional_int
+from lightning_infomem.checks import check_bool, check_float, check_int, check_log_base, check_optional_int
 from lightning_infomem.functional.binning import (
     BinGrid,
     CompiledGrid,
@@ -52,17 +51,20 @@ from lightning_infomem.functional.binning import (
     grid_bin_indices,
 )
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts
-from lightning_infomem.functional.mutual_information import (
-    CountingMethod,
+from lightning_infomem.functional.joint_counts import (
+    CountingBackend,
     add_joint_histogram_counts,
     cached_pair_indices,
     iter_joint_histogram_counts,
+    resolve_counting_backend,
+)
+from lightning_infomem.functional.mutual_information import (
     mutual_information_from_joint_counts,
     normalized_self_information,
     pairs_to_matrix,
     pairwise_mutual_information_from_bins,
-    resolve_counting_method,
 )
+from lightning_infomem.metrics.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
 
 __all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError"]
 
@@ -127,14 +129,14 @@ class _ActivationHistogramMetric(Metric):
         super().__init__(**kwargs)
         self.num_neurons = check_int(num_neurons, "num_neurons", minimum=1)
         self.num_bins = check_num_bins(num_bins)
-        self.per_neuron_range = bool(per_neuron_range)
+        self.per_neuron_range = check_bool(per_neuron_range, "per_neuron_range")
         self.range_quantile = check_float(
             range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
         )
         self.calibration_samples = check_int(calibration_samples, "calibration_samples", minimum=1)
         self.base = check_log_base(base)
-        self.miller_madow = bool(miller_madow)
-        self.normalized = bool(normalized)
+        self.miller_madow = check_bool(miller_madow, "miller_madow")
+        self.normalized = check_bool(normalized, "normalized")
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
         self._check_state_size()
 
@@ -168,7 +170,7 @@ class _ActivationHistogramMetric(Metric):
             >>> NeuronMutualInformation.check_state_size(4096, 16, 2**30)
             Traceback (most recent call last):
             ...
-            lightning_infomem.metrics.StateTooLargeError: NeuronMutualInformation would need 16.0 GiB ...
+            lightning_infomem.metrics.information.StateTooLargeError: NeuronMutualInformation would need 16.0 GiB ...
         """
         need = cls.state_bytes(num_neurons, num_bins)
         if max_state_bytes is not None and need > max_state_bytes:
@@ -597,7 +599,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     callback's 2,048 samples are then counted in one pass, which is 15 to 20 % faster than two); the pooled
     samples are always counted before ``compute()``, synchronisation and ``merge_state``;
     the diagonal of the result is each neuron's entropy. Arguments as in `NeuronEntropy`,
-    plus ``method`` (the counting kernel, see
+    plus ``backend`` (the counting kernel, see
     `joint_histogram_counts`). ``normalized`` gives
     ``I / sqrt(H(X) H(Y))``.
 
@@ -617,12 +619,12 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         num_bins: int = 16,
         value_range: ValueRange = None,
         *,
-        method: CountingMethod = "auto",
+        backend: CountingBackend = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_neurons, num_bins, value_range, **kwargs)
-        resolve_counting_method(method, torch.device("cpu"))  # validates the name
-        self.method = method
+        resolve_counting_backend(backend, torch.device("cpu"))  # validates the name
+        self.backend = backend
         self.pool_samples = max(4096, 4 * (self.num_bins + 1) ** 2)
         self._pooled_dtype = self._pooled_index_dtype(self.num_bins)
         self._clear_pending()
@@ -706,7 +708,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         if self._joint_zero:
             self._joint_store.zero_()
             self._joint_zero = False
-        add_joint_histogram_counts(bins, self.num_bins, self._joint_store, self.method)
+        add_joint_histogram_counts(bins, self.num_bins, self._joint_store, self.backend)
 
     def _pooled_bins(self) -> Tensor:
         return self._pending_bins[0] if len(self._pending_bins) == 1 else torch.cat(self._pending_bins)
@@ -727,7 +729,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
             # every sample is still pooled: the MI comes from the pooled indices, and the state is not written
             # (on CPU with Numba each pair's histogram is reduced to its MI while it is in cache)
             pair_values = pairwise_mutual_information_from_bins(
-                self._pooled_bins(), self.num_bins, self.base, self.miller_madow, self.normalized, self.method
+                self._pooled_bins(), self.num_bins, self.base, self.miller_madow, self.normalized, self.backend
             )
             return self._matrix_from_pairs(pair_values, self.counts)
         # without left-out values, a pair's marginals are its two neurons' own histograms
@@ -758,5 +760,5 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         return pairs_to_matrix(pair_values, diagonal)
 
     def _batch_value(self, bins: Tensor) -> Tensor:
-        blocks = (counts for _, counts in iter_joint_histogram_counts(bins, self.num_bins, self.method))
+        blocks = (counts for _, counts in iter_joint_histogram_counts(bins, self.num_bins, self.backend))
         return self._matrix(blocks, histogram_counts(bins, self.num_bins))

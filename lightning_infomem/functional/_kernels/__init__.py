@@ -1,0 +1,1 @@
+"""Compiled kernels (Numba) behind the functional core, and the threads they run on. Not public API."""

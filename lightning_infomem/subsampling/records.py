@@ -1,0 +1,213 @@
+"""The records of a subsampling run: one file per model, read back, checked and stacked for the estimators.
+
+Each model that `train_on_subsets` finishes leaves ``out_dir/model_{i:05d}.pt``: its subset mask,
+its per-example correctness on the training (and test) set and the identity of its run.
+`load_records` reads every record, refuses damaged ones and records of other runs (naming the
+file), and stacks them into `SubsampleRecords`, whose methods are the Feldman-Zhang estimators.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from lightning_infomem.functional.subsampling import (
+    DEFAULT_MAX_BYTES,
+    InfluenceEstimate,
+    MemorizationEstimate,
+    TopKInfluence,
+    influence_estimates,
+    influence_per_class,
+    influence_topk,
+    memorization_estimates,
+    rms_error_bound,
+)
+from lightning_infomem.reporting import write_csv
+
+__all__ = ["RecordError", "SubsampleRecords", "load_records"]
+
+
+def record_path(out_dir: str, index: int) -> str:
+    return os.path.join(out_dir, f"model_{index:05d}.pt")
+
+
+class RecordError(ValueError):
+    """A record file (or the run's ``config.json``) is damaged or belongs to another run; the message names it."""
+
+
+def describe_difference(
+    first: Mapping[str, Any], second: Mapping[str, Any], first_label: str, second_label: str
+) -> str:
+    """The settings in which two identities differ, ``"key: value (label), value (label)"``."""
+    keys = sorted(set(first) | set(second))
+    return "; ".join(
+        f"{k}: {first.get(k)!r} ({first_label}), {second.get(k)!r} ({second_label})"
+        for k in keys
+        if first.get(k) != second.get(k)
+    )
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A record file's contents, checked for the fields and shapes a record has; `RecordError` names the file."""
+    try:
+        record = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, empty or not a torch file: all mean "damaged"
+        first_line = (str(error).splitlines() or [""])[0][:160]
+        raise RecordError(
+            f"record {path} cannot be read: it is truncated, empty or not a record ({type(error).__name__}: "
+            f"{first_line})"
+        ) from error
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"holds a {type(record).__name__}, not a record"
+    else:
+        missing = [k for k in ("index", "mask", "train_correct", "test_correct", "run", "training") if k not in record]
+        if missing:
+            problem = f"lacks {missing} (written by another program or an older version)"
+        elif not (
+            isinstance(record["mask"], Tensor) and record["mask"].dtype == torch.bool and record["mask"].ndim == 1
+        ):
+            problem = "has no boolean subset mask"
+        elif not (
+            isinstance(record["train_correct"], Tensor) and record["train_correct"].shape == record["mask"].shape
+        ):
+            problem = "has training correctness of another shape than its mask"
+        elif os.path.basename(path) != os.path.basename(record_path("", int(record["index"]))):
+            problem = f"holds the record of model {record['index']}"
+    if problem:
+        raise RecordError(f"record {path} {problem}")
+    return record
+
+
+def load_records(
+    out_dir: Union[str, os.PathLike],
+    num_models: Optional[int] = None,
+    train_labels: Optional[Tensor] = None,
+    test_labels: Optional[Tensor] = None,
+) -> SubsampleRecords:
+    """Stack the records in ``out_dir`` (those with index ``< num_models``, or all), in index order.
+
+    Every record is read and checked: a damaged one, records of different runs (data, ``fraction``,
+    ``seed``, ``batch_size``, ``settings``) and models built with different training settings raise
+    `RecordError` naming the first odd file.
+
+    Example:
+        >>> import tempfile
+        >>> load_records(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: no model records (model_*.pt) in ...; train them with train_on_subsets first
+    """
+    out_dir = os.fspath(out_dir)
+    paths = sorted(glob.glob(os.path.join(out_dir, "model_*.pt")))
+    records, first = [], None
+    for path in paths:
+        record = read_record(path)
+        if num_models is not None and record["index"] >= num_models:
+            continue
+        if first is None:
+            first = (path, record)
+        else:
+            for part, what in (("run", "another run"), ("training", "models built with other training settings")):
+                if record[part] != first[1][part]:
+                    raise RecordError(
+                        f"record {path} belongs to {what} than {first[0]} "
+                        f"({describe_difference(record[part], first[1][part], 'that record', 'the first')}); "
+                        "keep one run per out_dir"
+                    )
+            if (record["test_correct"] is None) != (first[1]["test_correct"] is None):
+                raise RecordError(f"record {path} and {first[0]} disagree on whether there is a test set")
+        records.append(record)
+    if not records:
+        raise ValueError(f"no model records (model_*.pt) in {out_dir}; train them with train_on_subsets first")
+    has_test = records[0]["test_correct"] is not None
+    return SubsampleRecords(
+        indices=torch.tensor([r["index"] for r in records]),
+        in_train=torch.stack([r["mask"] for r in records]),
+        train_correct=torch.stack([r["train_correct"] for r in records]),
+        test_correct=torch.stack([r["test_correct"] for r in records]) if has_test else None,
+        fraction=float(records[0]["fraction"]),
+        seconds=torch.tensor([float(r["seconds"]) for r in records]),
+        train_labels=train_labels,
+        test_labels=test_labels,
+    )
+
+
+@dataclass
+class SubsampleRecords:
+    """The stacked records of ``t`` models: masks and correctness, with the estimators as methods.
+
+    ``indices`` [t] (model indices), ``in_train`` and ``train_correct`` [t, n] bool, ``test_correct``
+    [t, m] bool or ``None``, ``seconds`` [t] (training + prediction time per model), labels if known.
+
+    Example:
+        >>> records = SubsampleRecords(torch.arange(4), torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]]).bool(),
+        ...                            torch.tensor([[1, 1], [0, 1], [1, 0], [0, 1]]).bool())
+        >>> records.memorization().value.tolist(), round(records.rms_error_bound(), 3)
+        ([1.0, 0.5], 1.091)
+    """
+
+    indices: Tensor
+    in_train: Tensor
+    train_correct: Tensor
+    test_correct: Optional[Tensor] = None
+    fraction: float = 0.7
+    seconds: Optional[Tensor] = None
+    train_labels: Optional[Tensor] = None
+    test_labels: Optional[Tensor] = None
+
+    @property
+    def num_models(self) -> int:
+        return int(self.in_train.shape[0])
+
+    def memorization(self) -> MemorizationEstimate:
+        """`memorization_estimates` of the training examples."""
+        return memorization_estimates(self.in_train, self.train_correct)
+
+    def _test(self) -> Tensor:
+        if self.test_correct is None:
+            raise ValueError("influence needs test correctness: pass test_dataset to train_on_subsets")
+        return self.test_correct
+
+    def influence(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> InfluenceEstimate:
+        """Dense `influence_estimates` ``[m, n]``; refused above ``max_bytes`` (see `influence_topk`)."""
+        return influence_estimates(self.in_train, self._test(), max_bytes=max_bytes)
+
+    def influence_topk(self, k: int, same_class: bool = True) -> TopKInfluence:
+        """`influence_topk`: ``k`` most influential training examples per test example (same class if asked)."""
+        if same_class and (self.train_labels is None or self.test_labels is None):
+            raise ValueError("same_class=True needs train_labels and test_labels; pass same_class=False")
+        labels = (self.train_labels, self.test_labels) if same_class else (None, None)
+        return influence_topk(self.in_train, self._test(), k, train_labels=labels[0], test_labels=labels[1])
+
+    def influence_per_class(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> dict[int, Any]:
+        """`influence_per_class`: same-class dense blocks."""
+        if self.train_labels is None or self.test_labels is None:
+            raise ValueError("influence_per_class needs train_labels and test_labels")
+        return influence_per_class(
+            self.in_train, self._test(), self.train_labels, self.test_labels, max_bytes=max_bytes
+        )
+
+    def rms_error_bound(self) -> float:
+        """`rms_error_bound` for this ``t`` and ``fraction``."""
+        return rms_error_bound(self.num_models, self.fraction)
+
+    def to_csv(self, path: Union[str, os.PathLike], extra: Optional[dict[str, Sequence[Any]]] = None) -> str:
+        """One row per training example: ``index``, ``label``, ``memorization``, ``stderr``, ``defined``, ``extra``."""
+        est = self.memorization()
+        rows = []
+        for i in range(est.value.numel()):
+            row: dict[str, Any] = {"index": i}
+            if self.train_labels is not None:
+                row["label"] = int(self.train_labels[i])
+            row.update(memorization=float(est.value[i]), stderr=float(est.stderr[i]), defined=bool(est.defined[i]))
+            for name, values in (extra or {}).items():
+                row[name] = values[i]
+            rows.append(row)
+        return write_csv(rows, path)
