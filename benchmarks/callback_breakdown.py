@@ -63,7 +63,7 @@ PARTS = [
     ("H: binning and per-neuron counting", [(METRICS, "_count")]),
     ("calibration of the bin ranges", [("metrics/measurement.py", "_try_calibration")]),
     ("epoch end: H and I from the counts", [("metrics/measurement.py", "results")]),
-    ("TensorBoard: histograms and heatmap", [(CALLBACK, "_log_tensorboard"), (CALLBACK, "_report_layers")]),
+    ("TensorBoard: histograms and heatmap", [(CALLBACK, "_log_histograms_and_heatmaps"), (CALLBACK, "_report_layers")]),
 ]
 CALLBACK_ENTRY = [
     (CALLBACK, "on_validation_epoch_start"),
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     run(False), run(True), run(True)  # warm-up: allocations, kernel choice, the counting method measured once
     plain, monitored, heatmap_epochs = [], [], []
-    every = getattr(callback, "heatmap_every_n_epochs", 0)
+    every = getattr(callback, "heatmap_every_n_measurements", 0)
     for _ in range(args.repeats):
         plain.append(run(False))
         # the callback draws the MI heatmaps when its count of measurements so far is a multiple of `every`

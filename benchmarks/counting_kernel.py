@@ -48,6 +48,7 @@ from lightning_infomem.functional import bin_indices, pairwise_mutual_informatio
 from lightning_infomem.functional._kernels import counting as counting_kernels  # noqa: E402
 from lightning_infomem.functional._kernels.threads import limited_threads  # noqa: E402
 from lightning_infomem.functional.binning import bin_grid, compiled_bin_and_count, compiled_grid  # noqa: E402
+from lightning_infomem.functional.entropy import nlogn_table  # noqa: E402
 
 
 def layer_bins(num_samples: int, num_neurons: int, num_bins: int) -> list[torch.Tensor]:
@@ -151,7 +152,7 @@ def main() -> None:
 
     terms_prange = prange_kernel()
     pairs = args.neurons * (args.neurons - 1) // 2
-    table = mi_module._nlogn_table(args.samples)
+    table = nlogn_table(args.samples).numpy()
     ours_terms, prange_terms = np.empty((pairs, 7)), np.empty((pairs, 7))
     transposed = [joint_counts_module.compiled_bin_layout(b, args.bins) for b in all_bins]
     tasks = joint_counts_module.compiled_row_tasks(0, args.neurons - 1)

@@ -1,16 +1,35 @@
-"""Reporting helpers: CSV export of curves and heatmap images of MI matrices (no plotting library needed)."""
+"""Reporting: CSV files, heatmap images of MI matrices, and histograms and images for every logger.
+
+The scalars go through ``pl_module.log`` to every logger. Histograms and images go to the loggers that
+can show them, at the step of the scalars of the same epoch (`logging_step`): TensorBoard (histograms,
+images, figures), Weights & Biases (``wandb.Histogram``, ``wandb.Image``) and MLflow (images and figures
+as PNG artifacts of the run; MLflow has no histograms). Any other logger gets the scalars only, and
+the callback says so once (`where_histograms_go`).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
 
+import numpy as np
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-__all__ = ["heatmap_image", "write_csv"]
+__all__ = [
+    "heatmap_image",
+    "log_figure",
+    "log_histogram",
+    "log_image",
+    "logging_step",
+    "shows_histograms",
+    "where_histograms_go",
+    "write_csv",
+]
 
 # Anchor colours of the perceptually uniform "viridis" map, interpolated linearly.
 _VIRIDIS = torch.tensor(
@@ -70,6 +89,9 @@ def _draw_text(image: Tensor, text: str, top: int, left: int, scale: int = 2) ->
         region[pixels[:height, :width]] = 0.0
 
 
+_LABEL_LEFT = 24  # the colour bar's labels start this many pixels into its margin
+
+
 def _viridis(scaled: Tensor) -> Tensor:
     position = scaled.clamp(0, 1) * (len(_VIRIDIS) - 1)
     lower = position.floor().long().clamp(max=len(_VIRIDIS) - 2)
@@ -107,11 +129,12 @@ def heatmap_image(matrix: Tensor, min_size: int = 256, colour_bar: bool = False)
         return image
     height = image.shape[0]
     labels = [f"{float(high):.3g}", f"{float(low):.3g}"]
-    margin = torch.ones(height, 84, 3)
+    # wide enough for the longer label (4 * scale pixels a character): "1.02e-08" must not lose its last digit
+    margin = torch.ones(height, max(84, _LABEL_LEFT + 8 * max(map(len, labels)) + 4), 3)
     ramp = torch.linspace(1.0, 0.0, height).unsqueeze(1).expand(height, 14)
     margin[:, 6:20] = _viridis(ramp)
-    _draw_text(margin, labels[0], top=0, left=24)
-    _draw_text(margin, labels[1], top=max(0, height - 10), left=24)
+    _draw_text(margin, labels[0], top=0, left=_LABEL_LEFT)
+    _draw_text(margin, labels[1], top=max(0, height - 10), left=_LABEL_LEFT)
     return torch.cat([image, margin], dim=1)
 
 
@@ -132,3 +155,90 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Union[str, os.PathLike]) 
         writer.writeheader()
         writer.writerows(rows)
     return os.fspath(path)
+
+
+# --------------------------------------------------------------------------------------- loggers
+def logging_step(trainer: Trainer) -> int:
+    """The step at which Lightning logs the scalars of an epoch end (validation or training).
+
+    Lightning passes ``fit_loop.epoch_loop._batches_that_stepped`` to the loggers for metrics logged with
+    ``pl_module.log`` outside a training step; it has no public accessor (``trainer.global_step`` counts
+    optimizer steps and is one ahead at a validation inside the training loop). Histograms and images
+    logged at this step line up with the scalars of the same epoch.
+    """
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def shows_histograms(logger: Logger) -> bool:
+    """Whether histograms and images logged through `log_histogram` / `log_image` reach ``logger``."""
+    return isinstance(logger, (TensorBoardLogger, WandbLogger)) or _is_mlflow(logger)
+
+
+def _is_mlflow(logger: Logger) -> bool:
+    return isinstance(logger, MLFlowLogger)
+
+
+def _image_uint8(image: Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def log_histogram(loggers: Sequence[Logger], tag: str, values: Tensor, step: int) -> None:
+    """A histogram of ``values`` to every logger that shows histograms (TensorBoard, W&B); MLflow has none.
+
+    Call on rank 0 only (the loggers write from rank 0).
+    """
+    values = values.detach().float().cpu()
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_histogram(tag, values, step)
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_metrics({tag: wandb.Histogram(values.numpy())}, step)
+
+
+def log_image(loggers: Sequence[Logger], tag: str, image: Tensor, step: int) -> None:
+    """An ``[H, W, 3]`` image in ``[0, 1]`` to TensorBoard, W&B (``wandb.Image``) and MLflow (a PNG artifact).
+
+    MLflow keeps it as ``<tag>/step_<step>.png`` among the run's artifacts. Call on rank 0 only.
+    """
+    array = None
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image, step, dataformats="HWC")
+            continue
+        array = _image_uint8(image) if array is None else array
+        if isinstance(logger, WandbLogger):
+            logger.log_image(tag, [array], step)
+        elif _is_mlflow(logger):
+            logger.experiment.log_image(logger.run_id, array, artifact_file=f"{tag}/step_{step:06d}.png")
+
+
+def log_figure(loggers: Sequence[Logger], tag: str, figure: Any, step: int) -> None:
+    """A matplotlib figure to TensorBoard, W&B (``wandb.Image``) and MLflow (a PNG artifact). Call on rank 0 only."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, step, close=False)
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_metrics({tag: wandb.Image(figure)}, step)
+        elif _is_mlflow(logger):
+            logger.experiment.log_figure(logger.run_id, figure, artifact_file=f"{tag}/step_{step:06d}.png")
+
+
+def where_histograms_go(loggers: Sequence[Logger], what: str) -> Optional[str]:
+    """One line for the user when some loggers get only the scalars: which ones, and where ``what`` went.
+
+    ``None`` when every logger shows histograms and images (or there is no logger).
+    """
+    others = [type(logger).__name__ for logger in loggers if not shows_histograms(logger)]
+    if not others:
+        return None
+    shown = [type(logger).__name__ for logger in loggers if shows_histograms(logger)]
+    where = (
+        f"they go to {', '.join(shown)}"
+        if shown
+        else ("add a TensorBoardLogger, WandbLogger or MLFlowLogger to see them")
+    )
+    return f"{what}: {', '.join(others)} gets the scalars only (no histograms or images); {where}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import gc
+import logging
 import math
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -326,8 +326,13 @@ def test_tensorboard_scalars_histograms_and_heatmaps(mlp_run):
             32 * history[-1][f"infomem/{layer}/entropy"], rel=1e-5
         )
         images = accumulator.Images(image_tag)
-        assert len(images) == 1  # heatmap_every_n_epochs=5: only the first measurement
-        assert images[0].width >= 128 and images[0].height >= 128  # 32 neurons, enlarged
+        assert len(images) == 1  # heatmap_every_n_measurements=5: only the first measurement
+        assert images[0].width >= 256 and images[0].height >= 256  # 32 neurons, enlarged
+        # histograms and images at the step of the scalars of the same measurement
+        scalar_steps = [event.step for event in accumulator.Scalars(f"infomem/{layer}/entropy")]
+        assert [event.step for event in entropy_events] == scalar_steps
+        assert [event.step for event in accumulator.Histograms(pairs_tag)] == scalar_steps
+        assert [event.step for event in images] == scalar_steps[:1]
 
 
 def test_to_csv_writes_one_row_per_measurement(mlp_run, tmp_path):
@@ -378,7 +383,7 @@ def test_non_finite_activations_give_finite_values_and_a_warning(tmp_path):
 
 
 def test_early_stopping_on_entropy_stops_the_run(tmp_path):
-    callback = InformationMeasures(layers=["net.0"], log_histograms=False, heatmap_every_n_epochs=0)
+    callback = InformationMeasures(layers=["net.0"], log_histograms=False, heatmap_every_n_measurements=0)
     # no later epoch can beat the first by 100 nats: the run stops after epoch 1
     stopper = EarlyStopping(monitor="infomem/entropy", mode="max", patience=0, min_delta=100.0)
     max_epochs = 6
@@ -390,24 +395,23 @@ def test_early_stopping_on_entropy_stops_the_run(tmp_path):
     assert float(stopper.best_score) == pytest.approx(callback.history[0]["infomem/entropy"], rel=1e-6)
 
 
-def _tensorboard_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+def _where_notes(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
-        w
-        for w in caught
-        if issubclass(w.category, UserWarning)
-        and "InformationMeasures" in str(w.message)
-        and "TensorBoard" in str(w.message)
+        r.getMessage()
+        for r in caplog.records
+        if "InformationMeasures" in r.getMessage() and "scalars only" in r.getMessage()
     ]
 
 
-def test_csv_logger_gets_scalars_and_one_tensorboard_warning(tmp_path):
+def test_csv_logger_gets_scalars_and_one_line_saying_where_the_rest_went(tmp_path, caplog):
     callback = InformationMeasures(layers=["net.0"])
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version=0)
     trainer = fast_trainer(tmp_path, max_epochs=3, logger=logger, callbacks=[callback])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.INFO):
         trainer.fit(DigitsMLP(), *digits_loaders())
-    assert len(_tensorboard_warnings(caught)) == 1  # once per run, not once per epoch
+    notes = _where_notes(caplog)
+    assert len(notes) == 1 and "CSVLogger" in notes[0]  # once per run, not once per epoch
+    assert "add a TensorBoardLogger, WandbLogger or MLFlowLogger" in notes[0]
     assert set(infomem_scalars(trainer.callback_metrics)) == expected_keys(["net.0"])
     assert len(callback.history) == 3
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as handle:
@@ -417,26 +421,24 @@ def test_csv_logger_gets_scalars_and_one_tensorboard_warning(tmp_path):
     )
 
 
-def test_without_histograms_and_heatmaps_a_csv_logger_gives_no_warning(tmp_path):
-    callback = InformationMeasures(layers=["net.0"], log_histograms=False, heatmap_every_n_epochs=0)
+def test_without_histograms_and_heatmaps_a_csv_logger_gets_no_note(tmp_path, caplog):
+    callback = InformationMeasures(layers=["net.0"], log_histograms=False, heatmap_every_n_measurements=0)
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version=0)
     trainer = fast_trainer(tmp_path, logger=logger, callbacks=[callback])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.INFO):
         trainer.validate(DigitsMLP(), digits_loaders()[1], verbose=False)
-    assert not _tensorboard_warnings(caught)
+    assert not _where_notes(caplog)
     assert set(infomem_scalars(trainer.callback_metrics)) == expected_keys(["net.0"])
 
 
-def test_logger_false_still_feeds_callback_metrics(tmp_path):
+def test_logger_false_still_feeds_callback_metrics(tmp_path, caplog):
     callback = InformationMeasures(layers=["net.0", "net.2"])
     stopper = EarlyStopping(monitor="infomem/mutual_info", mode="min", patience=5)
     trainer = fast_trainer(tmp_path, max_epochs=2, logger=False, callbacks=[callback, stopper])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.INFO):
         trainer.fit(DigitsMLP(), *digits_loaders())
-    # logging is switched off on purpose: nothing to warn about (at most once in any case)
-    assert len(_tensorboard_warnings(caught)) == 0
+    # logging is switched off on purpose: nothing to say about it
+    assert not _where_notes(caplog)
     scalars = infomem_scalars(trainer.callback_metrics)
     assert set(scalars) == expected_keys(["net.0", "net.2"])
     assert scalars["infomem/mutual_info"] == pytest.approx(callback.history[-1]["infomem/mutual_info"], rel=1e-6)
@@ -738,7 +740,7 @@ def test_invalid_arguments_are_rejected():
         {"range_quantile": 0.5},
         {"calibration_samples": 0},
         {"sequence_reduction": "last"},
-        {"heatmap_every_n_epochs": -1},
+        {"heatmap_every_n_measurements": -1},
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             InformationMeasures(**kwargs)
@@ -831,7 +833,7 @@ def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
             calibration_samples=NUM_VAL,
             max_neurons=20,
             log_histograms=False,
-            heatmap_every_n_epochs=0,
+            heatmap_every_n_measurements=0,
         )
 
     val = digits_loaders(batch_size=64)[1]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -811,18 +813,34 @@ def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
 # ------------------------------------------------------------------ torch's idle OpenMP threads
 
 
-def test_releasing_idle_openmp_threads_keeps_torch_working():
+def _process_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_releasing_idle_openmp_threads_ends_them_and_keeps_torch_working():
     from lightning_infomem.functional._kernels import threads as threads_module
 
-    x = torch.randn(1 << 20, dtype=torch.float64)
-    before, expected = torch.get_num_threads(), x.exp()  # a parallel region: torch's workers are idle after it
-    released = threads_module.release_idle_openmp_threads()
-    assert released >= 0
-    if sys.platform.startswith("linux") and any("libgomp" in line for line in open("/proc/self/maps")):
-        assert released >= 1  # GNU OpenMP (torch's on Linux wheels) is loaded and has the pause
-    assert torch.get_num_threads() == before
-    assert torch.equal(x.exp(), expected)  # new workers start for the next parallel region
-    assert threads_module.release_idle_openmp_threads() >= 0  # again, with no idle team: harmless
+    runtimes = len(threads_module._gnu_openmp_pause_functions())
+    linux_gomp = sys.platform.startswith("linux") and any("libgomp" in line for line in open("/proc/self/maps"))
+    if linux_gomp:
+        assert runtimes >= 1  # GNU OpenMP (torch's on Linux wheels) is loaded and has the pause
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(1 << 20, dtype=torch.float64)
+        expected = x.exp()  # a parallel region: torch's OpenMP worker is idle (spinning) after it
+        threads_after_torch = _process_threads() if linux_gomp else 0
+        assert threads_module.release_idle_openmp_threads() == runtimes  # every runtime accepted the pause
+        if linux_gomp:
+            deadline = time.monotonic() + 2.0
+            while _process_threads() >= threads_after_torch and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _process_threads() < threads_after_torch  # the idle worker has exited
+        assert torch.get_num_threads() == 2
+        assert torch.equal(x.exp(), expected)  # new workers start for the next parallel region
+        assert threads_module.release_idle_openmp_threads() == runtimes  # again: harmless
+    finally:
+        torch.set_num_threads(before_threads)
 
 
 def _fill_squares(squares, threads_seen, start, stop):

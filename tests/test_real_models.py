@@ -65,7 +65,7 @@ def expected_row(acts: dict[str, Tensor]) -> dict[str, float]:
 def test_hugging_face_defaults_measure_each_blocks_first_token(tmp_path, kind):
     model = TokenClassifier(hf_model(kind, layers=3))
     data = token_batches(96)
-    callback = InformationMeasures(log_histograms=False, heatmap_every_n_epochs=0)
+    callback = InformationMeasures(log_histograms=False, heatmap_every_n_measurements=0)
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     trainer.validate(model, DataLoader(data, batch_size=32), verbose=False)
     blocks = {"distilbert": "distilbert.transformer.layer", "bert": "bert.encoder.layer", "gpt2": "transformer.h"}

@@ -297,10 +297,20 @@ def test_max_state_bytes_none_means_no_budget_and_hints_fit():
 
 
 def test_pooled_bin_indices_fit_any_number_of_bins():
-    """The pooled index dtype holds every index up to num_bins (the skip index) for any num_bins."""
+    """The bin index dtype holds every index up to num_bins (the skip index) for any num_bins, and no wider type
+    is used than needed; the metric's pool and the compiled kernels' layout use the same rule."""
+    from lightning_infomem.functional.binning import bin_index_dtype
+    from lightning_infomem.functional.joint_counts import compiled_bin_layout
+
     for num_bins in (1, 254, 255, 256, 32767, 32768, 70000):
-        dtype = NeuronMutualInformation._pooled_index_dtype(num_bins)
+        dtype = bin_index_dtype(num_bins)
         assert torch.tensor([num_bins]).to(dtype).long().item() == num_bins, num_bins
+        narrower = {torch.int16: torch.uint8, torch.int32: torch.int16}.get(dtype)
+        assert narrower is None or torch.tensor([num_bins]).to(narrower).long().item() != num_bins, num_bins
+        if num_bins <= 256:  # a joint histogram of num_bins**2 cells
+            assert NeuronMutualInformation(2, num_bins, (0.0, 1.0))._pooled_dtype == dtype
+        layout = compiled_bin_layout(torch.tensor([[num_bins, 0]]), num_bins)
+        assert torch.from_numpy(layout).dtype == dtype and int(layout[0, 0]) == num_bins
 
 
 def test_functional_histograms_of_zero_neurons():
@@ -458,9 +468,11 @@ def test_dead_unit_under_per_neuron_binning_does_not_interrupt_fit(tmp_path):
 
 
 def test_callback_arguments_take_integral_types_and_refuse_floats():
-    callback = InformationMeasures(max_samples=np.int64(256), heatmap_every_n_epochs=torch.tensor(2), seed=np.int32(3))
-    assert (callback.max_samples, callback.heatmap_every_n_epochs, callback.seed) == (256, 2, 3)
-    for kwargs in ({"heatmap_every_n_epochs": 1.5}, {"every_n_epochs": True}, {"max_neurons": 2.0}):
+    callback = InformationMeasures(
+        max_samples=np.int64(256), heatmap_every_n_measurements=torch.tensor(2), seed=np.int32(3)
+    )
+    assert (callback.max_samples, callback.heatmap_every_n_measurements, callback.seed) == (256, 2, 3)
+    for kwargs in ({"heatmap_every_n_measurements": 1.5}, {"every_n_epochs": True}, {"max_neurons": 2.0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             InformationMeasures(**kwargs)
     assert InformationMeasures(max_state_bytes=None).max_state_bytes is None

@@ -286,7 +286,8 @@ class LossCurvature(PerSampleScores, Callback):
         )
         if scored.any():
             pl_module.log(join_key(self.prefix, "mean"), torch.tensor(mean, dtype=torch.float32, device=device))
-        self._log_tensorboard(trainer)
+        dataset = getattr(self.dataloader, "dataset", None)
+        self._log_scores(trainer, dataset if dataset is not None else self._train_dataset, self.log_histograms)
 
     def _grow(self, size: int) -> None:
         extra = size - self.score_sum.numel()
@@ -294,13 +295,6 @@ class LossCurvature(PerSampleScores, Callback):
             self.score_sum = torch.cat([self.score_sum, torch.zeros(extra, dtype=torch.float64)])
             self.num_scored = torch.cat([self.num_scored, torch.zeros(extra, dtype=torch.int64)])
             self.labels = torch.cat([self.labels, torch.full((extra,), -1, dtype=torch.int64)])
-
-    # -------------------------------------------------------------------------------- logging
-    def _log_tensorboard(self, trainer: Trainer) -> None:
-        dataset = getattr(self.dataloader, "dataset", None)
-        self._log_scores_to_tensorboard(
-            trainer, dataset if dataset is not None else self._train_dataset, self.log_histograms
-        )
 
     _train_dataset: Optional[Dataset] = None
 

@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional, Union
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
@@ -51,16 +50,24 @@ from lightning_infomem.metrics.measurement import (
     MeasurementSettings,
     summarize,
 )
-from lightning_infomem.reporting import heatmap_image, write_csv
+from lightning_infomem.reporting import (
+    heatmap_image,
+    log_histogram,
+    log_image,
+    logging_step,
+    shows_histograms,
+    where_histograms_go,
+    write_csv,
+)
 
 __all__ = ["Binning", "InformationMeasures"]
 
 _LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
-# MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side. TensorBoard scales
-# images to its cards anyway, and a larger image only costs encoding and writing: an epoch drawing
-# three 128-neuron heatmaps in benchmarks/callback_breakdown.py took 83 ms more than the others at
-# 256 pixels, 43 ms more at 128.
-_HEATMAP_MIN_SIZE = 128
+# MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side: 2 pixels a neuron
+# for the default 128 neurons, so that single cells can be told apart. A larger image costs encoding and
+# writing: in benchmarks/callback_breakdown.py an epoch drawing three 128-neuron heatmaps took 83 ms more
+# than the others at 256 pixels, 43 ms more at 128 (measured before the heatmaps went to every logger).
+_HEATMAP_MIN_SIZE = 256
 
 
 class InformationMeasures(Callback):
@@ -123,8 +130,9 @@ class InformationMeasures(Callback):
             vector) or ``"mean"`` over tokens (for decoder-only models such as GPT-2).
         output_transform: function from a module's output to the activation tensor (for outputs
             that are not tensors, tuples or dicts with the tensor first).
-        log_histograms: log TensorBoard histograms of per-neuron H and of pairwise I per layer.
-        heatmap_every_n_epochs: log an MI-matrix heatmap image per layer, with its colour scale, every
+        log_histograms: log histograms of per-neuron H and of pairwise I per layer (TensorBoard, W&B; see
+            `lightning_infomem.reporting` for what each logger gets).
+        heatmap_every_n_measurements: log an MI-matrix heatmap image per layer, with its colour scale, every
             this many measurements (0 disables).
         prefix: first part of every logged key; two instances with different prefixes coexist.
         seed: seed of the neuron subsets.
@@ -175,7 +183,7 @@ class InformationMeasures(Callback):
         sequence_reduction: SequenceReduction = "first",
         output_transform: Optional[OutputTransform] = None,
         log_histograms: bool = True,
-        heatmap_every_n_epochs: int = 5,
+        heatmap_every_n_measurements: int = 5,
         prefix: str = "infomem",
         seed: int = 0,
         max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
@@ -210,7 +218,9 @@ class InformationMeasures(Callback):
         self.sequence_reduction = sequence_reduction
         self.output_transform = output_transform
         self.log_histograms = check_bool(log_histograms, "log_histograms")
-        self.heatmap_every_n_epochs = check_int(heatmap_every_n_epochs, "heatmap_every_n_epochs", minimum=0)
+        self.heatmap_every_n_measurements = check_int(
+            heatmap_every_n_measurements, "heatmap_every_n_measurements", minimum=0
+        )
         self.prefix = check_prefix(prefix)
         self.seed = check_int(seed, "seed")
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
@@ -237,6 +247,7 @@ class InformationMeasures(Callback):
         self._fit_validations: list[tuple[int, bool]] = []
         self._announced = False
         self._warn_once = WarnOnce()
+        self._told_where = False
         self._spawned = SpawnedResults()  # results measured by this callback's copy in a ddp_spawn worker
 
     @classmethod
@@ -636,7 +647,7 @@ class InformationMeasures(Callback):
                 sync_dist=True,
                 add_dataloader_idx=False,
             )
-        self._log_tensorboard(trainer)
+        self._log_histograms_and_heatmaps(trainer)
         return row
 
     def _report_layers(self, trainer: Trainer, loader: int, results: dict[str, LayerResult]) -> None:
@@ -667,43 +678,41 @@ class InformationMeasures(Callback):
                     "another layer or sequence_reduction",
                 )
 
-    def _log_tensorboard(self, trainer: Trainer) -> None:
-        want_heatmap = self.heatmap_every_n_epochs > 0 and self._measurements % self.heatmap_every_n_epochs == 0
+    def _log_histograms_and_heatmaps(self, trainer: Trainer) -> None:
+        """Per-layer histograms of H and of the pairs' I, and MI heatmaps, to every logger that shows them.
+
+        Logged at the step of this measurement's scalars, from rank 0.
+        """
+        want_heatmap = (
+            self.heatmap_every_n_measurements > 0 and self._measurements % self.heatmap_every_n_measurements == 0
+        )
         if not (self.log_histograms or want_heatmap) or not trainer.loggers:
             return
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not writers:
-            self._warn_once(
-                "logger",
-                "InformationMeasures: histograms and MI heatmaps need a TensorBoardLogger; the scalars are logged "
-                "and reach ModelCheckpoint/EarlyStopping, the rest is skipped",
-            )
+        note = where_histograms_go(trainer.loggers, "InformationMeasures: the histograms and MI heatmaps")
+        if note is not None and not self._told_where:
+            self._told_where = True
+            rank_zero_info(note)
+        loggers = [logger for logger in trainer.loggers if shows_histograms(logger)]
+        if not loggers or trainer.global_rank != 0:
             return
-        if trainer.global_rank != 0:
-            return
-        step = trainer.global_step
-        for writer in writers:
-            for loader, results in self.results.items():
-                for name, result in results.items():
-                    if not result.defined:
-                        continue
-                    n = result.mutual_info.shape[0]
-                    if self.log_histograms:
-                        entropy = result.entropy[~torch.isnan(result.entropy)]
-                        if entropy.numel():
-                            tag = self._key(name, "entropy_per_neuron", loader=loader)
-                            writer.add_histogram(tag, entropy.float().cpu(), step)
-                        pairs = result.pairs
-                        pairs = pairs[~torch.isnan(pairs)]  # each pair once
-                        if pairs.numel():
-                            tag = self._key(name, "mutual_info_pairs", loader=loader)
-                            writer.add_histogram(tag, pairs.float().cpu(), step)
-                    if want_heatmap and n > 1:
-                        off = result.mutual_info.clone()
-                        off.fill_diagonal_(result.mean_mutual_info)
-                        image = heatmap_image(off, min_size=_HEATMAP_MIN_SIZE, colour_bar=True)
-                        tag = self._key(name, "mutual_info_matrix", loader=loader)
-                        writer.add_image(tag, image, step, dataformats="HWC")
+        step = logging_step(trainer)
+        for loader, results in self.results.items():
+            for name, result in results.items():
+                if not result.defined:
+                    continue
+                if self.log_histograms:
+                    entropy = result.entropy[~torch.isnan(result.entropy)]
+                    if entropy.numel():
+                        log_histogram(loggers, self._key(name, "entropy_per_neuron", loader=loader), entropy, step)
+                    pairs = result.pairs
+                    pairs = pairs[~torch.isnan(pairs)]  # each pair once
+                    if pairs.numel():
+                        log_histogram(loggers, self._key(name, "mutual_info_pairs", loader=loader), pairs, step)
+                if want_heatmap and result.mutual_info.shape[0] > 1:
+                    off = result.mutual_info.clone()
+                    off.fill_diagonal_(result.mean_mutual_info)
+                    image = heatmap_image(off, min_size=_HEATMAP_MIN_SIZE, colour_bar=True)
+                    log_image(loggers, self._key(name, "mutual_info_matrix", loader=loader), image, step)
 
     # ------------------------------------------------------------------ spawned worker processes
     def _result_state(self) -> dict[str, Any]:

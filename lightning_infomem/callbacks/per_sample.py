@@ -2,8 +2,8 @@
 
 `LossCurvature` and `TrainingDynamics` expose the same methods, so a user switches between them
 without relearning: ``score_table()`` (every score by name, ``[N]`` each), ``topk(k, name)`` (the
-``k`` most suspicious samples by one score), ``rows()`` and ``to_csv(path)``; with a
-``TensorBoardLogger``, a histogram per score and, for image inputs, a grid of the top samples.
+``k`` most suspicious samples by one score), ``rows()`` and ``to_csv(path)``; for every logger that
+shows them (TensorBoard, W&B, MLflow), a histogram per score and, for image inputs, a grid of the top samples.
 """
 
 from __future__ import annotations
@@ -13,13 +13,20 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.checks import check_int, join_key
-from lightning_infomem.reporting import write_csv
+from lightning_infomem.reporting import (
+    log_figure,
+    log_histogram,
+    logging_step,
+    shows_histograms,
+    where_histograms_go,
+    write_csv,
+)
 
 __all__ = ["PerSampleScores"]
 
@@ -81,34 +88,34 @@ class PerSampleScores:
         return write_csv(rows, path)
 
     # -------------------------------------------------------------------------------- logging
-    def _log_scores_to_tensorboard(self, trainer: Trainer, dataset: Optional[Dataset], histograms: bool) -> None:
-        """Histograms of the scores and an image grid of the top samples by the primary score (rank 0)."""
+    def _log_scores(self, trainer: Trainer, dataset: Optional[Dataset], histograms: bool) -> None:
+        """Histograms of the scores and an image grid of the top samples by the primary score, to every logger
+        that shows them (see `lightning_infomem.reporting`), at the step of the epoch's scalars, from rank 0."""
         if not trainer.loggers or not (histograms or self.num_images > 0):
             return
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not writers:
-            self._warn_once(
-                "logger",
-                f"{type(self).__name__}: the score histograms and image grid need a TensorBoardLogger; skipped",
-            )
+        note = where_histograms_go(trainer.loggers, f"{type(self).__name__}: the score histograms and image grid")
+        if note is not None:
+            self._tell_once("where", note)
+        loggers = [logger for logger in trainer.loggers if shows_histograms(logger)]
+        if not loggers or trainer.global_rank != 0:
             return
-        if trainer.global_rank != 0:
-            return
+        step = logging_step(trainer)
         figure = self._image_grid(dataset) if self.num_images > 0 and dataset is not None else None
-        table = self.score_table() if histograms else {}
-        for writer in writers:
-            for name, values in table.items():
-                finite = values[torch.isfinite(values)]
-                if finite.numel():
-                    writer.add_histogram(join_key(self.prefix, name), finite.float(), trainer.global_step)
-            if figure is not None:
-                writer.add_figure(
-                    join_key(self.prefix, f"top_{self.primary_score}"), figure, trainer.global_step, close=False
-                )
+        for name, values in (self.score_table() if histograms else {}).items():
+            finite = values[torch.isfinite(values)]
+            if finite.numel():
+                log_histogram(loggers, join_key(self.prefix, name), finite, step)
         if figure is not None:
             import matplotlib.pyplot as plt
 
+            log_figure(loggers, join_key(self.prefix, f"top_{self.primary_score}"), figure, step)
             plt.close(figure)
+
+    def _tell_once(self, key: str, message: str) -> None:
+        told = self.__dict__.setdefault("_told", set())
+        if key not in told:
+            told.add(key)
+            rank_zero_info(message)
 
     def _image_grid(self, dataset: Dataset) -> Any:
         """A matplotlib figure of the top samples by the primary score (image inputs only), or ``None``."""

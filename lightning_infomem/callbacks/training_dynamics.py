@@ -368,7 +368,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         # one scalar through Lightning's log (about 0.5 ms a call on a CPU): the others are in `history`
         key = join_key(self.prefix, "forgetting_events")
         pl_module.log(key, torch.tensor(row[key], dtype=torch.float32), on_step=False, on_epoch=True, batch_size=1)
-        self._log_scores_to_tensorboard(trainer, self._train_dataset, self.log_histograms)
+        self._log_scores(trainer, self._train_dataset, self.log_histograms)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hook()

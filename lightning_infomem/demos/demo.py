@@ -101,7 +101,7 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     model, data = run.pop("_model"), run.pop("_data")
     curves_callback = run.pop("_callbacks")[0]
     write_csv(curves_callback.history, os.path.join(out, "curves", f"{setting}_{level:.2f}_seed{seed}.csv"))
-    paper = InformationMeasures.paper(layers=LAYERS, log_histograms=False, heatmap_every_n_epochs=0)
+    paper = InformationMeasures.paper(layers=LAYERS, log_histograms=False, heatmap_every_n_measurements=0)
     trainer = Trainer(
         callbacks=[paper],
         logger=False,

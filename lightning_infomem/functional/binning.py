@@ -272,6 +272,16 @@ def assign_bins(activations: Tensor, low: Tensor, high: Tensor, num_bins: int) -
     return grid_bin_indices(activations, grid, positions=bin_positions(activations.detach().to(dtype), grid))
 
 
+def bin_index_dtype(num_bins: int) -> torch.dtype:
+    """The smallest integer dtype that holds every bin index ``0 .. num_bins`` (``num_bins``: a skipped value).
+
+    Example:
+        >>> bin_index_dtype(255), bin_index_dtype(256)
+        (torch.uint8, torch.int16)
+    """
+    return torch.uint8 if num_bins <= 255 else torch.int16 if num_bins <= 32767 else torch.int32
+
+
 def check_num_bins(num_bins: Any) -> int:
     """``num_bins`` as an ``int`` >= 1, or a ``ValueError``."""
     return check_int(num_bins, "num_bins", minimum=1)

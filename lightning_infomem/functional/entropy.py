@@ -51,7 +51,18 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-_NLOGN_TABLE_MAX = 2**20  # integer counts up to this use a lookup table for n log n
+NLOGN_TABLE_MAX = 2**20  # integer counts up to this read n log n from a lookup table (8 MiB at most)
+
+
+def nlogn_table(largest: int, dtype: torch.dtype = torch.float64, device: Optional[torch.device] = None) -> Tensor:
+    """``n log n`` for ``n = 0 .. largest`` (``0 log 0 = 0``): the lookup table of every plug-in estimate.
+
+    Example:
+        >>> nlogn_table(2).tolist()
+        [0.0, 0.0, 1.3862943611198906]
+    """
+    values = torch.arange(largest + 1, dtype=dtype, device=device)
+    return torch.special.xlogy(values, values)
 
 
 _GATHER_CHUNK = 2**16  # table lookups per chunk, into one reused buffer (a fresh 16 MiB output costs page faults)
@@ -96,9 +107,8 @@ def plugin_terms(
         nlogn = torch.special.xlogy(n, n).sum(dim=dim)
     else:
         largest = int(counts.max()) if largest is None else int(largest)
-        if 0 <= largest <= _NLOGN_TABLE_MAX:
-            values = torch.arange(largest + 1, dtype=dtype, device=counts.device)
-            table = torch.special.xlogy(values, values)
+        if 0 <= largest <= NLOGN_TABLE_MAX:
+            table = nlogn_table(largest, dtype, counts.device)
             nlogn = _gathered_sums(table, counts.reshape(-1, math.prod(counts.shape[counts.ndim - trailing :])))
             nlogn = nlogn.view(counts.shape[: counts.ndim - trailing])
         else:

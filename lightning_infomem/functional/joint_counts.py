@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.functional._kernels.compiled import CompiledKernel
-from lightning_infomem.functional.binning import check_num_bins
+from lightning_infomem.functional.binning import bin_index_dtype, check_num_bins
 from lightning_infomem.functional.entropy import count_codes
 
 __all__ = [
@@ -102,8 +102,7 @@ def compiled_row_tasks(i0: int, i1: int) -> int:
 
 def compiled_bin_layout(bins: Tensor, num_bins: int) -> np.ndarray:
     """``bins`` ``[S, N]`` as the compiled kernels read them: ``[N, S]`` rows of the smallest index dtype."""
-    dtype = torch.uint8 if num_bins < 255 else torch.int16 if num_bins < 32767 else torch.int32
-    return bins.T.to(dtype).contiguous().numpy()
+    return bins.T.to(bin_index_dtype(num_bins)).contiguous().numpy()
 
 
 def _blocks_compiled(bins: Tensor, num_bins: int) -> Iterator[tuple[int, Tensor]]:

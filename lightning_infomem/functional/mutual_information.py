@@ -19,10 +19,12 @@ from lightning_infomem.checks import check_bool
 from lightning_infomem.functional._kernels.compiled import CompiledKernel
 from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
 from lightning_infomem.functional.entropy import (
+    NLOGN_TABLE_MAX,
     _entropy_from_terms,
     _rescale,
     entropy_from_counts,
     histogram_counts,
+    nlogn_table,
     plugin_terms,
 )
 from lightning_infomem.functional.joint_counts import (
@@ -133,8 +135,6 @@ def _mutual_information_from_terms(
     return torch.where(total > 0, mutual_info, math.nan)  # no shared sample: undefined
 
 
-_NLOGN_TABLE_MAX = 2**24  # compiled paths: counts up to this read n log n from a table (128 MiB at most)
-
 # terms columns of the compiled kernels: total, n log n of the joint, of the rows, of the columns, and the
 # occupied cells of the joint, of the rows, of the columns
 _TERMS = 7
@@ -144,11 +144,6 @@ def _split_terms(terms: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, ...]:
     """The compiled kernels' ``[P, 7]`` terms as arguments of `_mutual_information_from_terms`, shaped ``shape``."""
     total, joint, rows, columns, occupied, occupied_rows, occupied_columns = (c.reshape(shape) for c in terms.unbind(1))
     return total, joint, rows, columns, occupied, occupied_rows, occupied_columns
-
-
-def _nlogn_table(largest: int) -> np.ndarray:
-    values = torch.arange(largest + 1, dtype=torch.float64)
-    return torch.special.xlogy(values, values).numpy()
 
 
 def _compiled_count_terms(
@@ -170,10 +165,10 @@ def _compiled_count_terms(
         largest = int(marginals[0].sum(-1).max())
     else:
         largest = int(flat.view(flat.shape[0], -1).sum(-1).max())
-    if not 0 <= largest <= _NLOGN_TABLE_MAX:
+    if not 0 <= largest <= NLOGN_TABLE_MAX:
         return None
     terms = np.empty((flat.shape[0], _TERMS), dtype=np.float64)
-    _COUNT_TERMS_KERNEL.run_tasks(flat.shape[0], flat.numpy(), _nlogn_table(largest), terms)
+    _COUNT_TERMS_KERNEL.run_tasks(flat.shape[0], flat.numpy(), nlogn_table(largest).numpy(), terms)
     result = torch.from_numpy(terms)
     if bool((result[:, 0] < 0).any()):  # a count outside [0, largest]: not valid counts for the table
         return None
@@ -294,7 +289,7 @@ def pairwise_mutual_information_from_bins(
     compiled = resolved == "compiled" or (
         resolved == "auto" and bins.device.type == "cpu" and compiled_counting_available()
     )
-    if compiled and bins.shape[0] <= _NLOGN_TABLE_MAX:
+    if compiled and bins.shape[0] <= NLOGN_TABLE_MAX:
         return _pairwise_compiled(bins, num_bins, base, miller_madow, normalized)
     values = [
         mutual_information_from_joint_counts(counts, base, miller_madow, normalized)
@@ -312,7 +307,7 @@ def _pairwise_compiled(
     if num_pairs == 0:
         return torch.zeros(0, dtype=torch.float64)
     terms = np.empty((num_pairs, _TERMS), dtype=np.float64)
-    table = _nlogn_table(num_samples)
+    table = nlogn_table(num_samples).numpy()
     i1 = num_neurons - 1
     _PAIR_TERMS_KERNEL.run_tasks(
         compiled_row_tasks(0, i1), compiled_bin_layout(bins, num_bins), 0, i1, num_bins, table, terms

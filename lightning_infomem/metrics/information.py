@@ -42,6 +42,7 @@ from lightning_infomem.functional.binning import (
     CompiledGrid,
     ValueRange,
     bin_grid,
+    bin_index_dtype,
     bin_positions,
     binning_dtype,
     check_activations,
@@ -626,7 +627,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         resolve_counting_backend(backend, torch.device("cpu"))  # validates the name
         self.backend = backend
         self.pool_samples = max(4096, 4 * (self.num_bins + 1) ** 2)
-        self._pooled_dtype = self._pooled_index_dtype(self.num_bins)
+        self._pooled_dtype = bin_index_dtype(self.num_bins)
         self._clear_pending()
         self._joint_zero = False
         num_pairs = self.num_neurons * (self.num_neurons - 1) // 2
@@ -672,11 +673,6 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     @property
     def _result_shape(self) -> tuple[int, ...]:
         return (self.num_neurons, self.num_neurons)
-
-    @staticmethod
-    def _pooled_index_dtype(num_bins: int) -> torch.dtype:
-        """The smallest integer dtype that holds every bin index, ``num_bins`` (the skip index) included."""
-        return torch.uint8 if num_bins <= 255 else torch.int16 if num_bins <= 32767 else torch.int32
 
     @classmethod
     def _size_knobs(cls, num_neurons: int, num_bins: int, budget: int) -> str:
