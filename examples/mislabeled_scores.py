@@ -148,7 +148,7 @@ def run_one(fraction: float, seed: int, epochs: int, num_probes: int) -> tuple[d
     final_seconds = time.perf_counter() - start
     table = dynamics.scores
     scores = {f"dynamics:{name}": value for name, value in table.items()}
-    scores.update(curvature=curvature.scores, final_loss=final_loss)
+    scores.update(curvature=curvature.scores["curvature"], final_loss=final_loss)
     result: dict[str, Any] = {
         "noise": fraction,
         "seed": seed,

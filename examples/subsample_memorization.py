@@ -97,7 +97,7 @@ def curvature_scores(x: Tensor, noisy: Tensor, epochs: int, num_probes: int, bat
     trainer = quiet_trainer(epochs, callbacks=[callback])
     train = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     trainer.fit(MLP(), train)
-    return callback.scores
+    return callback.scores["curvature"]
 
 
 def save_figures(x: Tensor, noisy: Tensor, clean: Tensor, flipped: Tensor, mem: Tensor, curv: Tensor, out: str) -> None:

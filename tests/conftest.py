@@ -40,3 +40,24 @@ def _deterministic_threads():
     torch.set_num_threads(min(previous, 2))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def info_lines(monkeypatch) -> list[str]:
+    """The info lines the package's callbacks print through ``rank_zero_info`` (printed as well).
+
+    Recorded at the call, not through ``caplog``: Lightning stops its loggers propagating to the root
+    logger when that had no handler at import, which depends on the order the tests ran in.
+    """
+    from lightning_infomem.callbacks import information, per_sample
+
+    lines: list[str] = []
+    for module in (information, per_sample):
+        original = module.rank_zero_info
+
+        def record(message, *args, _original=original, **kwargs):
+            lines.append(str(message))
+            return _original(message, *args, **kwargs)
+
+        monkeypatch.setattr(module, "rank_zero_info", record)
+    return lines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import logging
 import math
 import os
 import sys
@@ -395,21 +394,16 @@ def test_early_stopping_on_entropy_stops_the_run(tmp_path):
     assert float(stopper.best_score) == pytest.approx(callback.history[0]["infomem/entropy"], rel=1e-6)
 
 
-def _where_notes(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if "InformationMeasures" in r.getMessage() and "scalars only" in r.getMessage()
-    ]
+def _where_notes(info_lines: list[str]) -> list[str]:
+    return [line for line in info_lines if "InformationMeasures" in line and "scalars only" in line]
 
 
-def test_csv_logger_gets_scalars_and_one_line_saying_where_the_rest_went(tmp_path, caplog):
+def test_csv_logger_gets_scalars_and_one_line_saying_where_the_rest_went(tmp_path, info_lines):
     callback = InformationMeasures(layers=["net.0"])
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version=0)
     trainer = fast_trainer(tmp_path, max_epochs=3, logger=logger, callbacks=[callback])
-    with caplog.at_level(logging.INFO):
-        trainer.fit(DigitsMLP(), *digits_loaders())
-    notes = _where_notes(caplog)
+    trainer.fit(DigitsMLP(), *digits_loaders())
+    notes = _where_notes(info_lines)
     assert len(notes) == 1 and "CSVLogger" in notes[0]  # once per run, not once per epoch
     assert "add a TensorBoardLogger, WandbLogger or MLFlowLogger" in notes[0]
     assert set(infomem_scalars(trainer.callback_metrics)) == expected_keys(["net.0"])
@@ -421,24 +415,22 @@ def test_csv_logger_gets_scalars_and_one_line_saying_where_the_rest_went(tmp_pat
     )
 
 
-def test_without_histograms_and_heatmaps_a_csv_logger_gets_no_note(tmp_path, caplog):
+def test_without_histograms_and_heatmaps_a_csv_logger_gets_no_note(tmp_path, info_lines):
     callback = InformationMeasures(layers=["net.0"], log_histograms=False, heatmap_every_n_measurements=0)
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version=0)
     trainer = fast_trainer(tmp_path, logger=logger, callbacks=[callback])
-    with caplog.at_level(logging.INFO):
-        trainer.validate(DigitsMLP(), digits_loaders()[1], verbose=False)
-    assert not _where_notes(caplog)
+    trainer.validate(DigitsMLP(), digits_loaders()[1], verbose=False)
+    assert not _where_notes(info_lines)
     assert set(infomem_scalars(trainer.callback_metrics)) == expected_keys(["net.0"])
 
 
-def test_logger_false_still_feeds_callback_metrics(tmp_path, caplog):
+def test_logger_false_still_feeds_callback_metrics(tmp_path, info_lines):
     callback = InformationMeasures(layers=["net.0", "net.2"])
     stopper = EarlyStopping(monitor="infomem/mutual_info", mode="min", patience=5)
     trainer = fast_trainer(tmp_path, max_epochs=2, logger=False, callbacks=[callback, stopper])
-    with caplog.at_level(logging.INFO):
-        trainer.fit(DigitsMLP(), *digits_loaders())
+    trainer.fit(DigitsMLP(), *digits_loaders())
     # logging is switched off on purpose: nothing to say about it
-    assert not _where_notes(caplog)
+    assert not _where_notes(info_lines)
     scalars = infomem_scalars(trainer.callback_metrics)
     assert set(scalars) == expected_keys(["net.0", "net.2"])
     assert scalars["infomem/mutual_info"] == pytest.approx(callback.history[-1]["infomem/mutual_info"], rel=1e-6)
@@ -814,6 +806,8 @@ def test_lightning_cli_builds_the_callback_from_a_config(tmp_path, monkeypatch):
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
     reason="torch.distributed with gloo is not available",
 )
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
     """Two CPU processes each see half the validation set; the logged values equal one process's."""
     from lightning.fabric.plugins.environments.lightning import find_free_network_port

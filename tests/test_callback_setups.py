@@ -170,6 +170,8 @@ def _validate_on_rank_zero_after_ddp(rank: int, port: int, out: str) -> None:
     torch.save(callback.history, os.path.join(out, "history.pt"))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytestmark_ddp
 def test_single_device_validation_after_a_ddp_fit_makes_no_collective_call(tmp_path):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
@@ -183,6 +185,8 @@ def test_single_device_validation_after_a_ddp_fit_makes_no_collective_call(tmp_p
     assert scalars(history[-1]) == pytest.approx(scalars(alone.history[-1]), rel=1e-12)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytestmark_ddp
 def test_ddp_spawn_results_reach_the_main_process(tmp_path, monkeypatch):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port

@@ -188,15 +188,17 @@ def test_callback_scores_every_sample_and_exports(tmp_path: Path) -> None:
     trainer.callbacks.append(callback)
     trainer.fit(IndexedMLP(), indexed_loader())
     assert callback.epochs_scored == [1, 3]
-    assert callback.scores.shape == (200,) and torch.isfinite(callback.scores).all()
+    curvature = callback.scores["curvature"]
+    assert set(callback.scores) == {"curvature", "last_curvature", "epochs"}
+    assert curvature.shape == (200,) and torch.isfinite(curvature).all()
     assert (callback.num_scored == 2).all()
     _, y = digits_tensors("train")
     assert torch.equal(callback.labels, y[:200])
     values, indices = callback.topk(5)
-    assert torch.equal(values, callback.scores.sort(descending=True).values[:5])
+    assert torch.equal(values, curvature.sort(descending=True).values[:5])
     path = callback.to_csv(tmp_path / "scores.csv")
     lines = Path(path).read_text().splitlines()
-    assert lines[0] == "index,label,score,last_score,epochs" and len(lines) == 201
+    assert lines[0] == "index,label,curvature,last_curvature,epochs" and len(lines) == 201
     assert int(lines[1].split(",")[0]) == int(indices[0])
 
 
@@ -214,13 +216,13 @@ def test_user_dataloader_and_tensorboard(tmp_path: Path) -> None:
     trainer = fast_trainer(tmp_path, max_epochs=1, logger=logger, limit_val_batches=0)
     trainer.callbacks.append(callback)
     trainer.fit(IndexedCNN(), indexed_loader(120, image=True))
-    assert callback.scores.shape == (120,)
+    assert callback.scores["curvature"].shape == (120,)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(Path(logger.log_dir)), size_guidance={"histograms": 0, "images": 0})
     events.Reload()
-    assert {"curvature/score", "curvature/last_score"} <= set(events.Tags()["histograms"])
-    assert "curvature/top_score" in events.Tags()["images"]
+    assert {"curvature/curvature", "curvature/last_curvature"} <= set(events.Tags()["histograms"])
+    assert "curvature/top_curvature" in events.Tags()["images"]
 
 
 class Snapshot(Callback):
@@ -275,6 +277,8 @@ class DumpState(Callback):
     not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
     reason="torch.distributed with the gloo backend is not available",
 )
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ddp_scores_gathered_by_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 

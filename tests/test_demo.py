@@ -24,6 +24,8 @@ from lightning_infomem.demos.experiments import (  # noqa: E402
     rule_value,
 )
 
+pytestmark = [pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory):

@@ -36,10 +36,14 @@ SCENARIOS = {
     "calibrated_at_compute": {"value_range": None, "calibration_samples": 10_000},
 }
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
-    reason="torch.distributed with the gloo backend is not available",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
+        reason="torch.distributed with the gloo backend is not available",
+    ),
+]
 
 
 def make_data() -> torch.Tensor:

@@ -7,7 +7,6 @@ show more receive, at which step, and what a logger that cannot is told. TensorB
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -68,14 +67,13 @@ def mlflow_file_store(monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 asks for a database unless told otherwise
 
 
-def test_mlflow_gets_heatmaps_as_artifacts_of_the_run(mlflow_file_store, tmp_path, caplog):
+def test_mlflow_gets_heatmaps_as_artifacts_of_the_run(mlflow_file_store, tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
     from mlflow import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
     logger = MLFlowLogger(experiment_name="infomem-test", tracking_uri=uri)
-    with caplog.at_level(logging.INFO):
-        callback = fit_with(tmp_path, [logger])
+    callback = fit_with(tmp_path, [logger])
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(logger.run_id)
     assert run.data.metrics["infomem/mutual_info"] == pytest.approx(
@@ -94,14 +92,13 @@ def test_mlflow_gets_heatmaps_as_artifacts_of_the_run(mlflow_file_store, tmp_pat
     assert min(Image.open(local).size) >= 256
 
 
-def test_each_logger_gets_what_it_can_show_and_others_are_told(tmp_path, caplog):
+def test_each_logger_gets_what_it_can_show_and_others_are_told(tmp_path, info_lines):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tensorboard = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     csv = CSVLogger(str(tmp_path), name="csv", version=0)
-    with caplog.at_level(logging.INFO):
-        callback = fit_with(tmp_path, [tensorboard, csv], epochs=3)
-    notes = [r.getMessage() for r in caplog.records if "gets the scalars only" in r.getMessage()]
+    callback = fit_with(tmp_path, [tensorboard, csv], epochs=3)
+    notes = [line for line in info_lines if "gets the scalars only" in line]
     assert len(notes) == 1 and "CSVLogger" in notes[0] and "TensorBoardLogger" in notes[0]
     events = EventAccumulator(tensorboard.log_dir, size_guidance={"histograms": 0, "images": 0})
     events.Reload()
@@ -134,6 +131,7 @@ def test_per_sample_callbacks_reach_wandb_and_mlflow(offline_wandb, mlflow_file_
     assert len(files) == 2  # one grid per epoch
 
 
+@pytest.mark.slow
 def test_tensorboard_is_not_needed_without_a_tensorboard_logger():
     # the package imports and measures without touching tensorboard: it is only needed by TensorBoardLogger
     import subprocess

@@ -182,6 +182,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path: Any, reference: Subsa
     _assert_same(load_records(tmp_path, train_labels=reference.train_labels), reference)
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one(tmp_path: Any, reference: SubsampleRecords) -> None:
     _assert_same(_run(tmp_path, workers=2), reference)
 
@@ -302,6 +303,7 @@ def _alive(pid: int) -> bool:
         return handle.read().split(")")[-1].split()[0] != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
     script = tmp_path / "run.py"
@@ -325,3 +327,45 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
     assert time.monotonic() - killed_at < 5
     assert len(list(out.glob("model_*.pt"))) <= records_at_kill + 1
     assert not list(out.glob(".tmp_*"))
+
+
+def test_records_share_the_per_sample_result_api(tmp_path):
+    from pathlib import Path
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_infomem import LossCurvature, TrainingDynamics
+    from lightning_infomem.callbacks.per_sample import PerSampleScores
+
+    in_train = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 0]]).bool()
+    correct = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [0, 1, 0]]).bool()
+    records = SubsampleRecords(torch.arange(4), in_train, correct, train_labels=torch.tensor([3, 1, 2]))
+    estimate = records.memorization()
+    assert set(records.scores) == {"memorization", "memorization_stderr"}
+    torch.testing.assert_close(records.scores["memorization"], estimate.value.double())
+    torch.testing.assert_close(records.scores["memorization_stderr"], estimate.stderr.double())
+    values, indices = records.topk(2)
+    assert indices.tolist() == estimate.value.argsort(descending=True)[:2].tolist()
+    rows = records.rows(extra={"flipped": [True, False, False]})
+    assert [row["label"] for row in rows] == [3, 1, 2] and rows[0]["flipped"] is True
+    lines = Path(records.to_csv(tmp_path / "m.csv", extra={"flipped": [1, 0, 0]})).read_text().splitlines()
+    assert lines[0] == "index,label,memorization,memorization_stderr,flipped" and len(lines) == 4
+    with pytest.raises(ValueError, match="extra column 'flipped' has 2 values for 3 samples"):
+        records.rows(extra={"flipped": [1, 0]})
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    records.log_scores([logger], step=7)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    events.Reload()
+    assert [e.step for e in events.Histograms("memorization")] == [7]
+    # one implementation: the three classes share the mixin's methods, not copies of them
+    for cls in (TrainingDynamics, LossCurvature, SubsampleRecords):
+        assert issubclass(cls, PerSampleScores)
+        for method in ("topk", "rows", "to_csv", "log_scores"):
+            assert getattr(cls, method) is getattr(PerSampleScores, method), (cls, method)
+    # before anything is scored, there is no file to write
+    for empty in (TrainingDynamics(), LossCurvature()):
+        with pytest.raises(ValueError, match="nothing to write"):
+            empty.to_csv(tmp_path / "empty.csv")
+        assert not (tmp_path / "empty.csv").exists()

@@ -304,6 +304,8 @@ class SaveScores(Callback):
     not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
     reason="torch.distributed with the gloo backend is not available",
 )
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_equal_one(tmp_path, monkeypatch):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 

@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
@@ -49,12 +48,12 @@ class LossCurvature(PerSampleScores, Callback):
     ``world_size``-th batch of ``dataloader``); the scores are summed by index over processes, so every
     process holds the same `scores`. The running sums survive checkpointing and resume.
 
-    Results (the API `TrainingDynamics` shares): `scores` (``[N]``, NaN for a sample never scored),
-    ``score_table()`` (``score``, ``last_score``, ``epochs``), ``topk(k, name)``, ``rows()`` and
-    ``to_csv(path)``; with a ``TensorBoardLogger``, a histogram per score (``<prefix>/score``, ...) and,
-    for image inputs ``[C, H, W]``, an image grid ``<prefix>/top_score`` of the ``num_images``
-    highest-curvature samples with their index, label and score. The mean score of the epoch is
-    logged as ``<prefix>/mean`` through ``pl_module.log``.
+    Results (the per-sample API of `TrainingDynamics` and `SubsampleRecords`): `scores` (``curvature``,
+    ``last_curvature``, ``epochs``: ``[N]`` each, NaN for a sample never scored), ``topk(k, name)``,
+    ``rows()`` and ``to_csv(path)``; for every logger that shows them, a histogram per score
+    (``<prefix>/curvature``, ...) and, for image inputs ``[C, H, W]``, an image grid
+    ``<prefix>/top_curvature`` of the ``num_images`` highest-curvature samples with their index, label and
+    score. The mean score of the epoch is logged as ``<prefix>/mean`` through ``pl_module.log``.
 
     Cost: ``num_probes + 1`` forward-backward passes per sample per scored epoch (a training epoch is one
     forward-backward plus the optimizer step). Cut it with ``every_n_epochs``, ``num_probes`` and
@@ -98,7 +97,7 @@ class LossCurvature(PerSampleScores, Callback):
         >>> trainer = Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
         >>> trainer.fit(Net(), DataLoader(data, batch_size=16, shuffle=True))
-        >>> callback.scores.shape, callback.epochs_scored
+        >>> callback.scores["curvature"].shape, callback.epochs_scored
         (torch.Size([40]), [0, 1])
         >>> values, indices = callback.topk(3)
     """
@@ -140,7 +139,6 @@ class LossCurvature(PerSampleScores, Callback):
         self.last_scores = torch.zeros(0, dtype=torch.float64)
         self.epochs_scored: list[int] = []
         self.history: list[dict[str, Any]] = []
-        self._warn_once = WarnOnce()
 
     _TENSORS = ("score_sum", "num_scored", "labels", "last_scores")
 
@@ -187,19 +185,16 @@ class LossCurvature(PerSampleScores, Callback):
         self.history = [dict(row) for row in state_dict.get("history", [])]
 
     # ------------------------------------------------------------------------------- results
+    primary_score = "curvature"
+    suspicious_when_high = {"curvature": True, "last_curvature": True, "epochs": True}
+
     @property
-    def scores(self) -> Tensor:
-        """``[N]`` float64: mean curvature of each sample over the epochs it was scored; NaN if never."""
+    def scores(self) -> dict[str, Tensor]:
+        """``curvature`` (the mean over the epochs that scored the sample), ``last_curvature`` (the latest scored
+        epoch) and ``epochs`` (how many epochs scored it), each ``[N]`` float64; NaN for a sample never scored."""
         count = self.num_scored.to(torch.float64)
-        return torch.where(count > 0, self.score_sum / count.clamp_min(1), torch.full_like(count, float("nan")))
-
-    primary_score = "score"
-    suspicious_when_high = {"score": True, "last_score": True, "epochs": True}
-
-    def score_table(self) -> dict[str, Tensor]:
-        """``score`` (mean over the scored epochs), ``last_score`` (the latest scored epoch) and ``epochs``
-        (how many epochs scored the sample), each ``[N]``; NaN for a sample never scored."""
-        return {"score": self.scores, "last_score": self.last_scores.clone(), "epochs": self.num_scored.double()}
+        mean = torch.where(count > 0, self.score_sum / count.clamp_min(1), torch.full_like(count, float("nan")))
+        return {"curvature": mean, "last_curvature": self.last_scores.clone(), "epochs": count}
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -1,18 +1,23 @@
-"""The result API of the per-sample score callbacks: score tables, top-k, CSV rows, TensorBoard.
+"""The per-sample result API: one implementation for `TrainingDynamics`, `LossCurvature` and `SubsampleRecords`.
 
-`LossCurvature` and `TrainingDynamics` expose the same methods, so a user switches between them
-without relearning: ``score_table()`` (every score by name, ``[N]`` each), ``topk(k, name)`` (the
-``k`` most suspicious samples by one score), ``rows()`` and ``to_csv(path)``; for every logger that
-shows them (TensorBoard, W&B, MLflow), a histogram per score and, for image inputs, a grid of the top samples.
+`scores` is a mapping from score name to a ``[num_samples]`` float64 tensor on the CPU (NaN for a sample
+never scored): ``"cumulative_loss"``, ``"aum"``, ... for `TrainingDynamics`; ``"curvature"`` for
+`LossCurvature`; ``"memorization"`` and ``"memorization_stderr"`` for `SubsampleRecords`. On all
+three, ``topk(k, name)`` gives the ``k`` most suspicious samples by one score, ``rows()`` and
+``to_csv(path)`` one row per sample, and ``log_scores(loggers, step)`` a histogram per score and, for
+image inputs, a grid of the top samples to every logger that shows them (the callbacks call it at the
+end of each scored epoch).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -32,22 +37,21 @@ __all__ = ["PerSampleScores"]
 
 
 class PerSampleScores:
-    """Mixin: the shared result API of a callback that scores every training sample.
+    """Mixin: the shared result API of everything that scores every training sample.
 
-    Subclasses set ``primary_score``, ``suspicious_when_high`` (per score: whether a high value marks
-    a suspicious sample: memorized, mislabelled, hard) and implement `score_table`; they hold
-    ``labels`` (``[N]``, -1 where unknown), ``prefix``, ``num_images`` and ``batch_unpack``.
+    Subclasses set ``primary_score`` and ``suspicious_when_high`` (per score: whether a high value marks
+    a suspicious sample: memorized, mislabelled, hard), implement `scores`, and hold ``labels`` (``[N]``,
+    -1 where unknown); those that draw image grids also hold ``num_images`` and ``batch_unpack``.
     """
 
     primary_score: str = "score"
     suspicious_when_high: dict[str, bool] = {}
     labels: Tensor
-    prefix: str
-    num_images: int
-    batch_unpack: Callable[[Any], Any]
-    _warn_once: WarnOnce
+    num_images: int = 0
+    batch_unpack: Optional[Callable[[Any], Any]] = None
 
-    def score_table(self) -> dict[str, Tensor]:
+    @property
+    def scores(self) -> dict[str, Tensor]:
         """Every score by name, each ``[N]`` float64 on the CPU (NaN for a sample never scored)."""
         raise NotImplementedError
 
@@ -58,7 +62,7 @@ class PerSampleScores:
         (see ``suspicious_when_high``); samples never scored (NaN) come last.
         """
         k = check_int(k, "k", minimum=0)
-        table = self.score_table()
+        table = self.scores
         name = self.primary_score if name is None else name
         if name not in table:
             raise ValueError(f"{type(self).__name__} has no score {name!r}; its scores are {sorted(table)}")
@@ -68,19 +72,36 @@ class PerSampleScores:
         values, indices = torch.topk(key, min(k, scores.numel()))
         return scores[indices], indices
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per sample: ``index``, ``label`` and every score of `score_table`."""
-        table = {name: values.tolist() for name, values in self.score_table().items()}
+    def rows(self, extra: Optional[Mapping[str, Sequence[Any]]] = None) -> list[dict[str, Any]]:
+        """One dict per sample: ``index``, ``label`` (-1 where unknown), every score of `scores`, and the
+        columns of ``extra`` (name -> one value per sample)."""
+        table = {name: values.tolist() for name, values in self.scores.items()}
         labels = self.labels.tolist()
         count = len(labels)
+        for name, values in (extra or {}).items():
+            if len(values) != count:
+                raise ValueError(f"extra column {name!r} has {len(values)} values for {count} samples")
+        table.update({name: list(values) for name, values in (extra or {}).items()})
         return [
             {"index": i, "label": int(labels[i]), **{name: values[i] for name, values in table.items()}}
             for i in range(count)
         ]
 
-    def to_csv(self, path: Union[str, os.PathLike], sort: bool = True, sort_by: Optional[str] = None) -> str:
-        """Write `rows` to a CSV file, most suspicious first by ``sort_by`` (the primary score) if ``sort``."""
-        rows = self.rows()
+    def to_csv(
+        self,
+        path: Union[str, os.PathLike],
+        sort: bool = True,
+        sort_by: Optional[str] = None,
+        extra: Optional[Mapping[str, Sequence[Any]]] = None,
+    ) -> str:
+        """Write `rows` (with the ``extra`` columns) to a CSV file, most suspicious first by ``sort_by`` (the
+        primary score) if ``sort``; returns the path.
+
+        Raises ``ValueError`` when no sample has been scored yet (rather than write an empty file).
+        """
+        rows = self.rows(extra)
+        if not rows:
+            raise ValueError(f"{type(self).__name__} has scored no sample yet: there is nothing to write")
         if sort:
             name = self.primary_score if sort_by is None else sort_by
             _, order = self.topk(len(rows), name)
@@ -88,28 +109,45 @@ class PerSampleScores:
         return write_csv(rows, path)
 
     # -------------------------------------------------------------------------------- logging
+    def log_scores(
+        self, loggers: Sequence[Logger], step: int, dataset: Optional[Dataset] = None, histograms: bool = True
+    ) -> None:
+        """A histogram per score and, for image inputs, a grid of the ``num_images`` top samples by the primary
+        score, to every logger in ``loggers`` that shows them (see `lightning_infomem.reporting`). Call on rank 0.
+
+        ``dataset`` is where the grid reads the samples (by position, as they were scored).
+        """
+        loggers = [logger for logger in loggers if shows_histograms(logger)]
+        if not loggers:
+            return
+        prefix = getattr(self, "prefix", "")
+        for name, values in (self.scores if histograms else {}).items():
+            finite = values[torch.isfinite(values)]
+            if finite.numel():
+                log_histogram(loggers, join_key(prefix, name), finite, step)
+        figure = self._image_grid(dataset) if self.num_images > 0 and dataset is not None else None
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            log_figure(loggers, join_key(prefix, f"top_{self.primary_score}"), figure, step)
+            plt.close(figure)
+
     def _log_scores(self, trainer: Trainer, dataset: Optional[Dataset], histograms: bool) -> None:
-        """Histograms of the scores and an image grid of the top samples by the primary score, to every logger
-        that shows them (see `lightning_infomem.reporting`), at the step of the epoch's scalars, from rank 0."""
+        """`log_scores` from a callback: at the step of the epoch's scalars, from rank 0, saying once which
+        loggers get the scalars only."""
         if not trainer.loggers or not (histograms or self.num_images > 0):
             return
         note = where_histograms_go(trainer.loggers, f"{type(self).__name__}: the score histograms and image grid")
         if note is not None:
             self._tell_once("where", note)
-        loggers = [logger for logger in trainer.loggers if shows_histograms(logger)]
-        if not loggers or trainer.global_rank != 0:
-            return
-        step = logging_step(trainer)
-        figure = self._image_grid(dataset) if self.num_images > 0 and dataset is not None else None
-        for name, values in (self.score_table() if histograms else {}).items():
-            finite = values[torch.isfinite(values)]
-            if finite.numel():
-                log_histogram(loggers, join_key(self.prefix, name), finite, step)
-        if figure is not None:
-            import matplotlib.pyplot as plt
+        if trainer.global_rank == 0:
+            self.log_scores(trainer.loggers, logging_step(trainer), dataset, histograms)
 
-            log_figure(loggers, join_key(self.prefix, f"top_{self.primary_score}"), figure, step)
-            plt.close(figure)
+    def _warn_once(self, key: str, message: str) -> None:
+        warn = self.__dict__.get("_warnings")
+        if warn is None:
+            warn = self.__dict__["_warnings"] = WarnOnce()
+        warn(key, message)
 
     def _tell_once(self, key: str, message: str) -> None:
         told = self.__dict__.setdefault("_told", set())
@@ -123,7 +161,8 @@ class PerSampleScores:
         images = []
         try:
             for i in indices.tolist():
-                x, _, _ = self.batch_unpack(torch.utils.data.default_collate([dataset[i]]))
+                batch = torch.utils.data.default_collate([dataset[i]])
+                x = self.batch_unpack(batch)[0] if self.batch_unpack is not None else batch[0]
                 images.append(x[0])
         except Exception:  # noqa: BLE001 - a dataset we cannot index by position: no grid
             self._warn_once(

@@ -18,7 +18,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.layers import first_tensor, named_layers
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
@@ -173,7 +172,6 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._pending_samples = 0
         self._hook = self._make_hook()
         self._train_dataset: Optional[Dataset] = None
-        self._warn_once = WarnOnce()
 
     # ------------------------------------------------------------------------------ identity
     @property
@@ -221,9 +219,6 @@ class TrainingDynamics(PerSampleScores, Callback):
     @property
     def scores(self) -> dict[str, Tensor]:
         """Every score by name, ``[N]`` float64 on the CPU (see the class docs); NaN for a sample never presented."""
-        return self.score_table()
-
-    def score_table(self) -> dict[str, Tensor]:
         state = ForgettingState(*(value.cpu() for value in self.state))
         return dynamics_scores(self.sums.cpu(), state)
 

@@ -303,7 +303,7 @@ def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: 
     scores = {
         f"dynamics:{name}": (value, dynamics.suspicious_when_high[name]) for name, value in dynamics.scores.items()
     }
-    scores["curvature"] = (curvature.scores, True)
+    scores["curvature"] = (curvature.scores["curvature"], True)
     out = {}
     for name, (value, high) in scores.items():
         if name == "dynamics:presentations":

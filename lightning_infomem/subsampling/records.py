@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
+from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.functional.subsampling import (
     DEFAULT_MAX_BYTES,
     InfluenceEstimate,
@@ -28,7 +29,6 @@ from lightning_infomem.functional.subsampling import (
     memorization_estimates,
     rms_error_bound,
 )
-from lightning_infomem.reporting import write_csv
 
 __all__ = ["RecordError", "SubsampleRecords", "load_records"]
 
@@ -140,8 +140,12 @@ def load_records(
 
 
 @dataclass
-class SubsampleRecords:
+class SubsampleRecords(PerSampleScores):
     """The stacked records of ``t`` models: masks and correctness, with the estimators as methods.
+
+    The per-sample result API of the package (`PerSampleScores`): `scores` holds ``memorization`` and
+    ``memorization_stderr`` (NaN where undefined: an example in every subset or in none), with ``topk``,
+    ``rows``, ``to_csv`` and ``log_scores`` as on `TrainingDynamics` and `LossCurvature`.
 
     ``indices`` [t] (model indices), ``in_train`` and ``train_correct`` [t, n] bool, ``test_correct``
     [t, m] bool or ``None``, ``seconds`` [t] (training + prediction time per model), labels if known.
@@ -198,16 +202,22 @@ class SubsampleRecords:
         """`rms_error_bound` for this ``t`` and ``fraction``."""
         return rms_error_bound(self.num_models, self.fraction)
 
-    def to_csv(self, path: Union[str, os.PathLike], extra: Optional[dict[str, Sequence[Any]]] = None) -> str:
-        """One row per training example: ``index``, ``label``, ``memorization``, ``stderr``, ``defined``, ``extra``."""
-        est = self.memorization()
-        rows = []
-        for i in range(est.value.numel()):
-            row: dict[str, Any] = {"index": i}
-            if self.train_labels is not None:
-                row["label"] = int(self.train_labels[i])
-            row.update(memorization=float(est.value[i]), stderr=float(est.stderr[i]), defined=bool(est.defined[i]))
-            for name, values in (extra or {}).items():
-                row[name] = values[i]
-            rows.append(row)
-        return write_csv(rows, path)
+    # ------------------------------------------------------------------------ per-sample results
+    primary_score = "memorization"
+    suspicious_when_high = {"memorization": True, "memorization_stderr": True}
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        """``memorization`` and its ``memorization_stderr``, ``[n]`` float64 each; NaN where undefined."""
+        estimate = self.memorization()
+        undefined = torch.tensor(float("nan"), dtype=torch.float64)
+        value = torch.where(estimate.defined, estimate.value.double(), undefined)
+        stderr = torch.where(estimate.defined, estimate.stderr.double(), undefined)
+        return {"memorization": value, "memorization_stderr": stderr}
+
+    @property
+    def labels(self) -> Tensor:  # type: ignore[override]
+        """The training labels when known, else -1 for every example."""
+        if self.train_labels is not None:
+            return self.train_labels.long()
+        return torch.full((int(self.in_train.shape[1]),), -1, dtype=torch.int64)
