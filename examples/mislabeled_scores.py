@@ -34,14 +34,41 @@ import time
 import warnings
 from typing import Any, Callable
 
-import numpy as np
-import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+SMOKE_RUN = (
+    "--quick: a smoke run (one seed, 3 epochs, 2 probes: the model does not fit the noisy labels yet), to check "
+    "that everything runs. Its AUROCs are not evidence; run without --quick for the README's figures."
+)
 
-from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics, train_on_subsets
-from lightning_infomem.demos.digits import detection_auroc, digits_split, flip_labels, found_fraction
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.10])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per noise level (model, order, probes, flips)")
+    parser.add_argument("--epochs", type=int, default=200, help="enough to fit the noisy training labels")
+    parser.add_argument("--num-probes", type=int, default=10)
+    parser.add_argument(
+        "--fz-models", type=int, default=200, help="Feldman-Zhang models at 5 %% noise, seed 0 (0: none)"
+    )
+    parser.add_argument("--fz-dir", default="runs/subsample_memorization", help="their records (shared, resumable)")
+    parser.add_argument("--workers", type=int, default=2, help="processes training the Feldman-Zhang models")
+    parser.add_argument("--out", default="runs/mislabeled_scores", help="folder for results.json and results.csv")
+    parser.add_argument(
+        "--quick", action="store_true", help="10 %% noise, 1 seed, 3 epochs, 2 probes, no Feldman-Zhang"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer before torch and Lightning are imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics, train_on_subsets  # noqa: E402
+from lightning_infomem.demos.digits import detection_auroc, digits_split, flip_labels, found_fraction  # noqa: E402
 
 # (score name, where it comes from, high is suspicious)
 SCORES = [
@@ -224,23 +251,10 @@ def markdown_table(rows: list[dict[str, Any]], what: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.10])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per noise level (model, order, probes, flips)")
-    parser.add_argument("--epochs", type=int, default=200, help="enough to fit the noisy training labels")
-    parser.add_argument("--num-probes", type=int, default=10)
-    parser.add_argument(
-        "--fz-models", type=int, default=200, help="Feldman-Zhang models at 5 %% noise, seed 0 (0: none)"
-    )
-    parser.add_argument("--fz-dir", default="runs/subsample_memorization", help="their records (shared, resumable)")
-    parser.add_argument("--workers", type=int, default=2, help="processes training the Feldman-Zhang models")
-    parser.add_argument("--out", default="runs/mislabeled_scores", help="folder for results.json and results.csv")
-    parser.add_argument(
-        "--quick", action="store_true", help="10 %% noise, 1 seed, 3 epochs, 2 probes, no Feldman-Zhang"
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.quick:
         args.noise, args.seeds, args.epochs, args.num_probes, args.fz_models = [0.10], 1, 3, 2, 0
+        print(SMOKE_RUN, file=sys.stderr)
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and robust to busy cores
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
@@ -282,6 +296,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from lightning_infomem.reporting import write_csv
 
     write_csv(results, os.path.join(args.out, "results.csv"))
+    if args.quick:
+        print("\n" + SMOKE_RUN)
     return rows
 
 

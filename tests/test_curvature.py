@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -307,7 +308,7 @@ def _run_ddp(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- example
-def test_mislabeled_scores_example_quick_run(tmp_path: Path) -> None:
+def test_mislabeled_scores_example_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec = importlib.util.spec_from_file_location("mislabeled_scores", ROOT / "examples" / "mislabeled_scores.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -327,3 +328,19 @@ def test_mislabeled_scores_example_quick_run(tmp_path: Path) -> None:
     assert summary["summary"][0]["AUROC curvature"] == row["AUROC curvature"]
     assert set(summary["costs"]) >= {"dynamics", "curvature", "final loss"}
     assert (tmp_path / "results.csv").exists()
+    out, err = capsys.readouterr()
+    assert module.SMOKE_RUN in err and module.SMOKE_RUN in out  # said before the run and under its tables
+
+
+def test_mislabeled_scores_help_answers_before_the_heavy_imports() -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['mislabeled_scores.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'examples' / 'mislabeled_scores.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('imported torch' if 'torch' in sys.modules else 'torch not imported')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "--quick" in result.stdout and "torch not imported" in result.stdout, result.stdout + result.stderr

@@ -86,6 +86,16 @@ def test_csv_tables_and_curves(demo_output):
     with open(curves[0]) as handle:
         rows = list(csv.DictReader(handle))
     assert rows and "infomem/entropy" in rows[0] and "infomem/mutual_info" in rows[0]
+    # what docs/demo.md says the files hold: one row per measured epoch, every fifth, infomem keys
+    from lightning_infomem.demos.demo import EPOCHS, MEASURE_EVERY
+
+    for path in curves:
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle))
+        setting = "label_noise" if path.name.startswith("label_noise") else "shortcut"
+        epochs = [int(row["epoch"]) for row in rows]
+        assert epochs == [e for e in range(EPOCHS[setting]) if (e + 1) % MEASURE_EVERY == 0], path.name
+        assert all(key in ("epoch", "global_step") or key.startswith("infomem/") for key in rows[0]), path.name
 
 
 def test_tensorboard_event_files_hold_the_curves(demo_output):
