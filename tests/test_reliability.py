@@ -498,7 +498,7 @@ def test_pooled_updates_equal_per_batch_counting_and_do_not_keep_whole_hidden_st
     measurement = ActivationMeasurement(["layer"], MeasurementSettings(calibration_samples=64), max_samples=None)
     for states in hidden[:6]:
         measurement.observe("layer", states[:, 0])  # a strided view: 64 rows of a 64 x 50 x 16 tensor
-    pending = measurement._pending["layer"]
+    pending = [t for (t,) in measurement._pending["layer"].parts]
     assert pending and all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in pending)
     for states in hidden[6:]:
         measurement.observe("layer", states[:, 0])

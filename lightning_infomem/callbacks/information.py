@@ -37,6 +37,7 @@ from lightning_infomem.callbacks.layers import (
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
 from lightning_infomem.functional._kernels.threads import limited_threads
+from lightning_infomem.metrics.calibration import Binning
 from lightning_infomem.metrics.information import (
     DEFAULT_MAX_STATE_BYTES,
     NeuronEntropy,
@@ -45,7 +46,6 @@ from lightning_infomem.metrics.information import (
 )
 from lightning_infomem.metrics.measurement import (
     ActivationMeasurement,
-    Binning,
     LayerResult,
     MeasurementSettings,
     summarize,
@@ -60,7 +60,7 @@ from lightning_infomem.reporting import (
     write_csv,
 )
 
-__all__ = ["Binning", "InformationMeasures"]
+__all__ = ["InformationMeasures"]
 
 _LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
 # MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side: 2 pixels a neuron
@@ -441,10 +441,9 @@ class InformationMeasures(Callback):
                     "every validation and set Trainer(check_val_every_n_epoch=...) instead"
                 )
             if isinstance(callback, ModelCheckpoint) and self._is_own_key(callback.monitor):
-                every = getattr(callback, "_every_n_epochs", 1)
-                by_steps = getattr(callback, "_every_n_train_steps", 0) or getattr(
-                    callback, "_train_time_interval", None
-                )
+                every = callback.every_n_epochs or 0
+                # ModelCheckpoint has no public accessor for its step and time triggers (its state_key reads them)
+                by_steps = callback._every_n_train_steps or callback._train_time_interval
                 if by_steps or every % self.every_n_epochs != 0:
                     raise ValueError(
                         f"ModelCheckpoint(monitor={callback.monitor!r}) checks at epochs where InformationMeasures("
@@ -569,20 +568,14 @@ class InformationMeasures(Callback):
                 self._observe(measurement, name, activations)
 
     def _observe(self, measurement: ActivationMeasurement, name: str, activations: Tensor) -> None:
-        remaining = measurement.remaining(name)
-        if remaining == 0:
+        if measurement.remaining(name) == 0:  # the measurement's quota of this layer is full
             return
         if not activations.is_floating_point():
             raise TypeError(
                 f"layer {name!r} produced {activations.dtype} activations; monitor a layer with floating-point "
                 "outputs or pass output_transform=..."
             )
-        if remaining is not None:
-            activations = activations[:remaining]
-        index = self._neuron_subset(name, int(activations.shape[1]))
-        if index is not None:
-            activations = activations.index_select(1, index.to(activations.device))
-        measurement.observe(name, activations)
+        measurement.observe(name, activations, neurons=self._neuron_subset(name, int(activations.shape[1])))
 
     def _neuron_subset(self, name: str, width: int) -> Optional[Tensor]:
         """The monitored neurons of a layer (``None``: all), drawn once per run with ``seed``."""

@@ -37,6 +37,7 @@ from lightning_infomem.functional.training_dynamics import (
     presentation_statistics,
     update_forgetting,
 )
+from lightning_infomem.pooling import RowPool
 
 __all__ = ["TrainingDynamics"]
 
@@ -44,7 +45,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 # Batches are pooled (their detached logits, labels and indices) and turned into statistics together:
 # a few dozen small tensor operations per pool instead of per batch. At most this many samples wait.
-_POOL_SAMPLES = 8192
+_POOL_SAMPLES = 8192  # presentations scored together (see lightning_infomem.pooling)
 
 
 class TrainingDynamics(PerSampleScores, Callback):
@@ -168,8 +169,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._module_name = ""
         self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
         self._captured: list[Tensor] = []
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
-        self._pending_samples = 0
+        self._pending = RowPool(_POOL_SAMPLES)  # (index, targets, logits) of training batches not yet scored
         self._hook = self._make_hook()
         self._train_dataset: Optional[Dataset] = None
 
@@ -204,7 +204,7 @@ class TrainingDynamics(PerSampleScores, Callback):
             state[name] = state[name].cpu().numpy()
         state["state"] = {k: v.cpu().numpy() for k, v in self.state._asdict().items()}
         state["_hook"] = state["_handle"] = state["_module"] = None
-        state["_captured"], state["_pending"], state["_pending_samples"] = [], [], 0
+        state["_captured"], state["_pending"] = [], RowPool(_POOL_SAMPLES)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -308,20 +308,17 @@ class TrainingDynamics(PerSampleScores, Callback):
                 "module whose output is the logits (or output_transform=...)",
             )
             return
-        self._pending.append((index.detach(), targets.detach(), logits.detach()))
-        self._pending_samples += int(index.shape[0])
-        if self._pending_samples >= _POOL_SAMPLES:
+        if self._pending.add(index.detach(), targets.detach(), logits.detach()):
             self._flush()
 
     def _flush(self) -> None:
         """Turn the pooled batches into statistics and add them up by sample index (on the model's device)."""
-        if not self._pending:
+        pooled = self._pending.take()
+        if pooled is None:
             return
-        pending, self._pending, self._pending_samples = self._pending, [], 0
         device = self._epoch_sums.device
-        index = torch.cat([item[0] for item in pending]).to(device).long()
-        targets = torch.cat([item[1] for item in pending]).to(device)
-        logits = torch.cat([item[2] for item in pending]).to(device)
+        index, targets, logits = (tensor.to(device) for tensor in pooled)
+        index = index.long()
         losses = self.loss_fn(logits, targets) if self.loss_fn is not None else None
         stats = presentation_statistics(logits, targets, losses)
         if not self._sized:  # an unsized dataset: grow to the largest index (one host synchronisation)

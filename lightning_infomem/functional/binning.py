@@ -34,6 +34,7 @@ __all__ = [
     "compiled_grid",
     "bin_indices",
     "calibrate_value_range",
+    "check_value_range",
     "check_activations",
     "binning_dtype",
     "check_num_bins",
@@ -150,13 +151,31 @@ def resolve_value_range(activations: Tensor, value_range: ValueRange) -> Tuple[T
     dtype = binning_dtype(activations.device)
     if value_range is None:
         return calibrate_value_range(activations)
+    return check_value_range(value_range, activations.shape[1], dtype, activations.device)
+
+
+def check_value_range(
+    value_range: Any, num_neurons: int, dtype: torch.dtype = torch.float64, device: Optional[torch.device] = None
+) -> Tuple[Tensor, Tensor]:
+    """A fixed ``value_range`` (a ``(low, high)`` pair of floats or of ``[num_neurons]`` tensors) as tensors.
+
+    Raises ``ValueError`` naming what is wrong: not a pair, a bound of another shape, a bound that is not
+    finite, or ``low > high``.
+
+    Example:
+        >>> check_value_range((0.0, 1.0), 3)
+        (tensor(0., dtype=torch.float64), tensor(1., dtype=torch.float64))
+        >>> check_value_range((1.0, 0.0), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: value_range must be finite with low <= high everywhere, received (1.0, 0.0)
+    """
     if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
         raise ValueError(
-            "value_range must be None, a (low, high) pair of floats, or a pair of [N] tensors; "
-            f"received {value_range!r}"
+            f"value_range must be None, a (low, high) pair of floats, or a pair of [{num_neurons}] tensors (one "
+            f"range per neuron); received {value_range!r}"
         )
-    low, high = (torch.as_tensor(v, dtype=dtype, device=activations.device) for v in value_range)
-    num_neurons = activations.shape[1]
+    low, high = (torch.as_tensor(v, dtype=dtype, device=device).clone() for v in value_range)
     for name, bound in (("low", low), ("high", high)):
         if bound.ndim > 1 or (bound.ndim == 1 and bound.shape[0] != num_neurons):
             raise ValueError(

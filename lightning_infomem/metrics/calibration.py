@@ -1,4 +1,4 @@
-"""Calibrating a binning range on held-back samples: shared by the streaming metrics and the callback.
+"""Calibrating binning ranges on held-back samples: the one calibrator of the streaming metrics and the measurement.
 
 A range is read off the first ``quota`` held-back samples of every process (gathered under DDP, so
 that every process fixes the identical range), from their finite values only. Where those samples
@@ -9,7 +9,8 @@ without a finite calibration value takes the range of all finite calibration val
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -17,7 +18,17 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_infomem.functional.binning import binning_dtype, calibrate_value_range
 
-__all__ = ["HeldBackSamples", "calibrated_range", "gather_calibration_samples"]
+__all__ = [
+    "Binning",
+    "Calibration",
+    "HeldBackSamples",
+    "calibrate_held_back",
+    "calibrated_range",
+    "gather_calibration_samples",
+    "policy_ranges",
+]
+
+Binning = Literal["layer", "neuron", "global"]
 
 
 class HeldBackSamples:
@@ -105,3 +116,80 @@ def calibrated_range(
     if bool(undefined.all()):
         return None
     return low, high
+
+
+def policy_ranges(
+    binning: Binning, samples: Mapping[str, Tensor], quantile: float = 0.0
+) -> dict[str, Optional[tuple[Tensor, Tensor]]]:
+    """The range of each stream of ``samples`` under one policy; ``None`` where a stream has no finite value.
+
+    ``"global"``: one range over the values of every stream; ``"layer"``: one range per stream;
+    ``"neuron"``: one per neuron of each stream.
+
+    Example:
+        >>> import torch
+        >>> found = policy_ranges("global", {"a": torch.tensor([[0.0], [1.0]]), "b": torch.tensor([[5.0], [2.0]])})
+        >>> [float(v) for v in found["a"]], [float(v) for v in found["b"]]
+        ([0.0, 5.0], [0.0, 5.0])
+    """
+    if binning == "global":
+        pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()]) if samples else torch.zeros(0, 1)
+        found = calibrated_range(pooled, quantile=quantile)
+        # a stream of only NaN / Inf stays undefined, whatever the range of the others
+        return {name: found if bool(torch.isfinite(s).any()) else None for name, s in samples.items()}
+    return {name: calibrated_range(s, per_neuron=binning == "neuron", quantile=quantile) for name, s in samples.items()}
+
+
+class Calibration(NamedTuple):
+    """One stream's outcome: ``ranges`` (one per requested policy) and every held-back local ``samples`` to
+    count now; or, where the calibration samples had no finite value, ``ranges=None`` and the number of
+    ``unusable`` rows to count as undefined (the rows after the quota are held back again for the next try)."""
+
+    ranges: Optional[tuple[tuple[Tensor, Tensor], ...]]
+    samples: Optional[Tensor]
+    unusable: int
+
+
+def calibrate_held_back(
+    held_back: Mapping[str, HeldBackSamples],
+    policies: Sequence[Binning],
+    quota: int,
+    widths: Mapping[str, int],
+    devices: Mapping[str, torch.device],
+    *,
+    quantile: float = 0.0,
+    final: bool = False,
+    distributed: Optional[bool] = None,
+    process_group: Any = None,
+) -> dict[str, Calibration]:
+    """Fix the ranges of every stream in ``held_back`` on its first ``quota`` held-back samples (all processes').
+
+    One range per stream and policy (``"global"`` pools the streams given together). A collective step
+    under DDP: every process calls it with the same streams. With ``final`` every held-back sample is in
+    the calibration set, so a stream without a finite value counts all of them as unusable.
+
+    Example:
+        >>> import torch
+        >>> held = HeldBackSamples()
+        >>> held.add(torch.tensor([[0.0, 1.0], [4.0, 3.0]]))
+        >>> out = calibrate_held_back({"a": held}, ["layer"], 2, {"a": 2}, {"a": torch.device("cpu")})
+        >>> [float(v) for v in out["a"].ranges[0]], out["a"].samples.shape[0]
+        ([0.0, 4.0], 2)
+    """
+    samples, local = {}, {}
+    for name, held in held_back.items():
+        samples[name], local[name] = gather_calibration_samples(
+            held.take(), quota, widths[name], devices[name], process_group, distributed
+        )
+    found = {policy: policy_ranges(policy, samples, quantile) for policy in dict.fromkeys(policies)}
+    out: dict[str, Calibration] = {}
+    for name, held in held_back.items():
+        ranges = tuple(found[policy][name] for policy in policies)
+        if any(r is None for r in ranges):  # no finite value: these samples are unusable; wait for finite ones
+            unusable = local[name] if final else local[name][:quota]
+            if not final:
+                held.keep([local[name][quota:]])
+            out[name] = Calibration(None, None, int(unusable.shape[0]))
+        else:
+            out[name] = Calibration(ranges, local[name], 0)  # type: ignore[arg-type]
+    return out

@@ -47,6 +47,7 @@ from lightning_infomem.functional.binning import (
     binning_dtype,
     check_activations,
     check_num_bins,
+    check_value_range,
     compiled_bin_and_count,
     compiled_grid,
     grid_bin_indices,
@@ -65,7 +66,8 @@ from lightning_infomem.functional.mutual_information import (
     pairs_to_matrix,
     pairwise_mutual_information_from_bins,
 )
-from lightning_infomem.metrics.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
+from lightning_infomem.metrics.calibration import HeldBackSamples, calibrate_held_back
+from lightning_infomem.pooling import RowPool
 
 __all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError"]
 
@@ -188,21 +190,7 @@ class _ActivationHistogramMetric(Metric):
         self.check_state_size(self.num_neurons, self.num_bins, self.max_state_bytes)
 
     def _fixed_value_range(self, value_range: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
-            raise ValueError(
-                f"value_range must be None, a (low, high) pair of floats, or a pair of [{self.num_neurons}] "
-                f"tensors; received {value_range!r}"
-            )
-        low, high = (torch.as_tensor(v, dtype=torch.float64).clone() for v in value_range)
-        for name, bound in (("low", low), ("high", high)):
-            if bound.ndim > 1 or (bound.ndim == 1 and bound.shape[0] != self.num_neurons):
-                raise ValueError(
-                    f"value_range {name} must be a float or a tensor of shape [{self.num_neurons}], "
-                    f"received shape {list(bound.shape)}"
-                )
-        if not bool((torch.isfinite(low) & torch.isfinite(high) & (low <= high)).all()):
-            raise ValueError(f"value_range must be finite with low <= high everywhere, received {value_range!r}")
-        return low, high
+        return check_value_range(value_range, self.num_neurons, torch.float64)
 
     # ------------------------------------------------------------------------------- properties
     @property
@@ -296,24 +284,38 @@ class _ActivationHistogramMetric(Metric):
         try (``final=False``); at ``compute()`` (``final=True``) every held-back sample is in the
         calibration set, so all of them are counted as non-finite and the range stays undefined.
         """
-        quota = self._calibration_quota()
-        batches = self._held_back.take()
-        samples, local = gather_calibration_samples(
-            batches, quota, self.num_neurons, self.counts.device, self.process_group, self._distributed()
-        )
-        found = calibrated_range(samples, per_neuron=self.per_neuron_range, quantile=self.range_quantile)
-        if found is None:
-            unusable = local if final else local[:quota]
-            self._count_unusable(unusable.shape[0])
-            if not final:
-                self._held_back.keep([local[quota:]])
+        device = self.counts.device
+        policy = "neuron" if self.per_neuron_range else "layer"
+        (outcome,) = calibrate_held_back(
+            {"": self._held_back},
+            [policy],
+            self._calibration_quota(),
+            {"": self.num_neurons},
+            {"": device},
+            quantile=self.range_quantile,
+            final=final,
+            distributed=self._distributed(),
+            process_group=self.process_group,
+        ).values()
+        if outcome.ranges is None:
+            self.count_undefined(outcome.unusable)
             return
-        self._set_range(*found)
-        if local.shape[0] > 0:
-            self._count(local)
+        self._set_range(*outcome.ranges[0])
+        if outcome.samples.shape[0] > 0:
+            self._count(outcome.samples)
 
-    def _count_unusable(self, num_rows: int) -> None:
-        """Count ``num_rows`` samples without a finite value (nothing to bin, no range needed)."""
+    def count_undefined(self, num_rows: int) -> None:
+        """Count ``num_rows`` samples without any finite value (nothing to bin, no range needed).
+
+        For a caller that calibrates the range itself (`ActivationMeasurement`) and found none: the samples
+        are counted as non-finite, so that `clipped_fraction` and the warnings see them.
+
+        Example:
+            >>> metric = NeuronEntropy(num_neurons=3)
+            >>> metric.count_undefined(2)
+            >>> int(metric.num_samples), int(metric.num_nonfinite)
+            (2, 6)
+        """
         self.num_samples += num_rows
         self.num_nonfinite += num_rows * self.num_neurons
 
@@ -626,7 +628,6 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         super().__init__(num_neurons, num_bins, value_range, **kwargs)
         resolve_counting_backend(backend, torch.device("cpu"))  # validates the name
         self.backend = backend
-        self.pool_samples = max(4096, 4 * (self.num_bins + 1) ** 2)
         self._pooled_dtype = bin_index_dtype(self.num_bins)
         self._clear_pending()
         self._joint_zero = False
@@ -691,27 +692,34 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     def _count_pairs(self, bins: Tensor) -> None:
         # Counting touches every pair's (B + 1)**2 histogram cells whatever the batch size, so small
         # batches are pooled (as compact bin indices) and counted together.
-        self._pending_bins.append(bins.to(self._pooled_dtype))
-        self._num_pending += bins.shape[0]
-        if self._num_pending >= self.pool_samples:
+        if self._pending_bins.add(bins.to(self._pooled_dtype)):
             self._flush_pending()
 
     def _flush_pending(self) -> None:
-        if not self._pending_bins:
+        pooled = self._pending_bins.take()
+        if pooled is None:
             return
-        bins = self._pooled_bins()
-        self._clear_pending()
+        (bins,) = pooled
         if self._joint_zero:
             self._joint_store.zero_()
             self._joint_zero = False
         add_joint_histogram_counts(bins, self.num_bins, self._joint_store, self.backend)
 
-    def _pooled_bins(self) -> Tensor:
-        return self._pending_bins[0] if len(self._pending_bins) == 1 else torch.cat(self._pending_bins)
-
     def _clear_pending(self) -> None:
-        self._pending_bins: list[Tensor] = []
-        self._num_pending = 0
+        pool = self.__dict__.get("_pending_bins")
+        if pool is None:  # bin indices not yet counted into the joint state
+            self._pending_bins = RowPool(max(4096, 4 * (self.num_bins + 1) ** 2))
+        else:
+            pool.clear()
+
+    @property
+    def pool_samples(self) -> int:
+        """Samples pooled (as bin indices) before they are counted into the joint histograms."""
+        return self._pending_bins.rows
+
+    @pool_samples.setter
+    def pool_samples(self, rows: int) -> None:
+        self._pending_bins.rows = check_int(rows, "pool_samples", minimum=1)
 
     def compute(self) -> Tensor:
         """Symmetric ``[N, N]`` mutual information; the diagonal is each neuron's entropy.
@@ -721,11 +729,11 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         """
         self._finish_calibration()
         self._warn_about_dropped_values()
-        if self._joint_zero and self._pending_bins:
+        if self._joint_zero and len(self._pending_bins):
             # every sample is still pooled: the MI comes from the pooled indices, and the state is not written
             # (on CPU with Numba each pair's histogram is reduced to its MI while it is in cache)
             pair_values = pairwise_mutual_information_from_bins(
-                self._pooled_bins(), self.num_bins, self.base, self.miller_madow, self.normalized, self.backend
+                self._pending_bins.peek()[0], self.num_bins, self.base, self.miller_madow, self.normalized, self.backend
             )
             return self._matrix_from_pairs(pair_values, self.counts)
         # without left-out values, a pair's marginals are its two neurons' own histograms

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -25,15 +25,14 @@ from torch import Tensor
 from lightning_infomem.functional.joint_counts import (
     cached_pair_indices,
 )
-from lightning_infomem.metrics.calibration import HeldBackSamples, calibrated_range, gather_calibration_samples
+from lightning_infomem.metrics.calibration import Binning, HeldBackSamples, calibrate_held_back
 from lightning_infomem.metrics.information import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
+from lightning_infomem.pooling import RowPool
 
-__all__ = ["ActivationMeasurement", "Binning", "LayerResult", "MeasurementSettings", "summarize"]
-
-Binning = Literal["layer", "neuron", "global"]
+__all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
 
 
-_UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows
+_UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows (see pooling)
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class ActivationMeasurement:
         self._held_back = {name: HeldBackSamples() for name in self.layer_names}
         self._calibrated: set[str] = set()
         self._observed: set[str] = set()
-        self._pending: dict[str, list[Tensor]] = {}  # calibrated batches not yet counted
+        self._pending: dict[str, RowPool] = {}  # calibrated batches not yet counted
         self._first_calibration_done = False
 
     # ------------------------------------------------------------------------------ sampling
@@ -167,11 +166,14 @@ class ActivationMeasurement:
             return None
         return max(0, self.sample_quota - self.seen[name])
 
-    def observe(self, name: str, activations: Tensor) -> None:
-        """Add a batch ``[B, N]`` of layer ``name`` (cut to the remaining quota by the caller or here)."""
+    def observe(self, name: str, activations: Tensor, neurons: Optional[Tensor] = None) -> None:
+        """Add a batch ``[B, N]`` of layer ``name``, cut to the layer's remaining sample quota (the quota is kept
+        here alone); ``neurons``: the columns to keep (after the cut, so no work is spent on rows past the quota)."""
         remaining = self.remaining(name)
         if remaining is not None:
             activations = activations[:remaining]
+        if neurons is not None and activations.shape[0]:
+            activations = activations.index_select(1, neurons.to(activations.device))
         if activations.shape[0] == 0:
             return
         self.seen[name] += int(activations.shape[0])
@@ -202,18 +204,17 @@ class ActivationMeasurement:
     def _update(self, name: str, activations: Tensor) -> None:
         """Count a batch, pooled with the following ones up to ``_UPDATE_ROWS`` rows (fewer, larger updates
         are cheaper: every update runs the same dozen tensor operations per metric)."""
-        pending = self._pending.setdefault(name, [])
         if activations.untyped_storage().nbytes() > activations.numel() * activations.element_size():
             # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
             activations = activations.clone()
-        pending.append(activations)
-        if sum(int(t.shape[0]) for t in pending) >= _UPDATE_ROWS:
+        if self._pending.setdefault(name, RowPool(_UPDATE_ROWS)).add(activations):
             self._flush_updates(name)
 
     def _flush_updates(self, name: str) -> None:
-        pending = self._pending.pop(name, [])
-        if pending:
-            batch = pending[0] if len(pending) == 1 else torch.cat(pending)
+        pool = self._pending.pop(name, None)
+        pooled = None if pool is None else pool.take()
+        if pooled is not None:
+            (batch,) = pooled
             self.entropy_metrics[name].update(batch)
             self.mutual_info_metrics[name].update(batch)
 
@@ -246,45 +247,28 @@ class ActivationMeasurement:
     def _calibrate(self, group: list[str], final: bool) -> None:
         """Fix the ranges of ``group`` on its held-back samples (a collective step under DDP)."""
         self._first_calibration_done = True
-        quota = self.calibration_quota
-        samples, local = {}, {}
-        for name in group:
-            width = self.entropy_metrics[name].num_neurons
-            device = self.entropy_metrics[name].counts.device
-            samples[name], local[name] = gather_calibration_samples(
-                self._held_back[name].take(), quota, width, device, distributed=self.distributed
-            )
-        entropy_ranges = self._ranges(self.settings.entropy_binning, samples)
-        if self.settings.mutual_info_binning == self.settings.entropy_binning:
-            mutual_info_ranges = entropy_ranges
-        else:
-            mutual_info_ranges = self._ranges(self.settings.mutual_info_binning, samples)
-        for name in group:
-            found, found_mi = entropy_ranges[name], mutual_info_ranges[name]
-            if found is None or found_mi is None:  # no finite value: these samples are unusable; wait for finite ones
-                unusable = local[name] if final else local[name][:quota]
+        settings = self.settings
+        outcomes = calibrate_held_back(
+            {name: self._held_back[name] for name in group},
+            [settings.entropy_binning, settings.mutual_info_binning],
+            self.calibration_quota,
+            {name: self.entropy_metrics[name].num_neurons for name in group},
+            {name: self.entropy_metrics[name].counts.device for name in group},
+            quantile=settings.range_quantile,
+            final=final,
+            distributed=self.distributed,
+        )
+        for name, outcome in outcomes.items():
+            if outcome.ranges is None:  # no finite value yet: counted as undefined, later samples are awaited
                 for metric in (self.entropy_metrics[name], self.mutual_info_metrics[name]):
-                    metric._count_unusable(unusable.shape[0])
-                if not final:
-                    self._held_back[name].keep([local[name][quota:]])
+                    metric.count_undefined(outcome.unusable)
                 continue
-            self.entropy_metrics[name].set_value_range(*found)
-            self.mutual_info_metrics[name].set_value_range(*found_mi)
-            if local[name].shape[0]:
-                self._update(name, local[name])
+            entropy_range, mutual_info_range = outcome.ranges
+            self.entropy_metrics[name].set_value_range(*entropy_range)
+            self.mutual_info_metrics[name].set_value_range(*mutual_info_range)
+            if outcome.samples.shape[0]:
+                self._update(name, outcome.samples)
             self._calibrated.add(name)
-
-    def _ranges(self, binning: Binning, samples: dict[str, Tensor]) -> dict[str, Optional[tuple[Tensor, Tensor]]]:
-        """The range of each layer under one binning policy (``None`` where its samples hold no finite value)."""
-        quantile = self.settings.range_quantile
-        if binning == "global":
-            pooled = torch.cat([s.reshape(-1, 1) for s in samples.values()]) if samples else torch.zeros(0, 1)
-            found = calibrated_range(pooled, quantile=quantile)
-            # a layer of only NaN / Inf stays undefined, whatever the range of the others
-            return {name: found if bool(torch.isfinite(s).any()) else None for name, s in samples.items()}
-        return {
-            name: calibrated_range(s, per_neuron=binning == "neuron", quantile=quantile) for name, s in samples.items()
-        }
 
     # ------------------------------------------------------------------------------- results
     @property
