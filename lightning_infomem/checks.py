@@ -13,6 +13,8 @@ import numbers
 import operator
 from typing import Any, Optional
 
+import numpy as np
+
 __all__ = ["check_bool", "check_float", "check_int", "check_log_base", "check_optional_int", "check_prefix", "join_key"]
 
 
@@ -51,7 +53,7 @@ def check_bool(value: Any, name: str) -> bool:
         ...
         ValueError: miller_madow must be True or False, received 'False' (str)
     """
-    if isinstance(value, bool) or type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"{name} must be True or False, received {value!r} ({type(value).__name__})")
 

@@ -7,22 +7,31 @@ sizes, binning never overflows, restored metrics continue exactly, arguments are
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import NUM_MIXED, make_mixed_activations
 
-from lightning_infomem import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
+from lightning_infomem import InformationMeasures, NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 from lightning_infomem.functional import (
+    add_joint_histogram_counts,
     bin_indices,
     calibrate_value_range,
     histogram_counts,
     input_loss_curvature,
     input_loss_curvature_estimates,
+    iter_joint_histogram_counts,
     joint_histogram_counts,
     neuron_entropy,
     pairwise_mutual_information,
+    pairwise_mutual_information_from_bins,
 )
 
 METRICS = [NeuronEntropy, NeuronMutualInformation]
@@ -324,7 +333,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint  # noqa: 
 from lightning_helpers import DigitsMLP, digits_loaders, digits_tensors, fast_trainer  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from lightning_infomem import InformationMeasures  # noqa: E402
 from lightning_infomem.reporting import heatmap_image  # noqa: E402
 
 
@@ -508,3 +516,168 @@ def test_pooled_updates_equal_per_batch_counting_and_do_not_keep_whole_hidden_st
     for states in hidden:
         reference.update(states[:, 0])
     torch.testing.assert_close(result.entropy, reference.compute(), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ the compiled path never ends a run
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+
+
+_VALUES = (
+    "import torch\n"
+    "from lightning_infomem.functional import neuron_entropy, pairwise_mutual_information\n"
+    "x = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))\n"
+    "m = pairwise_mutual_information(x, 8)\n"
+    "print(repr(float(m[0, 1])), repr(float(m[1, 4])), repr(float(neuron_entropy(x, 10).sum())))\n"
+)
+
+
+def _reference_values() -> list[float]:
+    from lightning_infomem.functional import neuron_entropy, pairwise_mutual_information
+
+    x = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))
+    m = pairwise_mutual_information(x, 8, backend="bincount")
+    return [float(m[0, 1]), float(m[1, 4]), float(neuron_entropy(x, 10).sum())]
+
+
+@pytest.mark.slow
+def test_numba_that_cannot_cache_compiles_without_a_cache_and_says_so():
+    pytest.importorskip("numba")
+    # a read-only install without a writable cache directory: Numba finds no cache locator at import
+    code = "import numba.core.caching as caching\ncaching.CacheImpl._locator_classes = []\n" + _VALUES
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Numba cannot cache the compiled kernels") == 1
+    values = [float(v) for v in result.stdout.split()]
+    assert values == pytest.approx(_reference_values(), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_numba_disable_jit_uses_the_torch_path_with_one_warning():
+    pytest.importorskip("numba")
+    result = _run_python(_VALUES, NUMBA_DISABLE_JIT="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NUMBA_DISABLE_JIT is set" in result.stderr
+    values = [float(v) for v in result.stdout.split()]
+    # the plain-Python kernels would give 0.185 nats for pair (0, 1) (uint8 sums overflowing) instead of 0.033
+    assert values == pytest.approx(_reference_values(), rel=1e-12)
+
+
+def test_a_kernel_that_fails_to_load_falls_back_with_one_warning(tmp_path, monkeypatch):
+    from lightning_infomem.functional._kernels import compiled
+
+    (tmp_path / "broken_kernels.py").write_text("raise RuntimeError('cannot cache function: no locator available')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(compiled, "_warned_causes", set())
+    kernel = compiled.CompiledKernel("broken_kernels", "kernel")
+    with pytest.warns(RuntimeWarning, match="no locator available"):
+        assert kernel.available() is False
+    assert kernel.available() is False  # tried once, warned once
+    with pytest.raises(ValueError, match="no locator available"):
+        kernel.require("this kernel")
+
+
+# ------------------------------------------------------------- bin indices checked at the public boundary
+BAD_INDEX_CASES = [
+    ("joint_histogram_counts", lambda b, n, backend: joint_histogram_counts(b, n, backend=backend)),
+    ("iter_joint_histogram_counts", lambda b, n, backend: list(iter_joint_histogram_counts(b, n, backend))),
+    (
+        "add_joint_histogram_counts",
+        lambda b, n, backend: add_joint_histogram_counts(
+            b, n, torch.zeros(b.shape[1] * (b.shape[1] - 1) // 2, n, n, dtype=torch.int64), backend
+        ),
+    ),
+    (
+        "pairwise_mutual_information_from_bins",
+        lambda b, n, backend: pairwise_mutual_information_from_bins(b, n, backend=backend),
+    ),
+    ("histogram_counts", lambda b, n, backend: histogram_counts(b, n)),
+]
+
+
+@pytest.mark.parametrize("backend", ["compiled", "bincount", "matmul"])
+@pytest.mark.parametrize("name, call", BAD_INDEX_CASES, ids=[name for name, _ in BAD_INDEX_CASES])
+@pytest.mark.parametrize("bad", [32000, -1, 5])
+def test_out_of_range_bin_indices_are_refused_before_any_kernel(name, call, backend, bad, monkeypatch):
+    from lightning_infomem.functional import joint_counts, mutual_information
+
+    if backend == "compiled" and not joint_counts.compiled_counting_available():
+        pytest.skip("needs Numba")
+    ran = []
+    for module, attribute in ((joint_counts, "_KERNEL"), (mutual_information, "_PAIR_TERMS_KERNEL")):
+        kernel = getattr(module, attribute)
+        monkeypatch.setattr(kernel, "run_tasks", lambda *a, _k=kernel, **k: ran.append(_k.attribute))
+    bins = torch.randint(0, 4, (1000, 6), generator=torch.Generator().manual_seed(0))
+    bins[::3, 2] = bad
+    with pytest.raises(ValueError, match=rf"bins\[0, 2\] = {bad} is not a bin index for num_bins=4"):
+        call(bins, 4, backend)
+    assert not ran  # refused before a kernel could read or write out of bounds
+    with pytest.raises(ValueError, match="integer bin indices"):
+        call(bins.float(), 4, backend)
+
+
+def test_uint8_bin_indices_are_counted_exactly():
+    bins = torch.randint(0, 4, (1000, 7), generator=torch.Generator().manual_seed(0))
+    expected = histogram_counts(bins, 4)
+    assert torch.equal(histogram_counts(bins.to(torch.uint8), 4), expected)
+    assert expected.sum(1).tolist() == [1000] * 7
+    assert torch.equal(joint_histogram_counts(bins.to(torch.uint8), 4), joint_histogram_counts(bins, 4))
+
+
+# ----------------------------------------------------------------- no code from a file it did not write
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch payload_ran",))
+
+
+def test_spawned_results_are_private_and_never_unpickle_code(tmp_path, monkeypatch):
+    from lightning_infomem.callbacks._spawn import SpawnedResults
+
+    monkeypatch.chdir(tmp_path)
+    channel = SpawnedResults()
+    assert os.stat(channel.directory).st_mode & 0o777 == 0o700  # only this user can plant anything there
+    with open(os.path.join(channel.directory, "results.pt"), "wb") as handle:
+        pickle.dump({"history": _Payload()}, handle)
+    with pytest.raises(pickle.UnpicklingError):
+        channel.receive()
+    assert not (tmp_path / "payload_ran").exists()
+    channel.send({"history": [{"epoch": 0, "infomem/entropy": 1.5}], "neuron_indices": {"a": torch.arange(3)}})
+    received = channel.receive()
+    assert received["history"] == [{"epoch": 0, "infomem/entropy": 1.5}]
+    assert channel.receive() is None  # read once
+
+
+def test_the_history_getter_reads_no_file_outside_its_own_directory(tmp_path, monkeypatch):
+    # the former channel: a predictable name in the shared temporary directory, read with weights_only=False
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    callback = InformationMeasures(layers=["net.0"])
+    for name in os.listdir(tmp_path):
+        if name.startswith("lightning_infomem_") and os.path.isdir(tmp_path / name):
+            continue
+        raise AssertionError(f"unexpected file {name}")
+    (tmp_path / f"lightning_infomem_{'0' * 32}.pt").write_bytes(pickle.dumps(_Payload()))
+    assert callback.history == []
+    assert not Path("payload_ran").exists() and not (tmp_path / "payload_ran").exists()
+
+
+# ------------------------------------------------------------------------- booleans are booleans
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: InformationMeasures(miller_madow="False"),
+        lambda: InformationMeasures(log_histograms="no"),
+        lambda: NeuronEntropy(4, normalized="false"),
+        lambda: NeuronMutualInformation(4, miller_madow=0),
+        lambda: neuron_entropy(torch.randn(10, 2), 4, miller_madow="False"),
+        lambda: pairwise_mutual_information(torch.randn(10, 2), 4, normalized="false"),
+    ],
+)
+def test_string_and_number_booleans_are_refused(make):
+    with pytest.raises(ValueError, match="must be True or False"):
+        make()
+
+
+def test_numpy_booleans_are_booleans():
+    assert NeuronEntropy(4, normalized=np.bool_(True)).normalized is True

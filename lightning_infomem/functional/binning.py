@@ -36,6 +36,7 @@ __all__ = [
     "calibrate_value_range",
     "check_value_range",
     "check_activations",
+    "check_bin_indices",
     "binning_dtype",
     "check_num_bins",
     "grid_bin_indices",
@@ -299,6 +300,38 @@ def bin_index_dtype(num_bins: int) -> torch.dtype:
         (torch.uint8, torch.int16)
     """
     return torch.uint8 if num_bins <= 255 else torch.int16 if num_bins <= 32767 else torch.int32
+
+
+def check_bin_indices(bins: Any, num_bins: int, name: str = "bins") -> Tensor:
+    """``bins`` if it is a ``[S, N]`` integer tensor of bin indices in ``[0, num_bins]``, else a ``ValueError``.
+
+    Index ``num_bins`` marks a left-out (non-finite) value, as `bin_indices` writes it. The error names
+    the first index out of range, so that no kernel ever reads or writes outside its histograms. One
+    pass over ``bins`` (its minimum and maximum); the package's own binning skips it.
+
+    Example:
+        >>> import torch
+        >>> check_bin_indices(torch.tensor([[0, 4], [7, 1]]), num_bins=4)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: bins[1, 0] = 7 is not a bin index for num_bins=4: indices must be in [0, 4] ...
+    """
+    if not isinstance(bins, Tensor) or bins.ndim != 2:
+        shape = list(bins.shape) if isinstance(bins, Tensor) else type(bins).__name__
+        raise ValueError(f"{name} must be a [S, N] integer tensor of bin indices, received {shape}")
+    if bins.dtype.is_floating_point or bins.dtype.is_complex or bins.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer bin indices, received dtype {bins.dtype}; use bin_indices")
+    if bins.numel() == 0:
+        return bins
+    low, high = torch.aminmax(bins)
+    if int(low) < 0 or int(high) > num_bins:
+        row, column = ((bins < 0) | (bins > num_bins)).nonzero()[0].tolist()
+        raise ValueError(
+            f"{name}[{row}, {column}] = {int(bins[row, column])} is not a bin index for num_bins={num_bins}: "
+            f"indices must be in [0, {num_bins}] ({num_bins} marks a left-out value); make them with "
+            "bin_indices(activations, num_bins)"
+        )
+    return bins
 
 
 def check_num_bins(num_bins: Any) -> int:

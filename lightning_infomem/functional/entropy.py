@@ -9,7 +9,13 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.checks import check_bool, check_log_base
-from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
+from lightning_infomem.functional.binning import (
+    ValueRange,
+    bin_indices,
+    check_activations,
+    check_bin_indices,
+    check_num_bins,
+)
 
 __all__ = ["count_codes", "entropy_from_counts", "histogram_counts", "neuron_entropy", "plugin_terms"]
 
@@ -39,11 +45,15 @@ def histogram_counts(bins: Tensor, num_bins: int) -> Tensor:
                 [0, 1, 1]])
     """
     num_bins = check_num_bins(num_bins)
-    if bins.ndim != 2:
-        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    return histogram_counts_in_range(check_bin_indices(bins, num_bins), num_bins)
+
+
+def histogram_counts_in_range(bins: Tensor, num_bins: int) -> Tensor:
+    """`histogram_counts` of ``[S, N]`` indices known to be in ``[0, num_bins]`` (the package's own binning):
+    no check. The codes are int64 whatever the index dtype (uint8 indices would overflow)."""
     num_neurons = bins.shape[1]
-    offsets = torch.arange(num_neurons, device=bins.device, dtype=bins.dtype) * (num_bins + 1)
-    counts = count_codes(bins + offsets, num_neurons * (num_bins + 1))
+    offsets = torch.arange(num_neurons, device=bins.device, dtype=torch.int64) * (num_bins + 1)
+    counts = count_codes(bins.long() + offsets, num_neurons * (num_bins + 1))
     return counts.view(num_neurons, num_bins + 1)[:, :num_bins]
 
 
@@ -199,5 +209,5 @@ def neuron_entropy(
     """
     miller_madow, normalized = check_bool(miller_madow, "miller_madow"), check_bool(normalized, "normalized")
     check_activations(activations)
-    counts = histogram_counts(bin_indices(activations, num_bins, value_range), num_bins)
+    counts = histogram_counts_in_range(bin_indices(activations, num_bins, value_range), num_bins)
     return entropy_from_counts(counts, base=base, miller_madow=miller_madow, normalized=normalized)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_infomem.functional._kernels.compiled import CompiledKernel
-from lightning_infomem.functional.binning import bin_index_dtype, check_num_bins
+from lightning_infomem.functional.binning import bin_index_dtype, check_bin_indices, check_num_bins
 from lightning_infomem.functional.entropy import count_codes
 
 __all__ = [
@@ -134,6 +134,19 @@ def add_joint_histogram_counts(
         >>> torch.equal(joint, 2 * joint_histogram_counts(bins, 3))
         True
     """
+    num_bins = check_num_bins(num_bins)
+    check_bin_indices(bins, num_bins)
+    shape = (bins.shape[1] * (bins.shape[1] - 1) // 2, num_bins, num_bins)
+    if not isinstance(joint_counts, Tensor) or tuple(joint_counts.shape) != shape or joint_counts.dtype != torch.int64:
+        found = list(joint_counts.shape) if isinstance(joint_counts, Tensor) else type(joint_counts).__name__
+        raise ValueError(f"joint_counts must be an int64 tensor of shape {list(shape)}, received {found}")
+    add_joint_histogram_counts_in_range(bins, num_bins, joint_counts, backend)
+
+
+def add_joint_histogram_counts_in_range(
+    bins: Tensor, num_bins: int, joint_counts: Tensor, backend: CountingBackend = "auto"
+) -> None:
+    """`add_joint_histogram_counts` of indices known to be in range (the package's own binning): no check."""
     backend = resolve_counting_backend(backend, bins.device)
     compiled = backend == "compiled" or (backend == "auto" and compiled_counting_available())
     if compiled and joint_counts.is_contiguous() and joint_counts.dtype == torch.int64:
@@ -142,7 +155,7 @@ def add_joint_histogram_counts(
         transposed = compiled_bin_layout(bins, num_bins)
         _KERNEL.run_tasks(compiled_row_tasks(0, i1), transposed, 0, i1, num_bins, joint_counts.numpy(), True)
         return
-    for first, counts in iter_joint_histogram_counts(bins.long(), num_bins, backend):
+    for first, counts in iter_joint_histogram_counts_in_range(bins.long(), num_bins, backend):
         joint_counts[first : first + counts.shape[0]] += counts
 
 
@@ -313,8 +326,13 @@ def iter_joint_histogram_counts(
     pairs ``first_pair .. first_pair + p - 1`` in the row-major order of `pair_indices`.
     """
     num_bins = check_num_bins(num_bins)
-    if bins.ndim != 2:
-        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    return iter_joint_histogram_counts_in_range(check_bin_indices(bins, num_bins), num_bins, backend)
+
+
+def iter_joint_histogram_counts_in_range(
+    bins: Tensor, num_bins: int, backend: CountingBackend = "auto"
+) -> Iterator[tuple[int, Tensor]]:
+    """`iter_joint_histogram_counts` of indices known to be in range (the package's own binning): no check."""
     backend = resolve_counting_backend(backend, bins.device)
     if backend == "auto" and compiled_counting_available():
         backend = "compiled"
@@ -354,7 +372,9 @@ def joint_histogram_counts(bins: Tensor, num_bins: int, backend: CountingBackend
         tensor([[[0, 1],
                  [1, 1]]])
     """
-    blocks = [counts for _, counts in iter_joint_histogram_counts(bins, num_bins, backend)]
+    num_bins = check_num_bins(num_bins)
+    check_bin_indices(bins, num_bins)
+    blocks = [counts for _, counts in iter_joint_histogram_counts_in_range(bins, num_bins, backend)]
     if not blocks:
         return torch.zeros(0, num_bins, num_bins, dtype=torch.int64, device=bins.device)
     return torch.cat(blocks)

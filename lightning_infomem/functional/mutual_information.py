@@ -17,13 +17,19 @@ from torch import Tensor
 
 from lightning_infomem.checks import check_bool
 from lightning_infomem.functional._kernels.compiled import CompiledKernel
-from lightning_infomem.functional.binning import ValueRange, bin_indices, check_activations, check_num_bins
+from lightning_infomem.functional.binning import (
+    ValueRange,
+    bin_indices,
+    check_activations,
+    check_bin_indices,
+    check_num_bins,
+)
 from lightning_infomem.functional.entropy import (
     NLOGN_TABLE_MAX,
     _entropy_from_terms,
     _rescale,
     entropy_from_counts,
-    histogram_counts,
+    histogram_counts_in_range,
     nlogn_table,
     plugin_terms,
 )
@@ -34,7 +40,7 @@ from lightning_infomem.functional.joint_counts import (
     compiled_bin_layout,
     compiled_counting_available,
     compiled_row_tasks,
-    iter_joint_histogram_counts,
+    iter_joint_histogram_counts_in_range,
     resolve_counting_backend,
 )
 
@@ -251,8 +257,8 @@ def pairwise_mutual_information(
     miller_madow, normalized = check_bool(miller_madow, "miller_madow"), check_bool(normalized, "normalized")
     check_activations(activations)
     bins = bin_indices(activations, num_bins, value_range)
-    pair_values = pairwise_mutual_information_from_bins(bins, num_bins, base, miller_madow, normalized, backend)
-    diagonal = entropy_from_counts(histogram_counts(bins, num_bins), base, miller_madow, normalized)
+    pair_values = pairwise_mutual_information_in_range(bins, num_bins, base, miller_madow, normalized, backend)
+    diagonal = entropy_from_counts(histogram_counts_in_range(bins, num_bins), base, miller_madow, normalized)
     if normalized:
         diagonal = normalized_self_information(diagonal)
     return pairs_to_matrix(pair_values, diagonal)
@@ -283,8 +289,19 @@ def pairwise_mutual_information_from_bins(
     """
     miller_madow, normalized = check_bool(miller_madow, "miller_madow"), check_bool(normalized, "normalized")
     num_bins = check_num_bins(num_bins)
-    if bins.ndim != 2:
-        raise ValueError(f"bins must have shape [S, N], received shape {list(bins.shape)}")
+    check_bin_indices(bins, num_bins)
+    return pairwise_mutual_information_in_range(bins, num_bins, base, miller_madow, normalized, backend)
+
+
+def pairwise_mutual_information_in_range(
+    bins: Tensor,
+    num_bins: int,
+    base: Optional[float] = None,
+    miller_madow: bool = False,
+    normalized: bool = False,
+    backend: CountingBackend = "auto",
+) -> Tensor:
+    """`pairwise_mutual_information_from_bins` of indices known to be in range (the package's own binning)."""
     resolved = resolve_counting_backend(backend, bins.device)
     compiled = resolved == "compiled" or (
         resolved == "auto" and bins.device.type == "cpu" and compiled_counting_available()
@@ -293,7 +310,7 @@ def pairwise_mutual_information_from_bins(
         return _pairwise_compiled(bins, num_bins, base, miller_madow, normalized)
     values = [
         mutual_information_from_joint_counts(counts, base, miller_madow, normalized)
-        for _, counts in iter_joint_histogram_counts(bins.long(), num_bins, backend)
+        for _, counts in iter_joint_histogram_counts_in_range(bins.long(), num_bins, backend)
     ]
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=bins.device)
 

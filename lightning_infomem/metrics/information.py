@@ -52,19 +52,19 @@ from lightning_infomem.functional.binning import (
     compiled_grid,
     grid_bin_indices,
 )
-from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts
+from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts_in_range
 from lightning_infomem.functional.joint_counts import (
     CountingBackend,
-    add_joint_histogram_counts,
+    add_joint_histogram_counts_in_range,
     cached_pair_indices,
-    iter_joint_histogram_counts,
+    iter_joint_histogram_counts_in_range,
     resolve_counting_backend,
 )
 from lightning_infomem.functional.mutual_information import (
     mutual_information_from_joint_counts,
     normalized_self_information,
     pairs_to_matrix,
-    pairwise_mutual_information_from_bins,
+    pairwise_mutual_information_in_range,
 )
 from lightning_infomem.metrics.calibration import HeldBackSamples, calibrate_held_back
 from lightning_infomem.pooling import RowPool
@@ -401,7 +401,7 @@ class _ActivationHistogramMetric(Metric):
         self.num_samples += values.shape[0]
         self.num_nonfinite += finite.numel() - finite.sum()
         self.num_clipped += (((values < low) | (values > high)) & finite).sum()
-        self.counts += histogram_counts(bins, self.num_bins)
+        self.counts += histogram_counts_in_range(bins, self.num_bins)
         self._count_pairs(bins)
 
     def _count_pairs(self, bins: Tensor) -> None:
@@ -590,7 +590,9 @@ class NeuronEntropy(_ActivationHistogramMetric):
         return entropy_from_counts(self.counts, self.base, self.miller_madow, self.normalized)
 
     def _batch_value(self, bins: Tensor) -> Tensor:
-        return entropy_from_counts(histogram_counts(bins, self.num_bins), self.base, self.miller_madow, self.normalized)
+        return entropy_from_counts(
+            histogram_counts_in_range(bins, self.num_bins), self.base, self.miller_madow, self.normalized
+        )
 
 
 class NeuronMutualInformation(_ActivationHistogramMetric):
@@ -703,7 +705,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         if self._joint_zero:
             self._joint_store.zero_()
             self._joint_zero = False
-        add_joint_histogram_counts(bins, self.num_bins, self._joint_store, self.backend)
+        add_joint_histogram_counts_in_range(bins, self.num_bins, self._joint_store, self.backend)
 
     def _clear_pending(self) -> None:
         pool = self.__dict__.get("_pending_bins")
@@ -732,7 +734,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         if self._joint_zero and len(self._pending_bins):
             # every sample is still pooled: the MI comes from the pooled indices, and the state is not written
             # (on CPU with Numba each pair's histogram is reduced to its MI while it is in cache)
-            pair_values = pairwise_mutual_information_from_bins(
+            pair_values = pairwise_mutual_information_in_range(
                 self._pending_bins.peek()[0], self.num_bins, self.base, self.miller_madow, self.normalized, self.backend
             )
             return self._matrix_from_pairs(pair_values, self.counts)
@@ -764,5 +766,5 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
         return pairs_to_matrix(pair_values, diagonal)
 
     def _batch_value(self, bins: Tensor) -> Tensor:
-        blocks = (counts for _, counts in iter_joint_histogram_counts(bins, self.num_bins, self.backend))
-        return self._matrix(blocks, histogram_counts(bins, self.num_bins))
+        blocks = (counts for _, counts in iter_joint_histogram_counts_in_range(bins, self.num_bins, self.backend))
+        return self._matrix(blocks, histogram_counts_in_range(bins, self.num_bins))

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -53,6 +55,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_workers)
 
 
+_warned_causes: set[str] = set()  # one warning per cause and process
+
+
+def _jit_disabled() -> bool:
+    numba = sys.modules.get("numba")
+    return bool(getattr(getattr(numba, "config", None), "DISABLE_JIT", False))
+
+
 class CompiledKernel:
     """A compiled kernel ``module.attribute``, imported on first use.
 
@@ -70,13 +80,39 @@ class CompiledKernel:
         self._function: Optional[Any] = None
 
     def available(self) -> bool:
-        """Whether the kernel can run: its module (and Numba) imports. Tried once."""
+        """Whether the kernel can run: its module (and Numba) imports and compiles. Tried once.
+
+        Without Numba the callers use their torch implementations, silently (an optional dependency).
+        Where Numba is installed but the kernel cannot be loaded (any error while importing or compiling
+        it), or ``NUMBA_DISABLE_JIT`` is set (the kernels would run as Python code, whose integer
+        arithmetic is not the compiled one: its uint8 sums overflow), the torch implementations are used
+        with one warning naming the cause; a user's run never fails for it.
+        """
         if self._function is None and self.error is None:
             try:
-                self._function = getattr(importlib.import_module(self.module), self.attribute)
+                function = getattr(importlib.import_module(self.module), self.attribute)
             except ImportError as error:  # Numba not installed, or not matching this NumPy
                 self.error = str(error)
+                return False
+            except Exception as error:  # noqa: BLE001 - a Numba that cannot compile or cache must not end the run
+                self._fall_back(f"{type(error).__name__}: {error}")
+                return False
+            if _jit_disabled():
+                self._fall_back("NUMBA_DISABLE_JIT is set, so the kernels would run as plain Python")
+                return False
+            self._function = function
         return self._function is not None
+
+    def _fall_back(self, cause: str) -> None:
+        self.error = cause
+        if cause not in _warned_causes:
+            _warned_causes.add(cause)
+            warnings.warn(
+                f"lightning_infomem: the compiled kernel {self.attribute} cannot be used ({cause}); the torch "
+                "implementation computes the same values, slower",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def require(self, what: str) -> None:
         """Raise a ``ValueError`` naming ``what`` needs Numba and how to install it, when it is not available."""

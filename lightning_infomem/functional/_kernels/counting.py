@@ -21,13 +21,14 @@ This module imports Numba; nothing imports it otherwise (see
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from lightning_infomem.functional._kernels.jit import njit
 
 __all__ = ["bin_and_count", "joint_count_terms", "joint_counts_block", "joint_plugin_terms"]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _count_four(row: np.ndarray, bins: np.ndarray, j: int, width: int, hist: np.ndarray) -> int:
     """Histograms of the pairs ``(row, bins[j + g])``, ``g < 4`` (fewer at the end), into ``hist``; returns how many."""
     num_neurons, num_samples = bins.shape
@@ -50,13 +51,13 @@ def _count_four(row: np.ndarray, bins: np.ndarray, j: int, width: int, hist: np.
     return group
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _first_pair(i: int, i0: int, num_neurons: int) -> int:
     """Index, within a block starting at row ``i0``, of the first pair ``(i, i + 1)``."""
     return (i - i0) * (num_neurons - 1) - ((i - 1) * i - (i0 - 1) * i0) // 2
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _task_row(task: int, side: int, i0: int, i1: int) -> int:
     """Row counted by ``task`` on its ``side`` (rows ``i0 + task`` and ``i1 - 1 - task``); -1 for the second
     side of the middle row of an odd block."""
@@ -66,7 +67,7 @@ def _task_row(task: int, side: int, i0: int, i1: int) -> int:
     return -1 if i == i0 + task else i
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def joint_counts_block(
     bins: np.ndarray, i0: int, i1: int, num_bins: int, out: np.ndarray, accumulate: bool, start: int, stop: int
 ) -> None:  # fmt: skip
@@ -94,7 +95,7 @@ def joint_counts_block(
                 j += group
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def joint_plugin_terms(
     bins: np.ndarray, i0: int, i1: int, num_bins: int, table: np.ndarray, terms: np.ndarray, start: int, stop: int
 ) -> None:  # fmt: skip
@@ -123,7 +124,7 @@ def joint_plugin_terms(
                 j += group
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _copy_out(hist: np.ndarray, offset: int, num_bins: int, stride: int, target: np.ndarray, accumulate: bool) -> None:
     """The ``num_bins x num_bins`` histogram at ``hist[offset:]`` (row stride ``stride``) into the flat ``target``.
 
@@ -141,7 +142,7 @@ def _copy_out(hist: np.ndarray, offset: int, num_bins: int, stride: int, target:
                 target[a * num_bins + b] = source[a * stride + b]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _terms(
     hist: np.ndarray, offset: int, num_bins: int, stride: int, table: np.ndarray, terms: np.ndarray, p: int,
     columns: np.ndarray,
@@ -182,7 +183,7 @@ def _terms(
     terms[p, 6] = occupied_columns
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def joint_count_terms(joint: np.ndarray, table: np.ndarray, terms: np.ndarray, start: int, stop: int) -> None:
     """Plug-in terms (see `_terms`) of ``[P, B, B]`` integer histograms into ``[P, 7]`` float64 ``terms``.
 
@@ -205,7 +206,7 @@ def joint_count_terms(joint: np.ndarray, table: np.ndarray, terms: np.ndarray, s
             _terms(cells, 0, num_bins, num_bins, table, terms, p, columns)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, error_model="numpy")
 def bin_and_count(
     values: np.ndarray,
     low: np.ndarray,

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
+
+from lightning_infomem.functional._kernels.jit import njit
 
 __all__ = ["ksg_pair_terms"]
 
@@ -50,7 +51,7 @@ def _pick(typingctx, condition, if_true, if_false):  # type: ignore[no-untyped-d
     return if_true(condition, if_true, if_false), codegen
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _neighbour_counts(xs: np.ndarray, x0: float, ys: np.ndarray, y0: float, radius: float) -> tuple[int, int]:
     """``(n_x, n_y)``: how many other values of the ascending ``xs`` (``ys``) lie within ``radius`` of ``x0`` (``y0``).
 
@@ -74,7 +75,7 @@ def _neighbour_counts(xs: np.ndarray, x0: float, ys: np.ndarray, y0: float, radi
     return above_x - first_x, above_y - first_y
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _insert(best: np.ndarray, k: int, d: float) -> float:
     """Insert ``d`` (smaller than ``best[k - 1]``) into the ascending ``best``; the new ``k``-th smallest."""
     m = k - 1
@@ -85,7 +86,7 @@ def _insert(best: np.ndarray, k: int, d: float) -> float:
     return best[k - 1]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _scan_strip(
     strip_y: np.ndarray, strip_x: np.ndarray, first: int, last: int, start: int, x0: float, y0: float,
     skip: int, best: np.ndarray, k: int, kth: float,
@@ -108,7 +109,7 @@ def _scan_strip(
     return kth
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _consider(x: float, x0: float, dy: float, is_self: bool, best: np.ndarray, k: int, kth: float) -> float:
     """Keep the max-norm distance ``max(|x - x0|, dy)`` among the ``k`` smallest (not for the sample itself)."""
     if is_self:
@@ -118,7 +119,7 @@ def _consider(x: float, x0: float, dy: float, is_self: bool, best: np.ndarray, k
     return _insert(best, k, d) if d < kth else kth
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _position_in(strip_y: np.ndarray, first: int, last: int, y0: float) -> int:
     """First position of ``[first, last)`` whose y is ``>= y0`` (``last`` if none)."""
     base, size = first, last - first
@@ -131,7 +132,7 @@ def _position_in(strip_y: np.ndarray, first: int, last: int, y0: float) -> int:
     return base + (1 if strip_y[base] < y0 else 0)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _pair(
     sorted_values: np.ndarray,
     order: np.ndarray,
@@ -200,7 +201,7 @@ def _pair(
     return total / num_samples
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def ksg_pair_terms(
     sorted_values: np.ndarray, order: np.ndarray, rank: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     k: int, width: int, psi: np.ndarray, out: np.ndarray, start: int, stop: int,
