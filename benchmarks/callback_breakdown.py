@@ -57,7 +57,7 @@ LAYERS = ["net.0", "net.2", "net.4"]
 # reduced in cache) runs both inside the per-batch counting and at the epoch end, and is taken out of both
 METRICS = "metrics/information.py"
 CALLBACK = "callbacks/information.py"
-MI_COUNTING = [(METRICS, "_flush_pending"), ("mutual_information.py", "pairwise_mutual_information_from_bins")]
+MI_COUNTING = [(METRICS, "_flush_pending"), ("mutual_information.py", "pairwise_mutual_information_in_range")]
 PARTS = [
     ("MI: joint-histogram counting", MI_COUNTING),
     ("H: binning and per-neuron counting", [(METRICS, "_count")]),
