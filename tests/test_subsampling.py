@@ -107,8 +107,8 @@ def test_topk_and_per_class_agree_with_dense() -> None:
 def test_influence_memory_budget_is_explained() -> None:
     in_train, _, test_correct = _random_masks()
     with pytest.raises(InfluenceTooLargeError, match="influence_topk.*per_class.*fewer test examples"):
-        influence_from_masks(in_train, test_correct, max_bytes=100)
-    assert influence_from_masks(in_train, test_correct, max_bytes=None).shape == (7, 25)
+        influence_from_masks(in_train, test_correct, max_result_bytes=100)
+    assert influence_from_masks(in_train, test_correct, max_result_bytes=None).shape == (7, 25)
 
 
 def test_input_checks_and_error_bound() -> None:

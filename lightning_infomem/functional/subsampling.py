@@ -39,7 +39,7 @@ __all__ = [
     "rms_error_bound",
 ]
 
-DEFAULT_MAX_BYTES = 2**30  # 1 GiB for dense influence matrices
+DEFAULT_MAX_RESULT_BYTES = 2**30  # 1 GiB for dense influence matrices
 
 
 class InfluenceTooLargeError(ValueError):
@@ -154,14 +154,14 @@ def _dense_bytes(num_test: int, num_train: int, matrices: int) -> int:
     return num_test * num_train * 4 * matrices
 
 
-def _check_budget(num_test: int, num_train: int, matrices: int, max_bytes: Optional[int]) -> None:
+def _check_budget(num_test: int, num_train: int, matrices: int, max_result_bytes: Optional[int]) -> None:
     needed = _dense_bytes(num_test, num_train, matrices)
-    if max_bytes is not None and needed > max_bytes:
+    if max_result_bytes is not None and needed > max_result_bytes:
         raise InfluenceTooLargeError(
             f"the dense influence result [{num_test} test x {num_train} train] x {matrices} float32 "
-            f"matrices needs {needed / 2**20:.1f} MiB, {needed / max(max_bytes, 1):.1f}x the budget "
-            f"max_bytes={max_bytes / 2**20:.1f} MiB. Use influence_topk (k per test example, optionally "
-            f"same class only), influence_per_class (same-class blocks), fewer test examples, or raise max_bytes"
+            f"matrices needs {needed / 2**20:.1f} MiB, {needed / max(max_result_bytes, 1):.1f}x the budget "
+            f"max_result_bytes={max_result_bytes / 2**20:.1f} MiB. Use influence_topk (k per test example, optionally "
+            f"same class only), influence_per_class (same-class blocks), fewer test examples, or raise max_result_bytes"
         )
 
 
@@ -178,14 +178,14 @@ def _influence_block(mask: Tensor, n_in: Tensor, n_out: Tensor, test_hits: Tenso
 
 
 def influence_estimates(
-    in_train: Tensor, test_correct: Tensor, *, max_bytes: Optional[int] = DEFAULT_MAX_BYTES
+    in_train: Tensor, test_correct: Tensor, *, max_result_bytes: Optional[int] = DEFAULT_MAX_RESULT_BYTES
 ) -> InfluenceEstimate:
     """Influence of every training example on every test example, with standard errors.
 
     Args:
         in_train: ``[t, n]`` bool subset masks.
         test_correct: ``[t, m]`` bool, model ``k`` classifies test example ``j`` correctly.
-        max_bytes: refuse (`InfluenceTooLargeError`) if the two ``[m, n]`` float32 results exceed it;
+        max_result_bytes: refuse (`InfluenceTooLargeError`) if the two ``[m, n]`` float32 results exceed it;
             ``None`` for no limit.
 
     Returns:
@@ -201,7 +201,7 @@ def influence_estimates(
     in_train, test_correct = _check_masks(in_train, test_correct, "test_correct")
     t, n = in_train.shape
     m = test_correct.shape[1]
-    _check_budget(m, n, 2, max_bytes)
+    _check_budget(m, n, 2, max_result_bytes)
     mask = in_train.float()
     n_in = mask.sum(0)
     n_out = t - n_in
@@ -218,12 +218,12 @@ def influence_estimates(
 
 
 def influence_from_masks(
-    in_train: Tensor, test_correct: Tensor, *, max_bytes: Optional[int] = DEFAULT_MAX_BYTES
+    in_train: Tensor, test_correct: Tensor, *, max_result_bytes: Optional[int] = DEFAULT_MAX_RESULT_BYTES
 ) -> Tensor:
     """``[m, n]`` float32 influence of training example ``i`` (column) on test example ``j`` (row).
 
     ``P[test j correct | i in] - P[test j correct | i out]``; 0 in the columns of undefined training
-    examples. Refuses (`InfluenceTooLargeError`) if the ``[m, n]`` float32 result exceeds ``max_bytes``;
+    examples. Refuses (`InfluenceTooLargeError`) if the ``[m, n]`` float32 result exceeds ``max_result_bytes``;
     then use `influence_topk` or `influence_per_class`. See `influence_estimates` for standard errors.
 
     Example:
@@ -234,8 +234,8 @@ def influence_from_masks(
                 [ 0.0000,  0.0000]])
     """
     in_train, test_correct = _check_masks(in_train, test_correct, "test_correct")
-    _check_budget(test_correct.shape[1], in_train.shape[1], 1, max_bytes)
-    return influence_estimates(in_train, test_correct, max_bytes=None).value
+    _check_budget(test_correct.shape[1], in_train.shape[1], 1, max_result_bytes)
+    return influence_estimates(in_train, test_correct, max_result_bytes=None).value
 
 
 def _check_labels(labels: Optional[Tensor], size: int, name: str) -> Optional[Tensor]:
@@ -306,12 +306,12 @@ def influence_per_class(
     train_labels: Tensor,
     test_labels: Tensor,
     *,
-    max_bytes: Optional[int] = DEFAULT_MAX_BYTES,
+    max_result_bytes: Optional[int] = DEFAULT_MAX_RESULT_BYTES,
 ) -> dict[int, tuple[Tensor, Tensor, InfluenceEstimate]]:
     """Influence restricted to same-class pairs: one dense block per class.
 
     Returns ``{class: (test_indices [m_c], train_indices [n_c], InfluenceEstimate [m_c, n_c])}``.
-    Memory is ``sum_c m_c n_c`` instead of ``m n`` (about ``1 / classes`` of it); refused if over ``max_bytes``.
+    Memory is ``sum_c m_c n_c`` instead of ``m n`` (about ``1 / classes`` of it); refused if over ``max_result_bytes``.
 
     Example:
         >>> in_train = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1]]).bool()
@@ -328,17 +328,17 @@ def influence_per_class(
     classes = sorted(set(test_labels.tolist()))
     sizes = [(int((test_labels == c).sum()), int((train_labels == c).sum())) for c in classes]
     needed = sum(2 * 4 * a * b for a, b in sizes)
-    if max_bytes is not None and needed > max_bytes:
+    if max_result_bytes is not None and needed > max_result_bytes:
         raise InfluenceTooLargeError(
-            f"the per-class influence blocks need {needed / 2**20:.1f} MiB, {needed / max(max_bytes, 1):.1f}x "
-            f"the budget max_bytes={max_bytes / 2**20:.1f} MiB; use influence_topk, fewer test examples, or "
-            f"raise max_bytes"
+            f"the per-class influence blocks need {needed / 2**20:.1f} MiB, "
+            f"{needed / max(max_result_bytes, 1):.1f}x the budget max_result_bytes={max_result_bytes / 2**20:.1f} MiB; "
+            "use influence_topk, fewer test examples, or raise max_result_bytes"
         )
     out = {}
     for c in classes:
         test_idx = torch.nonzero(test_labels == c)[:, 0]
         train_idx = torch.nonzero(train_labels == c)[:, 0]
-        est = influence_estimates(in_train[:, train_idx], test_correct[:, test_idx], max_bytes=None)
+        est = influence_estimates(in_train[:, train_idx], test_correct[:, test_idx], max_result_bytes=None)
         out[int(c)] = (test_idx, train_idx, est)
     return out
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.functional.subsampling import (
-    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
     InfluenceEstimate,
     MemorizationEstimate,
     TopKInfluence,
@@ -179,9 +179,9 @@ class SubsampleRecords(PerSampleScores):
             raise ValueError("influence needs test correctness: pass test_dataset to train_on_subsets")
         return self.test_correct
 
-    def influence(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> InfluenceEstimate:
-        """Dense `influence_estimates` ``[m, n]``; refused above ``max_bytes`` (see `influence_topk`)."""
-        return influence_estimates(self.in_train, self._test(), max_bytes=max_bytes)
+    def influence(self, max_result_bytes: Optional[int] = DEFAULT_MAX_RESULT_BYTES) -> InfluenceEstimate:
+        """Dense `influence_estimates` ``[m, n]``; refused above ``max_result_bytes`` (see `influence_topk`)."""
+        return influence_estimates(self.in_train, self._test(), max_result_bytes=max_result_bytes)
 
     def influence_topk(self, k: int, same_class: bool = True) -> TopKInfluence:
         """`influence_topk`: ``k`` most influential training examples per test example (same class if asked)."""
@@ -190,12 +190,12 @@ class SubsampleRecords(PerSampleScores):
         labels = (self.train_labels, self.test_labels) if same_class else (None, None)
         return influence_topk(self.in_train, self._test(), k, train_labels=labels[0], test_labels=labels[1])
 
-    def influence_per_class(self, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> dict[int, Any]:
+    def influence_per_class(self, max_result_bytes: Optional[int] = DEFAULT_MAX_RESULT_BYTES) -> dict[int, Any]:
         """`influence_per_class`: same-class dense blocks."""
         if self.train_labels is None or self.test_labels is None:
             raise ValueError("influence_per_class needs train_labels and test_labels")
         return influence_per_class(
-            self.in_train, self._test(), self.train_labels, self.test_labels, max_bytes=max_bytes
+            self.in_train, self._test(), self.train_labels, self.test_labels, max_result_bytes=max_result_bytes
         )
 
     def rms_error_bound(self) -> float:
