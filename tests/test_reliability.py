@@ -380,6 +380,41 @@ def test_a_diverged_epoch_is_never_the_best_checkpoint(tmp_path, nan_epoch):
         assert f"epoch={nan_epoch}" not in checkpoint.best_model_path, (key, mode, checkpoint.best_model_path)
 
 
+class DieAtEpoch(DivergeAtEpoch):
+    """Zeroes every weight and bias for the validation of one epoch: every unit outputs a constant (a dead network)."""
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            self._saved = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            with torch.no_grad():
+                for parameter in pl_module.parameters():
+                    parameter.zero_()
+
+
+@pytest.mark.parametrize("dead_epoch", [0, 1])
+def test_a_dead_network_measures_nothing_and_is_never_the_best_checkpoint(tmp_path, dead_epoch):
+    checkpoints = {
+        (key, mode): ModelCheckpoint(
+            dirpath=tmp_path / f"{key.replace('/', '_')}_{mode}", filename="{epoch}", monitor=key, mode=mode
+        )
+        for key in ("infomem/mutual_info", "infomem/entropy")
+        for mode in ("min", "max")
+    }
+    callback = InformationMeasures(layers=["net.0", "net.2"])
+    trainer = fast_trainer(
+        tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[DieAtEpoch(dead_epoch), callback]
+    )
+    trainer.callbacks.extend(checkpoints.values())
+    with pytest.warns(UserWarning, match=r"no monitored layer has spread .* overall keys are logged as NaN"):
+        trainer.fit(DigitsMLP(), *digits_loaders())
+    row = callback.history[dead_epoch]
+    assert math.isnan(row["infomem/entropy"]) and math.isnan(row["infomem/mutual_info"])
+    assert row["infomem/net.0/entropy"] == 0.0  # the layer's own keys say what it is: constant
+    for (key, mode), checkpoint in checkpoints.items():
+        assert checkpoint.best_model_path, (key, mode)
+        assert f"epoch={dead_epoch}" not in checkpoint.best_model_path, (key, mode, checkpoint.best_model_path)
+
+
 def test_early_stopping_stops_a_diverged_run(tmp_path):
     stopper = EarlyStopping(monitor="infomem/mutual_info", mode="min", patience=5, check_finite=True)
     trainer = fast_trainer(

@@ -93,7 +93,8 @@ class InformationMeasures(Callback):
     A layer with no finite activation in an evaluation (a diverged model) logs NaN for its keys and
     for the overall ones, with one warning; ``ModelCheckpoint`` ranks NaN worst and
     ``EarlyStopping(check_finite=True)`` stops on it. A layer whose activations have no spread (every
-    neuron constant) keeps its own keys but is left out of the overall keys, with one warning. A
+    neuron constant) keeps its own keys but is left out of the overall keys, with one warning; when no
+    layer has spread (a dead network) the overall keys are NaN, with one warning. A
     layer of one monitored neuron logs its entropy and an MI of 0 (no pairs). With ``prefix=""`` keys
     have no prefix (``entropy``).
 
@@ -282,8 +283,31 @@ class InformationMeasures(Callback):
     def state_key(self) -> str:
         return prefixed_state_key(self, self.prefix)
 
+    def measurement_settings(self) -> dict[str, Any]:
+        """The settings that define what the logged values measure; a checkpoint made with others is refused.
+
+        Example:
+            >>> InformationMeasures(entropy_bins=50).measurement_settings()["entropy_bins"]
+            50
+        """
+        return {
+            "layers": list(self.layer_names),
+            "entropy_bins": self.entropy_bins,
+            "mutual_info_bins": self.mutual_info_bins,
+            "entropy_binning": self.entropy_binning,
+            "mutual_info_binning": self.mutual_info_binning,
+            "max_samples": self.max_samples,
+            "max_neurons": self.max_neurons,
+            "seed": self.seed,
+            "range_quantile": self.range_quantile,
+            "calibration_samples": self.calibration_samples,
+            "miller_madow": self.miller_madow,
+            "sequence_reduction": self.sequence_reduction,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "settings": self.measurement_settings(),
             "layer_names": list(self.layer_names),
             "layer_widths": dict(self.layer_widths),
             "neuron_indices": {k: (v.cpu() if v is not None else None) for k, v in self.neuron_indices.items()},
@@ -293,11 +317,33 @@ class InformationMeasures(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the history of a checkpoint made with the same measurement settings.
+
+        A checkpoint whose settings differ (other layers, bins, binning, samples, neurons, seed, ...) is
+        refused, naming each difference: its values and this callback's would be different estimators
+        under the same keys, which ``ModelCheckpoint`` compares. Resume with the same settings, or give
+        the new measurement its own ``prefix`` (a new history beside the old one).
+        """
+        saved = state_dict.get("settings")
+        if saved is not None:
+            current = self.measurement_settings()
+            if not current["layers"]:  # not set up yet: the layers are compared once they are resolved
+                saved = {key: value for key, value in saved.items() if key != "layers"}
+            differing = [
+                f"{key}={saved[key]!r} in the checkpoint, {current[key]!r} now"
+                for key in saved
+                if key in current and saved[key] != current[key]
+            ]
+            if differing:
+                raise ValueError(
+                    f"InformationMeasures(prefix={self.prefix!r}): the checkpoint was measured with other settings "
+                    f"({'; '.join(differing)}); continuing would mix two estimators under the same keys. Resume "
+                    "with the checkpoint's settings, or give this measurement another prefix to start a new history"
+                )
         self.layer_widths = dict(state_dict.get("layer_widths", {}))
         self.neuron_indices = dict(state_dict.get("neuron_indices", {}))
         self._history = [dict(row) for row in state_dict.get("history", [])]
         self._measurements = int(state_dict.get("measurements", 0))
-        self.seed = int(state_dict.get("seed", self.seed))
         self.measurements = {}
 
     # ------------------------------------------------------------------------------ results
@@ -651,6 +697,14 @@ class InformationMeasures(Callback):
                 f"missing:{loader}",
                 f"InformationMeasures: no activations reached layer(s) {missing} during validation{where} (the "
                 "module was not called in validation_step); their keys are not logged",
+            )
+        if results and all(result.defined and not result.spread for result in results.values()):
+            self._warn_once(
+                f"dead:{loader}",
+                f"InformationMeasures: no monitored layer{where} has spread in the evaluation of epoch "
+                f"{trainer.current_epoch} (every monitored neuron is constant: a dead network?); such a measurement "
+                "measures nothing, so the overall keys are logged as NaN, which ModelCheckpoint ranks worst and "
+                "EarlyStopping(check_finite=True) stops on",
             )
         for name, result in results.items():
             if not result.defined:

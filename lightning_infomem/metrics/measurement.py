@@ -91,14 +91,16 @@ class LayerResult(NamedTuple):
 def summarize(results: dict[str, LayerResult]) -> tuple[float, float]:
     """``(entropy, mutual_info)`` over the layers: the mean over every defined neuron and every defined pair.
 
-    NaN when any layer is undefined (a diverged model must not look like a measured one). Layers without
-    spread (every neuron constant) are left out while any layer has spread; the MI is 0 when no layer
-    has a pair of neurons.
+    NaN when any layer is undefined (a diverged model must not look like a measured one) and when no layer
+    has spread (a dead network, every monitored neuron constant, measures nothing: its H = I = 0 must not
+    look like the least memorizing model). Layers without spread are left out while any layer has
+    spread; the MI is 0 when no layer has a pair of neurons.
     """
     if not results or any(not result.defined for result in results.values()):
         return math.nan, math.nan
-    if any(result.spread for result in results.values()):
-        results = {name: result for name, result in results.items() if result.spread}
+    if not any(result.spread for result in results.values()):
+        return math.nan, math.nan
+    results = {name: result for name, result in results.items() if result.spread}
     entropies = torch.cat([result.entropy for result in results.values()])
     entropy = float(torch.nanmean(entropies))
     pair_sum, pair_count = 0.0, 0
