@@ -716,3 +716,33 @@ def test_string_and_number_booleans_are_refused(make):
 
 def test_numpy_booleans_are_booleans():
     assert NeuronEntropy(4, normalized=np.bool_(True)).normalized is True
+
+
+def test_an_oversized_entropy_state_is_refused_at_setup_and_the_advised_fix_works(tmp_path):
+    callback = InformationMeasures(layers=["net.0"], entropy_bins=10**7)
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    with pytest.raises(StateTooLargeError, match="NeuronEntropy would need .* entropy_bins") as caught:
+        trainer.fit(DigitsMLP(), *digits_loaders())
+    assert trainer.current_epoch == 0 and trainer.global_step == 0  # before any training step
+    assert "raise max_state_bytes (None: no budget)" in str(caught.value)  # the fix the message names...
+    callback = InformationMeasures(layers=["net.0"], entropy_bins=10**7, max_state_bytes=None, max_neurons=4)
+    trainer = fast_trainer(tmp_path, callbacks=[callback])
+    trainer.validate(DigitsMLP(), digits_loaders(num_val=64)[1], verbose=False)  # ...works
+    assert math.isfinite(callback.history[-1]["infomem/entropy"])
+
+
+def test_a_layer_never_called_does_not_make_the_others_hold_back_every_sample():
+    from lightning_infomem.metrics import ActivationMeasurement, MeasurementSettings
+
+    measurement = ActivationMeasurement(
+        ["called", "never_called"], MeasurementSettings(calibration_samples=512), max_samples=None
+    )
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):  # 30,000 rows of one layer, none of the other
+        measurement.observe("called", torch.randn(300, 16, generator=generator))
+    held = sum(len(h) for h in measurement._held_back.values())
+    pending = sum(len(p) for p in measurement._pending.values())
+    assert held + pending <= 4 * 512 + 1024  # bounded by the wait and one pooled update, not by the stream
+    result = measurement.results()
+    assert set(result) == {"called"} and result["called"].defined
+    assert int(measurement.entropy_metrics["called"].num_samples) == 30_000  # every sample counted

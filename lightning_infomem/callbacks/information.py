@@ -447,7 +447,7 @@ class InformationMeasures(Callback):
         rank_zero_info(f"InformationMeasures: monitoring {len(self.layer_names)} layer(s), {how}: {shown}")
 
     def _check_state_budget(self, pl_module: LightningModule) -> None:
-        """Refuse, before any epoch runs, a layer whose MI state would exceed ``max_state_bytes``.
+        """Refuse, before any epoch runs, a layer whose entropy or MI state would exceed ``max_state_bytes``.
 
         Possible where the width is known from the module (``nn.Linear``, convolutions, norms,
         embeddings); other layers are checked at their first activations.
@@ -458,13 +458,18 @@ class InformationMeasures(Callback):
             if width is None:
                 continue
             num_neurons = width if self.max_neurons is None else min(width, self.max_neurons)
-            try:
-                NeuronMutualInformation.check_state_size(num_neurons, self.mutual_info_bins, self.max_state_bytes)
-            except StateTooLargeError as error:
-                raise StateTooLargeError(
-                    f"InformationMeasures: layer {name!r} ({num_neurons} monitored neurons): {error} "
-                    "(max_neurons and mutual_info_bins are InformationMeasures arguments)"
-                ) from None
+            for metric, bins, argument in (
+                (NeuronEntropy, self.entropy_bins, "entropy_bins"),
+                (NeuronMutualInformation, self.mutual_info_bins, "mutual_info_bins"),
+            ):
+                try:
+                    metric.check_state_size(num_neurons, bins, self.max_state_bytes)
+                except StateTooLargeError as error:
+                    raise StateTooLargeError(
+                        f"InformationMeasures: layer {name!r} ({num_neurons} monitored neurons): {error} "
+                        f"(num_bins is InformationMeasures' {argument}; max_neurons and max_state_bytes are "
+                        "InformationMeasures arguments too)"
+                    ) from None
 
     def _is_own_key(self, key: Optional[str]) -> bool:
         if not key:

@@ -32,6 +32,7 @@ from lightning_infomem.pooling import RowPool
 __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
 
 
+_LONGEST_WAIT = 4  # the first calibration waits for the other layers until one holds this many times its target
 _UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows (see pooling)
 
 
@@ -196,7 +197,7 @@ class ActivationMeasurement:
             "sync_on_compute": True,
             "distributed_available_fn": lambda: self.distributed,
         }
-        entropy = NeuronEntropy(width, settings.entropy_bins, **common)
+        entropy = NeuronEntropy(width, settings.entropy_bins, max_state_bytes=settings.max_state_bytes, **common)
         mutual_info = NeuronMutualInformation(
             width, settings.mutual_info_bins, max_state_bytes=settings.max_state_bytes, **common
         )
@@ -228,9 +229,12 @@ class ActivationMeasurement:
         """Calibrate the layers whose held-back samples reached the target (all waiting layers if ``final``).
 
         The first calibration waits until every layer has its samples, so that one global range can
-        pool them; afterwards a layer still without a range (no finite value yet) is retried on its own
-        (all of them together under global binning). Decisions depend only on sample counts, which are
-        equal on every process, so every process takes the same collective steps.
+        pool them, but not for ever: once a layer holds ``_LONGEST_WAIT`` times its target (a monitored
+        module that is never called would otherwise make every other layer hold back all its samples),
+        the layers seen so far are calibrated. Afterwards a layer still without a range (no finite
+        value yet, or seen later) is retried on its own (all of them together under global binning).
+        Decisions depend only on sample counts, which are equal on every process, so every process
+        takes the same collective steps.
         """
         waiting = [name for name in self.layer_names if name not in self._calibrated and name in self._observed]
         if not waiting:
@@ -239,7 +243,12 @@ class ActivationMeasurement:
         any_global = "global" in (self.settings.entropy_binning, self.settings.mutual_info_binning)
         if not self._first_calibration_done or any_global:
             watched = self.layer_names if not self._first_calibration_done else waiting
-            if final or all(self._held_back[name].rows >= target for name in watched):
+            rows = [self._held_back[name].rows for name in waiting]
+            if (
+                final
+                or all(self._held_back[name].rows >= target for name in watched)
+                or max(rows) >= (_LONGEST_WAIT * target)
+            ):
                 self._calibrate(waiting, final)
             return
         for name in waiting:
