@@ -746,3 +746,30 @@ def test_a_layer_never_called_does_not_make_the_others_hold_back_every_sample():
     result = measurement.results()
     assert set(result) == {"called"} and result["called"].defined
     assert int(measurement.entropy_metrics["called"].num_samples) == 30_000  # every sample counted
+
+
+@pytest.mark.parametrize("metric_cls", METRICS)
+def test_metric_state_mismatches_are_refused_or_exact(metric_cls):
+    x = make_mixed_activations(2000)
+    source = metric_cls(NUM_MIXED, 16)
+    source.persistent(True)
+    source.update(x)
+    state = source.state_dict()
+    other_bins = metric_cls(NUM_MIXED, 8)
+    other_bins.persistent(True)
+    with pytest.raises(ValueError, match=r"has shape \[.*16.*\], this metric's \[.*8.*\]"):
+        other_bins.load_state_dict(state)
+    without_range = {key: value for key, value in state.items() if not key.startswith(("range", "held"))}
+    restored = metric_cls(NUM_MIXED, 16)
+    restored.persistent(True)
+    with pytest.raises(ValueError, match="not the binning range they were counted with"):
+        restored.load_state_dict(without_range, strict=False)
+    with pytest.raises(ValueError, match="needs the other metric itself"):
+        restored.merge_state(source.metric_state)
+    fixed = metric_cls(NUM_MIXED, 8, value_range=(0.1, 0.7)).to(torch.bfloat16)
+    low, high = fixed.value_range
+    assert low.dtype == high.dtype == torch.float64 and (float(low), float(high)) == (0.1, 0.7)
+    fixed.update(x)
+    reference = metric_cls(NUM_MIXED, 8, value_range=(0.1, 0.7))
+    reference.update(x)
+    torch.testing.assert_close(fixed.compute(), reference.compute(), equal_nan=True, rtol=0, atol=0)

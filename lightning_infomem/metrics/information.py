@@ -459,6 +459,12 @@ class _ActivationHistogramMetric(Metric):
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Add another metric's counts; both must bin with the same range."""
+        if not isinstance(incoming_state, _ActivationHistogramMetric):
+            raise ValueError(
+                f"{type(self).__name__}.merge_state needs the other metric itself, so that its binning range can be "
+                f"checked against this one's; a state dict ({type(incoming_state).__name__}) carries no range. "
+                "Pass the metric (or load its persistent state_dict into a metric first)"
+            )
         self._settle()
         if isinstance(incoming_state, _ActivationHistogramMetric):
             incoming_state._settle()
@@ -516,6 +522,7 @@ class _ActivationHistogramMetric(Metric):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._check_loaded_state(state_dict, prefix)
         names = ("range_status", "range_low", "range_high", "held_back", "held_back_rows")
         if prefix + "range_status" in state_dict:
             status, low, high, held, rows = (state_dict.pop(prefix + name) for name in names)
@@ -534,6 +541,34 @@ class _ActivationHistogramMetric(Metric):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _check_loaded_state(self, state_dict: dict, prefix: str) -> None:
+        """Refuse a state dict of other sizes, or counts without the range they were binned with."""
+        for name in self._defaults:
+            value = state_dict.get(prefix + name)
+            expected = tuple(self._defaults[name].shape)
+            if isinstance(value, Tensor) and tuple(value.shape) != expected:
+                raise ValueError(
+                    f"{type(self).__name__}: the state dict's {name} has shape {list(value.shape)}, this metric's "
+                    f"{list(expected)} (num_neurons={self.num_neurons}, num_bins={self.num_bins}); load it into a "
+                    "metric built with the same num_neurons and num_bins"
+                )
+        counted = state_dict.get(prefix + "num_samples")
+        if prefix + "range_status" not in state_dict and isinstance(counted, Tensor) and int(counted) > 0:
+            raise ValueError(
+                f"{type(self).__name__}: the state dict holds counts of {int(counted)} samples but not the binning "
+                "range they were counted with, so new samples would be binned with another range; save the state "
+                "with metric.persistent(True) before metric.state_dict() (it then holds the range)"
+            )
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Move the states and the range (``to()``, ``cuda()``, ...); the range stays float64 whatever the dtype."""
+        low, high = self.range_low, self.range_high
+        module = super()._apply(fn, *args, **kwargs)
+        if low is not None and high is not None and self.range_low is not None:
+            device = self.range_low.device
+            self._set_range(low.to(device=device, dtype=torch.float64), high.to(device=device, dtype=torch.float64))
+        return module
 
     def _warn_about_dropped_values(self) -> None:
         dropped = int(self.num_nonfinite)
