@@ -344,3 +344,25 @@ def test_mislabeled_scores_help_answers_before_the_heavy_imports() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "--quick" in result.stdout and "torch not imported" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_step_that_leaves_the_inputs_range_is_refused_not_scored_nan() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match=r"step=1e\+300 moves the inputs out of the range of torch.float32"):
+        input_loss_curvature(model, x, y, step=1e300)
+    assert torch.isfinite(input_loss_curvature(model, x, y, step=1e-3)).all()
+
+
+def test_scores_that_are_not_finite_are_reported_once(tmp_path: Path) -> None:
+    class NaNLoss(IndexedMLP):
+        pass
+
+    def nan_loss(out: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(out, y, reduction="none") * float("nan")
+
+    callback = LossCurvature(num_probes=1, loss_fn=nan_loss)
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.callbacks.append(callback)
+    with pytest.warns(UserWarning, match=r"LossCurvature: 200 of the 200 scores of epoch 0 are NaN or infinite"):
+        trainer.fit(NaNLoss(), indexed_loader())

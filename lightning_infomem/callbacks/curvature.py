@@ -276,6 +276,14 @@ class LossCurvature(PerSampleScores, Callback):
         self.last_scores = epoch_scores
         self.epochs_scored.append(trainer.current_epoch)
         mean = float(epoch_scores[scored].mean()) if bool(scored.any()) else float("nan")
+        not_finite = int((~torch.isfinite(epoch_scores[scored])).sum())
+        if not_finite:
+            self._warn_once(
+                "not-finite",
+                f"LossCurvature: {not_finite} of the {int(scored.sum())} scores of epoch {trainer.current_epoch} are "
+                "NaN or infinite (a loss that is not finite for those samples, or a model that diverged); they "
+                "make those samples' means NaN and rank last in topk",
+            )
         self.history.append(
             {"epoch": trainer.current_epoch, "global_step": trainer.global_step, join_key(self.prefix, "mean"): mean}
         )

@@ -166,7 +166,14 @@ def input_loss_curvature_estimates(
                 s = torch.zeros_like(n)
                 t = torch.zeros_like(n)
                 for i in range(num_probes):
-                    diff = (_input_gradient(model, loss_fn, x + step * v[i], y) - clean).reshape(x.shape[0], -1)
+                    moved = x + step * v[i]
+                    if i == 0 and not bool(torch.isfinite(moved).all()) and bool(torch.isfinite(x).all()):
+                        raise ValueError(
+                            f"step={step} moves the inputs out of the range of {x.dtype} (x + step * probe is not "
+                            "finite), so every score would be NaN; the finite difference needs a small step, of the "
+                            "order of 1e-3 times the inputs' scale (the paper: 1e-3)"
+                        )
+                    diff = (_input_gradient(model, loss_fn, moved, y) - clean).reshape(x.shape[0], -1)
                     sq = diff.square().sum(dim=1)
                     n += sq.sqrt()
                     s += sq
