@@ -20,6 +20,7 @@ __all__ = [
     "IndexedDataset",
     "MissingIndexError",
     "accumulation_dtype",
+    "check_indexed_loader",
     "default_batch_unpack",
     "sum_over_processes",
     "training_set_size",
@@ -99,6 +100,42 @@ def default_batch_unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
             f"{type(index).__name__} {list(index.shape) if isinstance(index, Tensor) else ''}; {_HINT}"
         )
     return x, y, index
+
+
+def check_indexed_loader(loader: Any, owner: str) -> None:
+    """Refuse a training loader whose batches carry no `IndexedDataset` index, before any epoch runs.
+
+    With the default `default_batch_unpack`, the last element of a batch is read as the sample index;
+    a dataset of ``(x, y, group)`` would then have its groups taken for indices (4 of 200 samples
+    scored, silently). So the loader's dataset must be an `IndexedDataset`, or wrap one (a ``Subset``
+    of it, say). A loader whose dataset cannot be seen (not a ``DataLoader``) is not checked here.
+
+    Example:
+        >>> import torch
+        >>> data = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4), torch.zeros(4).long())
+        >>> check_indexed_loader(torch.utils.data.DataLoader(IndexedDataset(data)), "TrainingDynamics")
+        >>> check_indexed_loader(torch.utils.data.DataLoader(data), "TrainingDynamics")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_infomem.data.MissingIndexError: TrainingDynamics: the training dataset (TensorDataset) is not ...
+    """
+    loaders = list(loader.values()) if isinstance(loader, Mapping) else [loader]
+    for one in loaders:
+        dataset = getattr(one, "dataset", None)
+        if dataset is None:
+            continue
+        seen: set[int] = set()
+        current = dataset
+        while current is not None and id(current) not in seen:
+            if isinstance(current, IndexedDataset):
+                break
+            seen.add(id(current))
+            current = getattr(current, "dataset", None)
+        else:
+            raise MissingIndexError(
+                f"{owner}: the training dataset ({type(dataset).__name__}) is not an IndexedDataset, so its batches "
+                f"carry no sample index (a third element such as a group id would be misread as one); {_HINT}"
+            )
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:

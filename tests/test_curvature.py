@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import IndexedDataset, LossCurvature
-from lightning_infomem.callbacks.curvature import MissingIndexError, default_batch_unpack
+from lightning_infomem.data import MissingIndexError, default_batch_unpack
 from lightning_infomem.functional import (
     input_loss_curvature,
     input_loss_curvature_estimates,

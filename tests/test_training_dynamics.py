@@ -337,3 +337,28 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
         # 10 in one come from different matrix-multiply kernels on some CPUs (oneDNN with AMX)
         torch.testing.assert_close(ranks[0][name], one[name], rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
     assert float(one["forgetting"].nan_to_num(posinf=0).sum()) > 0
+
+
+def test_a_third_element_that_is_not_an_index_is_refused_before_training(tmp_path):
+    x, y = digits_tensors("train")
+    groups = (y % 2).long()  # (x, y, group): a third integer element that is not a sample index
+    dynamics = TrainingDynamics()
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[dynamics])
+    with pytest.raises(MissingIndexError, match="is not an IndexedDataset"):
+        trainer.fit(IndexedMLP(), DataLoader(TensorDataset(x[:200], y[:200], groups[:200]), batch_size=32))
+    assert trainer.global_step == 0 and dynamics.epochs_scored == []
+    # the same data through IndexedDataset, or a Subset of it, is fine
+    subset = torch.utils.data.Subset(IndexedDataset(TensorDataset(x[:200], y[:200])), list(range(100)))
+    fast_trainer(tmp_path, max_epochs=1, callbacks=[TrainingDynamics()]).fit(IndexedMLP(), DataLoader(subset, 32))
+
+
+def test_resuming_on_a_smaller_dataset_is_refused(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = fast_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[TrainingDynamics(), ckpt])
+    trainer.fit(IndexedMLP(), DataLoader(indexed_digits(200), batch_size=32))
+    resumed = TrainingDynamics()
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[resumed])
+    with pytest.raises(ValueError, match="cover 200 samples but the training set has 120"):
+        trainer.fit(IndexedMLP(), DataLoader(indexed_digits(120), batch_size=32), ckpt_path=str(ckpt.last_model_path))

@@ -22,15 +22,14 @@ from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
 from lightning_infomem.data import (
     BatchUnpack,
-    IndexedDataset,
-    MissingIndexError,
     accumulation_dtype,
+    check_indexed_loader,
     default_batch_unpack,
     sum_over_processes,
 )
 from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
 
-__all__ = ["IndexedDataset", "LossCurvature", "MissingIndexError", "default_batch_unpack"]
+__all__ = ["LossCurvature"]
 
 
 class LossCurvature(PerSampleScores, Callback):
@@ -81,6 +80,7 @@ class LossCurvature(PerSampleScores, Callback):
         >>> from torch import nn
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> from lightning.pytorch import LightningModule, Trainer
+        >>> from lightning_infomem import IndexedDataset
         >>> class Net(LightningModule):
         ...     def __init__(self):
         ...         super().__init__()
@@ -304,3 +304,5 @@ class LossCurvature(PerSampleScores, Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
         self._train_dataset = getattr(loader, "dataset", None)
+        if self.batch_unpack is default_batch_unpack:
+            check_indexed_loader(self.dataloader if self.dataloader is not None else loader, "LossCurvature")

@@ -25,6 +25,7 @@ from lightning_infomem.checks import check_bool, check_int, check_prefix, join_k
 from lightning_infomem.data import (
     BatchUnpack,
     accumulation_dtype,
+    check_indexed_loader,
     default_batch_unpack,
     sum_over_processes,
     training_set_size,
@@ -227,8 +228,15 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._module, self._module_name = self._find_logits_module(pl_module)
         rank_zero_info(f"TrainingDynamics: logits from {self._module_name or 'the LightningModule'!r}")
         self._train_dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if self.batch_unpack is default_batch_unpack:
+            check_indexed_loader(trainer.train_dataloader, "TrainingDynamics")
         size = training_set_size(trainer)
         self._sized = size is not None
+        if size is not None and self.sums.shape[0] > size:
+            raise ValueError(
+                f"TrainingDynamics: the restored scores cover {self.sums.shape[0]} samples but the training set has "
+                f"{size}; resume on the dataset the checkpoint was trained on (the scores are per sample index)"
+            )
         self._resize(max(size or 0, self.sums.shape[0]), pl_module.device)
 
     def _find_logits_module(self, pl_module: LightningModule) -> tuple[nn.Module, str]:
