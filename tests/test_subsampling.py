@@ -177,7 +177,11 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path: Any, reference: Subsa
     assert partial.num_models == 2
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(tmp_path, builder=build_crashing)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", *[f"model_{i:05d}.pt" for i in range(4)]]
+    assert sorted(os.listdir(tmp_path)) == [
+        ".lightning_infomem.lock",
+        "config.json",
+        *[f"model_{i:05d}.pt" for i in range(4)],
+    ]
     _assert_same(_run(tmp_path), reference)  # trains models 4 and 5 only
     _assert_same(load_records(tmp_path, train_labels=reference.train_labels), reference)
 
@@ -250,7 +254,7 @@ def test_runner_arguments_are_checked(tmp_path: Any) -> None:
     for kwargs in ({"num_models": 2.0}, {"workers": True}, {"fraction": 1.0}, {"batch_size": 0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             _run(tmp_path, **kwargs)
-    with pytest.raises(ValueError, match="settings must be a JSON"):
+    with pytest.raises(ValueError, match=r"settings \[.augment.\] cannot be recorded"):
         _run(tmp_path, settings={"augment": object()})
 
 
@@ -369,3 +373,62 @@ def test_records_share_the_per_sample_result_api(tmp_path):
         with pytest.raises(ValueError, match="nothing to write"):
             empty.to_csv(tmp_path / "empty.csv")
         assert not (tmp_path / "empty.csv").exists()
+
+
+# ------------------------------------------------------------------------ the runner keeps its records usable
+def test_nan_settings_compare_equal_and_the_run_continues(tmp_path: Any) -> None:
+    first = _run(tmp_path, num_models=2, settings={"wd": float("nan"), "aug": [1, 2]})
+    again = _run(tmp_path, num_models=3, settings={"aug": [1, 2], "wd": float("nan")})  # same settings, any order
+    assert torch.equal(again.in_train[:2], first.in_train)
+    with pytest.raises(ValueError, match=r"different run \(settings: saved .*NaN.*, now .*0\.1"):
+        _run(tmp_path, num_models=3, settings={"aug": [1, 2], "wd": 0.1})
+
+
+class WithFunctionHparam(DigitsMLP):
+    def __init__(self) -> None:
+        super().__init__(lr=0.02, hidden=16)
+        self.hparams["loss"] = lambda logits, y: logits  # its repr holds a memory address
+
+
+def build_with_function(index: int) -> tuple[Any, Any]:
+    return WithFunctionHparam(), fast_trainer(".", max_epochs=1)
+
+
+def test_settings_without_a_stable_description_are_refused_up_front(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="hyperparameter 'loss' = <function .* has no stable description"):
+        _run(tmp_path, builder=build_with_function, num_models=1)
+    assert not list(tmp_path.glob("model_*.pt"))
+
+
+def test_a_second_run_in_the_same_directory_is_refused_naming_the_lock(tmp_path: Any) -> None:
+    from lightning_infomem.subsampling.runner import _lock_directory, _unlock_directory
+
+    held = _lock_directory(str(tmp_path))  # as a run in another process would hold it
+    try:
+        with pytest.raises(RuntimeError, match=r"another train_on_subsets run holds .*\.lightning_infomem\.lock"):
+            _run(tmp_path, num_models=1)
+    finally:
+        _unlock_directory(held)
+    (tmp_path / ".tmp_mine.pt").write_bytes(b"the user's own file")
+    (tmp_path / ".lightning_infomem_tmp_00007_12345.pt").write_bytes(b"a record a killed run was writing")
+    _run(tmp_path, num_models=1)
+    assert (tmp_path / ".tmp_mine.pt").read_bytes() == b"the user's own file"  # not ours: kept
+    assert not (tmp_path / ".lightning_infomem_tmp_00007_12345.pt").exists()  # ours, stale: removed
+
+
+def test_every_damaged_copy_is_kept(tmp_path: Any) -> None:
+    _run(tmp_path, num_models=2)
+    path = tmp_path / "model_00001.pt"
+    for damage in (b"first damage", b"second damage"):
+        path.write_bytes(damage)
+        with pytest.warns(UserWarning, match="model_00001.pt cannot be read"):
+            _run(tmp_path, num_models=2)
+    assert (tmp_path / "model_00001.pt.damaged").read_bytes() == b"first damage"
+    assert (tmp_path / "model_00001.pt.damaged.1").read_bytes() == b"second damage"
+
+
+def test_seed_and_fraction_errors_name_the_problem(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, "):
+        _run(tmp_path, seed=-1)
+    with pytest.raises(ValueError, match=r"fraction=0.001 of 150 training examples gives subsets of 0"):
+        _run(tmp_path, fraction=0.001)

@@ -21,7 +21,6 @@ Records of different runs are never mixed.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -57,6 +57,9 @@ __all__ = ["Builder", "subset_mask", "train_on_subsets"]
 Builder = Callable[[int], tuple[LightningModule, Trainer]]
 Predict = Callable[[LightningModule, Tensor], Tensor]
 _CONFIG = "config.json"
+_LOCK = ".lightning_infomem.lock"
+_TMP_PREFIX = ".lightning_infomem_tmp_"  # records being written; only files of exactly this form are cleaned up
+_TMP_NAME = re.compile(r"^\.lightning_infomem_tmp_\d{5}_\d+\.pt$")
 
 
 def _model_seed(seed: int, index: int) -> np.random.SeedSequence:
@@ -90,12 +93,59 @@ def _labels_and_fingerprint(dataset: Dataset) -> tuple[Tensor, str]:
     return torch.cat(labels).long(), digest.hexdigest()
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def canonical_settings(settings: Optional[Mapping[str, Any]]) -> str:
+    """The user's ``settings`` as a canonical JSON text: equal for equal settings (NaN included), compared as text.
+
+    Settings that JSON cannot hold are refused, naming them.
+
+    Example:
+        >>> canonical_settings({"wd": float("nan"), "lr": 0.1}) == canonical_settings({"lr": 0.1, "wd": float("nan")})
+        True
+    """
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ValueError(f"settings must be a mapping, received {type(settings).__name__}")
+    try:
+        return json.dumps(dict(settings or {}), sort_keys=True)
+    except (TypeError, ValueError) as error:
+        bad = [str(k) for k, v in dict(settings or {}).items() if not _json_representable(v)]
+        raise ValueError(
+            f"settings {bad or list(dict(settings or {}))} cannot be recorded ({error}): give numbers, strings, "
+            "bools, None, or lists and dicts of them, so that a rerun can tell equal settings apart from others"
+        ) from None
+
+
+def _json_representable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _stable_repr(name: str, value: Any) -> str:
+    """``repr(value)``, refused when it holds a memory address (it would differ in every run)."""
+    text = repr(value)
+    if _ADDRESS.search(text):
+        raise ValueError(
+            f"{name} = {text} has no stable description (its repr holds a memory address, different in every "
+            "process), so the records of one run could not be told apart from another's; give it a value whose "
+            "repr is the same in every run (a name, a number), or leave it out of save_hyperparameters"
+        )
+    return text
+
+
 def _training_identity(module: LightningModule, trainer: Trainer) -> dict[str, Any]:
     """What the built model and trainer say about how a model learns (compared between records)."""
     hparams = getattr(module, "hparams", {}) or {}
     identity: dict[str, Any] = {
         "module": f"{type(module).__module__}.{type(module).__qualname__}",
-        "hparams": {str(k): repr(v) for k, v in sorted(dict(hparams).items(), key=lambda kv: str(kv[0]))},
+        "hparams": {
+            str(k): _stable_repr(f"hyperparameter {k!r}", v)
+            for k, v in sorted(dict(hparams).items(), key=lambda kv: str(kv[0]))
+        },
     }
     for name in ("max_epochs", "min_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision"):
         identity[name] = repr(getattr(trainer, name, None))
@@ -105,7 +155,10 @@ def _training_identity(module: LightningModule, trainer: Trainer) -> dict[str, A
 def _optimizer_identity(trainer: Trainer) -> list[Any]:
     """The optimizers' classes and constructor settings (``defaults``: unchanged by learning-rate schedules)."""
     return [
-        [type(optimizer).__name__, {str(k): repr(v) for k, v in sorted(optimizer.defaults.items())}]
+        [
+            type(optimizer).__name__,
+            {str(k): _stable_repr(f"optimizer setting {k!r}", v) for k, v in sorted(optimizer.defaults.items())},
+        ]
         for optimizer in getattr(trainer, "optimizers", [])
     ]
 
@@ -197,7 +250,7 @@ def _train_one(index: int) -> tuple[int, float, dict[str, Any]]:
 def _write_record(record: dict[str, Any], out_dir: str, index: int) -> None:
     """Write a record so that a crash leaves it complete or absent: temp file, flush, fsync, atomic rename."""
     path = record_path(out_dir, index)
-    tmp = f"{os.path.join(out_dir, '.tmp')}_{index:05d}_{os.getpid()}.pt"
+    tmp = os.path.join(out_dir, f"{_TMP_PREFIX}{index:05d}_{os.getpid()}.pt")
     with open(tmp, "wb") as handle:
         torch.save(record, handle)
         handle.flush()
@@ -270,7 +323,9 @@ def _verified_records(out_dir: str, num_models: int, identity: dict[str, Any]) -
         try:
             record = read_record(path)
         except RecordError as error:
-            aside = path + ".damaged"
+            aside, copy = path + ".damaged", 1
+            while os.path.exists(aside):  # keep every damaged copy
+                aside, copy = f"{path}.damaged.{copy}", copy + 1
             os.replace(path, aside)
             warnings.warn(f"subsampling: {error}; moved it to {aside} and training model {index} again", stacklevel=3)
             continue
@@ -376,20 +431,25 @@ def train_on_subsets(
     fraction = check_float(
         fraction, "fraction", minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True
     )
-    seed = check_int(seed, "seed")
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)  # numpy's SeedSequence takes non-negative seeds
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     workers = check_int(workers, "workers", minimum=1)
     threads_per_worker = check_int(threads_per_worker, "threads_per_worker", minimum=1)
     max_models = check_optional_int(max_models, "max_models", minimum=0)
     eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
-    try:
-        user_settings = json.loads(json.dumps(dict(settings or {}), sort_keys=True))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"settings must be a JSON-serialisable mapping, received {settings!r} ({error})") from None
+    user_settings = canonical_settings(settings)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     train_labels, train_fingerprint = _labels_and_fingerprint(train_dataset)
     test_labels, test_fingerprint = (None, None) if test_dataset is None else _labels_and_fingerprint(test_dataset)
+    subset_size = round(fraction * train_labels.numel())
+    if not 1 <= subset_size < train_labels.numel():
+        raise ValueError(
+            f"fraction={fraction} of {train_labels.numel()} training examples gives subsets of {subset_size}: "
+            "each model must train on at least one example and leave at least one out (memorization compares "
+            "models with and without an example); choose a fraction between "
+            f"{1 / train_labels.numel():.3g} and {1 - 1 / train_labels.numel():.3g} (the paper: 0.7)"
+        )
     identity = {
         "num_train": int(train_labels.numel()),
         "num_test": None if test_labels is None else int(test_labels.numel()),
@@ -400,9 +460,67 @@ def train_on_subsets(
         "test_fingerprint": test_fingerprint,
         "settings": user_settings,
     }
+    lock = _lock_directory(out_dir)
+    try:
+        return _train_locked(
+            out_dir, identity, num_models, max_models, build, train_dataset, test_dataset, fraction, seed,
+            batch_size, predict, eval_batch_size, threads_per_worker, quiet, progress, workers, train_labels,
+            test_labels,
+        )  # fmt: skip
+    finally:
+        _unlock_directory(lock)
+
+
+def _lock_directory(out_dir: str) -> Any:
+    """An exclusive lock on ``out_dir`` for this run (``fcntl.flock``; released when the process ends, even by
+    SIGKILL); a second run in the same directory is refused, naming the lock. No lock where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    handle = open(os.path.join(out_dir, _LOCK), "a")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RuntimeError(
+            f"another train_on_subsets run holds {os.path.join(out_dir, _LOCK)}: two runs in one out_dir would "
+            "race for the same records; wait for it to finish (a rerun then continues where it stopped) or use "
+            "another out_dir"
+        ) from None
+    return handle
+
+
+def _unlock_directory(lock: Any) -> None:
+    if lock is not None:
+        lock.close()  # closing the file releases the flock
+
+
+def _train_locked(
+    out_dir: str,
+    identity: dict[str, Any],
+    num_models: int,
+    max_models: Optional[int],
+    build: Builder,
+    train_dataset: Dataset,
+    test_dataset: Optional[Dataset],
+    fraction: float,
+    seed: int,
+    batch_size: int,
+    predict: Optional[Predict],
+    eval_batch_size: int,
+    threads_per_worker: int,
+    quiet: bool,
+    progress: bool,
+    workers: int,
+    train_labels: Tensor,
+    test_labels: Optional[Tensor],
+) -> SubsampleRecords:
+    """The run itself, while this process holds the lock on ``out_dir``."""
     _check_config(out_dir, identity)
-    for stale in glob.glob(os.path.join(out_dir, ".tmp_*.pt")):
-        os.remove(stale)  # left by a killed run
+    for name in os.listdir(out_dir):  # records a killed run was writing: only this package's own names
+        if _TMP_NAME.match(name):
+            os.remove(os.path.join(out_dir, name))
 
     existing = _verified_records(out_dir, num_models, identity)
     reference_training = next(iter(existing.values()))["training"] if existing else None
