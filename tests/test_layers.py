@@ -195,7 +195,7 @@ def test_output_transform_is_applied_first():
 def test_outputs_without_a_tensor_are_rejected():
     with pytest.raises(TypeError, match="output_transform"):
         to_neuron_activations((None, "text"))
-    with pytest.raises(TypeError, match="module returned NoneType"):
+    with pytest.raises(TypeError, match="module returned a NoneType, which holds no tensor"):
         to_neuron_activations(None)
     with pytest.raises(TypeError, match="output_transform returned list"):
         to_neuron_activations(torch.randn(2, 3), output_transform=lambda o: [o])

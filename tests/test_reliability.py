@@ -773,3 +773,79 @@ def test_metric_state_mismatches_are_refused_or_exact(metric_cls):
     reference = metric_cls(NUM_MIXED, 8, value_range=(0.1, 0.7))
     reference.update(x)
     torch.testing.assert_close(fixed.compute(), reference.compute(), equal_nan=True, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ messages that name the problem
+def test_arguments_that_would_fail_later_are_refused_at_once():
+    with pytest.raises(ValueError, match=r"layers must be None, a module name or path pattern .* received 5 \(int\)"):
+        InformationMeasures(layers=5)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, "):
+        InformationMeasures(seed=2**70)
+    with pytest.raises(ValueError, match="output_transform must be None or a function"):
+        InformationMeasures(output_transform=5)
+    with pytest.raises(ValueError, match=r"num_bins must be an integer in \[1, 16777216\], received 2147483648"):
+        neuron_entropy(torch.randn(10, 2), 2**31)
+
+
+class _Hidden:
+    def __init__(self, tensor):
+        self.hidden = tensor
+
+
+class _DataclassBlock(torch.nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.linear, self.wrap = torch.nn.Linear(64, 16), wrap
+
+    def forward(self, x):
+        return self.wrap(self.linear(x))
+
+
+@pytest.mark.parametrize(
+    "wrap, expected",
+    [
+        (
+            lambda t: __import__("dataclasses").make_dataclass("Out", ["hidden"])(t),
+            r"a Out \(a dataclass with the tensor fields \['hidden'\]\), which holds no tensor .*; "
+            r"pass output_transform=lambda out: out.hidden",
+        ),
+        (_Hidden, r"a _Hidden with the tensor attributes \['hidden'\]"),
+        (lambda t: "a string", r"a str \('a string'\)"),
+    ],
+)
+def test_an_output_without_a_tensor_is_described(tmp_path, wrap, expected):
+    class Net(DigitsMLP):
+        def __init__(self):
+            super().__init__()
+            self.block = _DataclassBlock(wrap)
+
+        def validation_step(self, batch, batch_idx):
+            self.block(batch[0])
+            return super().validation_step(batch, batch_idx)
+
+    trainer = fast_trainer(tmp_path, callbacks=[InformationMeasures(layers=["block"])])
+    with pytest.raises(TypeError, match=expected):
+        trainer.validate(Net(), digits_loaders(num_val=64)[1], verbose=False)
+
+
+def test_unknown_dataloaders_and_empty_outputs_are_named(tmp_path):
+    trainer = fast_trainer(tmp_path, callbacks=[InformationMeasures(layers=["net.0"], dataloaders=[5])])
+    with pytest.raises(ValueError, match=r"\[5\] name no validation dataloader; this validation has 1"):
+        trainer.validate(DigitsMLP(), digits_loaders(num_val=64)[1], verbose=False)
+
+    class EmptyRows(torch.nn.Module):
+        def forward(self, x):
+            return x[:0]
+
+    class Net(DigitsMLP):
+        def __init__(self):
+            super().__init__()
+            self.empty = EmptyRows()
+
+        def validation_step(self, batch, batch_idx):
+            self.empty(batch[0])
+            return super().validation_step(batch, batch_idx)
+
+    trainer = fast_trainer(tmp_path, callbacks=[InformationMeasures(layers=["empty", "net.0"])])
+    with pytest.warns(UserWarning, match=r"\['empty'\] were called during validation but every output had 0 rows"):
+        trainer.validate(Net(), digits_loaders(num_val=64)[1], verbose=False)

@@ -432,3 +432,24 @@ def test_seed_and_fraction_errors_name_the_problem(tmp_path: Any) -> None:
         _run(tmp_path, seed=-1)
     with pytest.raises(ValueError, match=r"fraction=0.001 of 150 training examples gives subsets of 0"):
         _run(tmp_path, fraction=0.001)
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("index", "3", "has index '3', not a model number"),
+        ("train_correct", torch.zeros(150), "has training correctness that is not a boolean tensor"),
+        ("test_correct", torch.zeros(40), "has test correctness that is neither None nor a boolean vector"),
+        ("fraction", "0.7", "has fraction '0.7', not a number"),
+        ("seconds", None, "has seconds None, not a number"),
+        ("run", [1], "has run list, not the identity of a run"),
+    ],
+)
+def test_corrupted_record_fields_name_the_field_and_the_file(tmp_path: Any, field, value, named) -> None:
+    _run(tmp_path, num_models=2)
+    path = tmp_path / "model_00001.pt"
+    record = torch.load(path, weights_only=True)
+    record[field] = value
+    torch.save(record, path)
+    with pytest.raises(RecordError, match=rf"record .*model_00001.pt {named}"):
+        load_records(tmp_path)

@@ -28,6 +28,7 @@ from lightning_infomem.callbacks.layers import (
     LayerSpec,
     OutputTransform,
     SequenceReduction,
+    check_layer_spec,
     choose_default_layers,
     module_output_width,
     named_layers,
@@ -202,7 +203,12 @@ class InformationMeasures(Callback):
             raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
         if isinstance(dataloaders, (str, bytes)) or (dataloaders is not None and not isinstance(dataloaders, Sequence)):
             raise ValueError(f"dataloaders must be None or a sequence of dataloader indices, received {dataloaders!r}")
-        self.layers = layers
+        self.layers = check_layer_spec(layers)
+        if output_transform is not None and not callable(output_transform):
+            raise ValueError(
+                f"output_transform must be None or a function from a module's output to a tensor, received "
+                f"{output_transform!r} ({type(output_transform).__name__})"
+            )
         self.entropy_bins = check_int(entropy_bins, "entropy_bins", minimum=1)
         self.mutual_info_bins = check_int(mutual_info_bins, "mutual_info_bins", minimum=1)
         self.max_samples = check_optional_int(max_samples, "max_samples", minimum=1)
@@ -223,7 +229,7 @@ class InformationMeasures(Callback):
             heatmap_every_n_measurements, "heatmap_every_n_measurements", minimum=0
         )
         self.prefix = check_prefix(prefix)
-        self.seed = check_int(seed, "seed")
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)  # torch.Generator's seeds
         self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
         self.threads = check_optional_int(threads, "threads", minimum=1)
         self.dataloaders = (
@@ -239,6 +245,7 @@ class InformationMeasures(Callback):
         self._measurements = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stash: dict[str, list[Tensor]] = {}
+        self._called: set[str] = set()  # layers whose hook fired in this validation (with rows or not)
         self._hooks: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
@@ -508,6 +515,13 @@ class InformationMeasures(Callback):
         self._measuring = not trainer.sanity_checking and self._should_measure(trainer)
         num_batches = trainer.num_val_batches if not trainer.sanity_checking else trainer.num_sanity_val_batches
         self._num_loaders = max(1, len(num_batches) if isinstance(num_batches, Sequence) else 1)
+        unknown = [i for i in (self.dataloaders or []) if i >= self._num_loaders]
+        if unknown:
+            raise ValueError(
+                f"InformationMeasures(dataloaders={self.dataloaders}): {unknown} name no validation dataloader; "
+                f"this validation has {self._num_loaders} (indices 0 to {self._num_loaders - 1})"
+            )
+        self._called: set[str] = set()
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._fit_validations.append((trainer.current_epoch, self._measuring))
         if self._measuring:
@@ -602,6 +616,7 @@ class InformationMeasures(Callback):
             store.clear()
             if not measuring:
                 continue
+            self._called.add(name)
             measurement = self.measurements.get(loader)
             if measurement is None or (measurement.world_size, measurement.distributed) != (
                 self._world_size,
@@ -657,10 +672,17 @@ class InformationMeasures(Callback):
                     "its evaluation graph was traced without the callback's hooks, so call torch._dynamo.reset() "
                     "before fitting"
                 )
+            if self._called:
+                why = (
+                    f"the modules {sorted(self._called)} were called, but every output had 0 rows (empty batches, or "
+                    "an output whose first dimension is not the batch: pass an output_transform that puts it first)"
+                )
+            else:
+                why = f"the modules {self.layer_names} were not called in validation_step"
             self._warn_once(
                 "missing-all",
-                "InformationMeasures: no activations reached the monitored layers during validation (the modules "
-                f"{self.layer_names} were not called in validation_step){hint}; nothing is logged",
+                f"InformationMeasures: no activations reached the monitored layers during validation ({why}){hint}; "
+                "nothing is logged",
             )
             return None
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
@@ -697,11 +719,20 @@ class InformationMeasures(Callback):
     def _report_layers(self, trainer: Trainer, loader: int, results: dict[str, LayerResult]) -> None:
         where = "" if self._num_loaders <= 1 else f" of dataloader {loader}"
         missing = [name for name in self.layer_names if name not in results]
-        if missing:
+        empty = [name for name in missing if name in getattr(self, "_called", ())]
+        not_called = [name for name in missing if name not in empty]
+        if not_called:
             self._warn_once(
                 f"missing:{loader}",
-                f"InformationMeasures: no activations reached layer(s) {missing} during validation{where} (the "
+                f"InformationMeasures: no activations reached layer(s) {not_called} during validation{where} (the "
                 "module was not called in validation_step); their keys are not logged",
+            )
+        if empty:
+            self._warn_once(
+                f"empty:{loader}",
+                f"InformationMeasures: layer(s) {empty} were called during validation{where} but every output had "
+                "0 rows (empty batches, or an output whose first dimension is not the batch: pass an "
+                "output_transform that puts the batch first); their keys are not logged",
             )
         if results and all(result.defined and not result.spread for result in results.values()):
             self._warn_once(

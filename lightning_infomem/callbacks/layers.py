@@ -12,6 +12,7 @@ nothing below them; ``"**.output"`` selects every module named ``output`` at any
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import warnings
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from lightning_infomem.checks import check_int
 
 __all__ = [
+    "check_layer_spec",
     "DEFAULT_MAX_LAYERS",
     "DefaultLayers",
     "LayerSpec",
@@ -254,6 +256,32 @@ def module_output_width(module: nn.Module) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------------- named layers
+def check_layer_spec(layers: Any) -> LayerSpec:
+    """``layers`` if it is a layer specification (``None``, a name or pattern, a module type, or a list of
+    these), else a ``ValueError`` naming what was given.
+
+    Example:
+        >>> check_layer_spec(["net.0", "encoder.layer.*"])
+        ['net.0', 'encoder.layer.*']
+        >>> check_layer_spec(5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: layers must be None, a module name or path pattern (...), or a list of these; received 5 (int)
+    """
+
+    def one(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))
+
+    if layers is None or one(layers):
+        return layers
+    if isinstance(layers, Sequence) and not isinstance(layers, (str, bytes)) and all(one(i) for i in layers):
+        return layers
+    raise ValueError(
+        'layers must be None, a module name or path pattern ("net.0", "encoder.layer.*"), a module type '
+        f"(nn.Linear), or a list of these; received {layers!r} ({type(layers).__name__})"
+    )
+
+
 def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
     """Module names selected by exact names, path patterns or module types, in registration order.
 
@@ -397,6 +425,23 @@ def first_tensor(output: Any) -> Optional[Tensor]:
     return None
 
 
+def _describe_output(output: Any) -> tuple[str, str]:
+    """What a module output is, and the fix: the ``output_transform`` that would pick a tensor out of it."""
+    name = type(output).__name__
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        fields = [f.name for f in dataclasses.fields(output) if isinstance(getattr(output, f.name, None), Tensor)]
+        if fields:
+            return (
+                f"a {name} (a dataclass with the tensor fields {fields})",
+                f"pass output_transform=lambda out: out.{fields[0]} (or the field you want to measure)",
+            )
+    tensors = [k for k, v in vars(output).items() if isinstance(v, Tensor)] if hasattr(output, "__dict__") else []
+    if tensors:
+        return f"a {name} with the tensor attributes {tensors}", f"pass output_transform=lambda out: out.{tensors[0]}"
+    what = f"a {name} ({str(output)[:60]!r})" if isinstance(output, (str, bytes)) else f"a {name}"
+    return what, "monitor a module whose output is a tensor, or pass output_transform=... that returns one"
+
+
 def to_neuron_activations(
     output: Any,
     module: Optional[nn.Module] = None,
@@ -422,11 +467,14 @@ def to_neuron_activations(
     """
     value = output_transform(output) if output_transform is not None else first_tensor(output)
     if not isinstance(value, Tensor):
-        what = "output_transform returned" if output_transform is not None else "the module returned"
-        raise TypeError(
-            f"{what} {type(value).__name__}, not a tensor; pass output_transform=... that picks the activation "
-            "tensor out of the module's output"
-        )
+        if output_transform is not None:
+            raise TypeError(
+                f"output_transform returned {type(value).__name__}, not a tensor; it must return the activation "
+                "tensor of the module's output"
+            )
+        what, fix = _describe_output(output)
+        raise TypeError(f"the module returned {what}, which holds no tensor the callback can find; {fix}")
+
     if value.ndim == 0:
         raise ValueError("a module output of shape [] has no batch dimension; use output_transform to pick a tensor")
     if value.ndim == 1:

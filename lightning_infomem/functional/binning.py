@@ -334,9 +334,17 @@ def check_bin_indices(bins: Any, num_bins: int, name: str = "bins") -> Tensor:
     return bins
 
 
+MAX_BINS = 2**24  # more bins per neuron than any sample count a plug-in estimate can use
+
+
 def check_num_bins(num_bins: Any) -> int:
-    """``num_bins`` as an ``int`` >= 1, or a ``ValueError``."""
-    return check_int(num_bins, "num_bins", minimum=1)
+    """``num_bins`` as an ``int`` in ``[1, 2**24]``, or a ``ValueError``.
+
+    A plug-in estimate needs many samples per bin, and every bin costs 8 bytes per neuron of counts (a
+    joint histogram 8 bytes per pair and bin squared): ``num_bins=2**31`` would ask for 16 GiB per neuron
+    before anything is counted.
+    """
+    return check_int(num_bins, "num_bins", minimum=1, maximum=MAX_BINS)
 
 
 _BIN_AND_COUNT = CompiledKernel("lightning_infomem.functional._kernels.counting", "bin_and_count")

@@ -63,26 +63,40 @@ def read_record(path: str) -> dict[str, Any]:
             f"record {path} cannot be read: it is truncated, empty or not a record ({type(error).__name__}: "
             f"{first_line})"
         ) from error
-    problem = None
-    if not isinstance(record, dict):
-        problem = f"holds a {type(record).__name__}, not a record"
-    else:
-        missing = [k for k in ("index", "mask", "train_correct", "test_correct", "run", "training") if k not in record]
-        if missing:
-            problem = f"lacks {missing} (written by another program or an older version)"
-        elif not (
-            isinstance(record["mask"], Tensor) and record["mask"].dtype == torch.bool and record["mask"].ndim == 1
-        ):
-            problem = "has no boolean subset mask"
-        elif not (
-            isinstance(record["train_correct"], Tensor) and record["train_correct"].shape == record["mask"].shape
-        ):
-            problem = "has training correctness of another shape than its mask"
-        elif os.path.basename(path) != os.path.basename(record_path("", int(record["index"]))):
-            problem = f"holds the record of model {record['index']}"
+    problem = None if isinstance(record, dict) else f"holds a {type(record).__name__}, not a record"
+    if problem is None:
+        problem = _record_problem(record)
+    if problem is None and os.path.basename(path) != os.path.basename(record_path("", int(record["index"]))):
+        problem = f"holds the record of model {record['index']}"
     if problem:
         raise RecordError(f"record {path} {problem}")
     return record
+
+
+_FIELDS = ("index", "mask", "train_correct", "test_correct", "run", "training", "fraction", "seconds")
+
+
+def _record_problem(record: dict[str, Any]) -> Optional[str]:
+    """What is wrong with a record's fields (``None``: nothing), in words that name the field."""
+    missing = [k for k in _FIELDS if k not in record]
+    if missing:
+        return f"lacks {missing} (written by another program or an older version)"
+    mask, train, test = record["mask"], record["train_correct"], record["test_correct"]
+    if isinstance(record["index"], bool) or not isinstance(record["index"], int) or record["index"] < 0:
+        return f"has index {record['index']!r}, not a model number"
+    if not (isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.ndim == 1):
+        return "has no boolean subset mask"
+    if not (isinstance(train, Tensor) and train.dtype == torch.bool and train.shape == mask.shape):
+        return "has training correctness that is not a boolean tensor of its mask's shape"
+    if test is not None and not (isinstance(test, Tensor) and test.dtype == torch.bool and test.ndim == 1):
+        return "has test correctness that is neither None nor a boolean vector"
+    for field in ("fraction", "seconds"):
+        if isinstance(record[field], bool) or not isinstance(record[field], (int, float)):
+            return f"has {field} {record[field]!r}, not a number"
+    for field in ("run", "training"):
+        if not isinstance(record[field], dict):
+            return f"has {field} {type(record[field]).__name__}, not the identity of a run"
+    return None
 
 
 def load_records(
