@@ -330,7 +330,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
     assert not any(_alive(pid) for pid in workers), "orphaned workers still run 10 s after the parent died"
     assert time.monotonic() - killed_at < 5
     assert len(list(out.glob("model_*.pt"))) <= records_at_kill + 1
-    assert not list(out.glob(".tmp_*"))
+    assert not list(out.glob(".lightning_infomem_tmp_*"))  # the name records are written under
 
 
 def test_records_share_the_per_sample_result_api(tmp_path):
