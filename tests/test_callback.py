@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from lightning_infomem import InformationMeasures
 from lightning_infomem.functional import mean_off_diagonal, neuron_entropy, pairwise_mutual_information
 
-SCALAR_SUFFIXES = ("/entropy", "/mutual_info")
+SCALAR_SUFFIXES = ("/entropy", "/mutual_info", "/effective_rank")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -110,9 +111,10 @@ def infomem_scalars(metrics: dict[str, Any], prefix: str = "infomem") -> dict[st
 
 
 def expected_keys(layers: list[str], prefix: str = "infomem") -> set[str]:
-    keys = {f"{prefix}/entropy", f"{prefix}/mutual_info"}
+    stats = ("entropy", "mutual_info", "effective_rank")
+    keys = {f"{prefix}/{stat}" for stat in stats}
     for layer in layers:
-        keys |= {f"{prefix}/{layer}/entropy", f"{prefix}/{layer}/mutual_info"}
+        keys |= {f"{prefix}/{layer}/{stat}" for stat in stats}
     return keys
 
 
@@ -915,3 +917,29 @@ def test_paper_mode_is_one_switch_with_the_papers_settings(tmp_path):
         assert paper.history[-1][f"infomem_paper/{name}/entropy"] == pytest.approx(float(expected), abs=1e-9)
     assert "infomem_paper/entropy" in trainer.callback_metrics and "infomem/entropy" in trainer.callback_metrics
     assert paper.state_key != default.state_key
+
+
+def test_effective_rank_keys_equal_rankme_of_the_measured_samples(tmp_path):
+    class Keep(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_validation_epoch_start(self, trainer, pl_module):
+            self.handle = pl_module.net[0].register_forward_hook(lambda m, a, out: self.rows.append(out.detach()))
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.handle.remove()
+
+    keep = Keep()
+    callback = InformationMeasures(layers=["net.0", "net.2"], max_neurons=None)
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[keep, callback])
+    trainer.fit(DigitsMLP(), *digits_loaders())
+    row = callback.history[-1]
+    samples = torch.cat(keep.rows)[:2048].double().numpy()
+    singular = np.linalg.svd(samples, compute_uv=False)
+    p = singular / singular.sum() + 1e-7
+    assert row["infomem/net.0/effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
+    assert 1.0 < row["infomem/net.0/effective_rank"] <= 32
+    mean = (row["infomem/net.0/effective_rank"] + row["infomem/net.2/effective_rank"]) / 2
+    assert row["infomem/effective_rank"] == pytest.approx(mean, rel=1e-12)
+    assert float(trainer.callback_metrics["infomem/effective_rank"]) == pytest.approx(mean, rel=1e-6)

@@ -22,6 +22,7 @@ from lightning_infomem.functional import (
     add_joint_histogram_counts,
     bin_indices,
     calibrate_value_range,
+    effective_rank,
     entropy_from_counts,
     histogram_counts,
     iter_joint_histogram_counts,
@@ -884,3 +885,27 @@ def test_run_tasks_raises_the_error_of_a_chunk_after_the_others_finished():
     squares = np.zeros(50, dtype=np.int64)
     CompiledKernel(__name__, "_fill_squares").run_tasks(50, squares, set())  # the workers still serve
     assert squares.tolist() == [task * task for task in range(50)]
+
+
+# ------------------------------------------------------------------------------------ effective rank
+@pytest.mark.parametrize("shape, seed", [((300, 20), 0), ((50, 200), 1), ((2048, 128), 2), ((1, 5), 3)])
+def test_effective_rank_equals_a_numpy_reference(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(shape[1], shape[1], generator=generator) * torch.logspace(0, -3, shape[1])
+    z = torch.randn(*shape, generator=generator) @ mixing  # a decaying spectrum
+    singular = np.linalg.svd(z.double().numpy(), compute_uv=False)
+    p = singular / singular.sum() + 1e-7
+    reference = float(np.exp(-(p * np.log(p)).sum()))
+    assert float(effective_rank(z)) == pytest.approx(reference, rel=1e-5)
+    assert float(effective_rank(z.double())) == pytest.approx(reference, rel=1e-12)
+
+
+def test_effective_rank_closed_forms_and_undefined_inputs():
+    assert float(effective_rank(torch.eye(6))) == pytest.approx(6 * math.exp(0) * (1 + 1e-7) ** 0, rel=1e-5)
+    assert float(effective_rank(torch.ones(10, 4))) == pytest.approx(1.0, rel=1e-5)  # one direction
+    for undefined in (torch.zeros(5, 3), torch.zeros(0, 3), torch.tensor([[1.0, float("nan")]])):
+        assert math.isnan(float(effective_rank(undefined)))
+    with pytest.raises(ValueError, match=r"\[samples, features\]"):
+        effective_rank(torch.ones(3))
+    with pytest.raises(ValueError, match="floating point"):
+        effective_rank(torch.ones(3, 2, dtype=torch.int64))

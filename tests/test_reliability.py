@@ -489,7 +489,14 @@ def test_empty_prefix_gives_keys_without_a_leading_slash(tmp_path):
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     trainer.validate(DigitsMLP(), digits_loaders()[1], verbose=False)
     keys = {key for key in trainer.callback_metrics if key != "val_loss"}
-    assert keys == {"entropy", "mutual_info", "net.0/entropy", "net.0/mutual_info"}
+    assert keys == {
+        "entropy",
+        "mutual_info",
+        "effective_rank",
+        "net.0/entropy",
+        "net.0/mutual_info",
+        "net.0/effective_rank",
+    }
     for bad in ("/x", "x/", 3):
         with pytest.raises(ValueError, match="prefix"):
             InformationMeasures(prefix=bad)

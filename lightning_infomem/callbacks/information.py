@@ -79,7 +79,10 @@ class InformationMeasures(Callback):
     - ``infomem/entropy``: mean per-neuron entropy over all monitored neurons of all layers;
     - ``infomem/mutual_info``: mean pairwise MI over all monitored pairs (pairs within a layer,
       diagonal left out);
-    - ``infomem/<layer>/entropy`` and ``infomem/<layer>/mutual_info``: the same per layer.
+    - ``infomem/<layer>/entropy`` and ``infomem/<layer>/mutual_info``: the same per layer;
+    - ``infomem/<layer>/effective_rank``: the effective rank (RankMe, `effective_rank`) of the layer's
+      first 4,096 monitored samples per process, and ``infomem/effective_rank``, its mean over the
+      layers (NaN when any layer's is undefined): a label-free peer of H and I on the same samples.
 
     With several validation dataloaders every key ends in ``/dataloader_idx_K`` (Lightning's
     convention) and each loader is measured on its own: its own sample quota, ranges and values.
@@ -163,8 +166,8 @@ class InformationMeasures(Callback):
         >>> trainer = Trainer(callbacks=[callback], logger=False, enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
         >>> _ = trainer.validate(Net(), data, verbose=False)
-        >>> print(", ".join(sorted(callback.history[-1])[:4]))
-        epoch, global_step, infomem/entropy, infomem/mutual_info
+        >>> print(", ".join(sorted(callback.history[-1])[:5]))
+        epoch, global_step, infomem/effective_rank, infomem/entropy, infomem/mutual_info
     """
 
     def __init__(
@@ -482,8 +485,9 @@ class InformationMeasures(Callback):
         if not key:
             return False
         key = _LOADER_SUFFIX.sub("", key)
-        own = {self._key("entropy"), self._key("mutual_info")}
-        own |= {self._key(name, stat) for name in self.layer_names for stat in ("entropy", "mutual_info")}
+        stats = ("entropy", "mutual_info", "effective_rank")
+        own = {self._key(stat) for stat in stats}
+        own |= {self._key(name, stat) for name in self.layer_names for stat in stats}
         return key in own
 
     def _check_monitors(self, trainer: Trainer) -> None:
@@ -698,11 +702,14 @@ class InformationMeasures(Callback):
                 result = results[name]
                 scalars[self._key(name, "entropy", loader=loader)] = result.mean_entropy
                 scalars[self._key(name, "mutual_info", loader=loader)] = result.mean_mutual_info
+                scalars[self._key(name, "effective_rank", loader=loader)] = result.effective_rank
                 row[self._key(name, "clipped_fraction", loader=loader)] = result.clipped_fraction
             if results:
                 entropy, mutual_info = summarize(results)
                 scalars[self._key("entropy", loader=loader)] = entropy
                 scalars[self._key("mutual_info", loader=loader)] = mutual_info
+                ranks = [result.effective_rank for result in results.values()]
+                scalars[self._key("effective_rank", loader=loader)] = sum(ranks) / len(ranks)  # NaN if any is
         if not scalars:
             return None
         row.update(scalars)

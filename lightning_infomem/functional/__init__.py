@@ -1,5 +1,8 @@
-"""Functional core: tensors in, tensors out. Binning, histograms, entropy, mutual information, KSG, loss curvature,
-training dynamics, subsampled memorization and influence, group accuracy, the critical-neuron and NT-Xent math."""
+"""Functional core: tensors in, tensors out.
+
+Binning, histograms, entropy, mutual information, KSG, effective rank, loss curvature, training dynamics,
+subsampled memorization and influence, group accuracy, the critical-neuron and NT-Xent math.
+"""
 
 from lightning_infomem.functional.binning import (
     BinGrid,
@@ -18,6 +21,7 @@ from lightning_infomem.functional.curvature import (
     input_loss_curvature_estimates,
     rademacher_probes,
 )
+from lightning_infomem.functional.effective_rank import effective_rank
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts, neuron_entropy
 from lightning_infomem.functional.groups import group_accuracy_counts
 from lightning_infomem.functional.joint_counts import (
@@ -86,6 +90,7 @@ __all__ = [
     "calibrate_value_range",
     "check_activations",
     "dynamics_scores",
+    "effective_rank",
     "entropy_from_counts",
     "grid_bin_indices",
     "group_accuracy_counts",

@@ -21,7 +21,9 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_infomem.functional.effective_rank import effective_rank
 from lightning_infomem.functional.joint_counts import (
     cached_pair_indices,
 )
@@ -32,6 +34,7 @@ from lightning_infomem.pooling import RowPool
 __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
 
 
+RANK_SAMPLES = 4096  # samples per layer and process kept for the effective rank (2 MiB of float32 for 128 neurons)
 _LONGEST_WAIT = 4  # the first calibration waits for the other layers until one holds this many times its target
 _UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows (see pooling)
 
@@ -52,13 +55,15 @@ class MeasurementSettings:
 
 class LayerResult(NamedTuple):
     """One layer's measurement: ``entropy`` ``[N]``, ``mutual_info`` ``[N, N]`` (diagonal: entropy), both
-    float64 and NaN where undefined, the ``clipped_fraction`` of its values (over all processes), and
-    whether the layer had any finite activation at all (``defined``)."""
+    float64 and NaN where undefined, the ``clipped_fraction`` of its values (over all processes), whether
+    the layer had any finite activation at all (``defined``), and the ``effective_rank`` (RankMe) of its
+    first `RANK_SAMPLES` samples of every process, those with every value finite (NaN where none is)."""
 
     entropy: Tensor
     mutual_info: Tensor
     clipped_fraction: float
     defined: bool
+    effective_rank: float = math.nan
 
     @property
     def spread(self) -> bool:
@@ -160,6 +165,7 @@ class ActivationMeasurement:
         self._calibrated: set[str] = set()
         self._observed: set[str] = set()
         self._pending: dict[str, RowPool] = {}  # calibrated batches not yet counted
+        self._rank_samples: dict[str, list[Tensor]] = {}  # the first RANK_SAMPLES samples of each layer
         self._first_calibration_done = False
 
     # ------------------------------------------------------------------------------ sampling
@@ -179,7 +185,14 @@ class ActivationMeasurement:
             activations = activations.index_select(1, neurons.to(activations.device))
         if activations.shape[0] == 0:
             return
+        if activations.untyped_storage().nbytes() > activations.numel() * activations.element_size():
+            # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
+            activations = activations.clone()
         self.seen[name] += int(activations.shape[0])
+        kept = self._rank_samples.setdefault(name, [])
+        room = RANK_SAMPLES - sum(int(t.shape[0]) for t in kept)
+        if room > 0:
+            kept.append(activations[:room].detach())
         metric = self.entropy_metrics.get(name)
         if metric is None or metric.num_neurons != activations.shape[1] or metric.counts.device != activations.device:
             self._create_metrics(name, activations)
@@ -207,9 +220,6 @@ class ActivationMeasurement:
     def _update(self, name: str, activations: Tensor) -> None:
         """Count a batch, pooled with the following ones up to ``_UPDATE_ROWS`` rows (fewer, larger updates
         are cheaper: every update runs the same dozen tensor operations per metric)."""
-        if activations.untyped_storage().nbytes() > activations.numel() * activations.element_size():
-            # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
-            activations = activations.clone()
         if self._pending.setdefault(name, RowPool(_UPDATE_ROWS)).add(activations):
             self._flush_updates(name)
 
@@ -302,5 +312,15 @@ class ActivationMeasurement:
                 defined = int(entropy_metric.num_samples) * entropy_metric.num_neurons > int(
                     entropy_metric.num_nonfinite
                 )
-            out[name] = LayerResult(entropy, mutual_info, clipped, defined)
+            out[name] = LayerResult(entropy, mutual_info, clipped, defined, self._effective_rank(name))
         return out
+
+    def _effective_rank(self, name: str) -> float:
+        """RankMe of the layer's kept samples, of every process (a collective step under DDP)."""
+        kept = self._rank_samples.get(name, [])
+        metric = self.entropy_metrics[name]
+        samples = torch.cat(kept) if kept else torch.zeros(0, metric.num_neurons, device=metric.counts.device)
+        if self.distributed:
+            samples = torch.cat(gather_all_tensors(samples.contiguous()))
+        samples = samples[torch.isfinite(samples).all(dim=1)]  # as H and I: the finite samples
+        return float(effective_rank(samples))
