@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import pytest
@@ -147,13 +148,14 @@ def test_channels_first_1d_modules_are_pooled_not_read_as_sequences(module):
     torch.testing.assert_close(out, x.mean(dim=2))
 
 
-def test_sequences_first_token_or_mean():
+def test_sequences_first_mean_or_last_token():
     x = torch.randn(4, 10, 6)
     torch.testing.assert_close(to_neuron_activations(x), x[:, 0])
     torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="first"), x[:, 0])
     torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="mean"), x.mean(1))
+    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="last"), x[:, -1])
     with pytest.raises(ValueError, match="sequence_reduction"):
-        to_neuron_activations(x, sequence_reduction="last")
+        to_neuron_activations(x, sequence_reduction="max")
 
 
 def test_tuple_list_and_dict_outputs_give_the_first_tensor():
@@ -291,3 +293,46 @@ def test_the_recipes_patterns_select_every_block():
     assert len(resolve_layers(hf_model("distilbert", layers=6), "**.transformer.layer.*")) == 6
     assert resolve_layers(hf_model("gpt2", layers=4), "**.transformer.h.*") == [f"transformer.h.{i}" for i in range(4)]
     assert resolve_layers(VisionTransformer(depth=12), "**.blocks.*") == [f"blocks.{i}" for i in range(12)]
+
+
+@pytest.mark.parametrize("reduction", ["first", "mean", "last"])
+def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reduction):
+    """nn.TransformerEncoder with a padding mask returns nested tensors in eval (enable_nested_tensor=True):
+    measured over each sample's own tokens, padding excluded."""
+    from lightning.pytorch import LightningModule
+
+    from lightning_infomem import InformationMeasures
+    from lightning_infomem.callbacks.layers import to_neuron_activations
+    from tests.lightning_helpers import fast_trainer
+
+    torch.manual_seed(0)
+    tokens = torch.randn(96, 6, 16)
+    lengths = torch.randint(2, 7, (96,), generator=torch.Generator().manual_seed(1))
+    padding = torch.arange(6)[None, :] >= lengths[:, None]
+
+    class Encoder(LightningModule):
+        def __init__(self):
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+
+        def validation_step(self, batch, batch_idx):
+            x, mask = batch
+            return self.encoder(x, src_key_padding_mask=mask)
+
+    model = Encoder().eval()
+    outputs = []
+    handle = model.encoder.layers[0].register_forward_hook(lambda m, a, out: outputs.append(out))
+    with torch.no_grad():
+        model.encoder(tokens[:4], src_key_padding_mask=padding[:4])
+    handle.remove()
+    assert outputs[0].is_nested  # the case to handle
+    reduced = to_neuron_activations(outputs[0], sequence_reduction=reduction)
+    for i, part in enumerate(outputs[0].unbind()):
+        assert part.shape[0] == int(lengths[i])  # only the real tokens
+        expected = {"first": part[0], "mean": part.mean(0), "last": part[-1]}[reduction]
+        torch.testing.assert_close(reduced[i], expected)
+    callback = InformationMeasures(layers=["encoder.layers.0"], sequence_reduction=reduction, calibration_samples=32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, padding), batch_size=32)
+    fast_trainer(tmp_path, callbacks=[callback]).validate(model, loader, verbose=False)
+    assert math.isfinite(callback.history[-1]["infomem/encoder.layers.0/entropy"])

@@ -132,7 +132,9 @@ class InformationMeasures(Callback):
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
         sequence_reduction: for ``[batch, tokens, features]`` outputs, ``"first"`` token (a [CLS]
-            vector) or ``"mean"`` over tokens (for decoder-only models such as GPT-2).
+            vector), ``"mean"`` over tokens, or ``"last"`` token (for decoder-only models such as GPT-2,
+            whose first token sees only itself). Nested-tensor outputs are reduced over each sample's
+            own tokens, padding excluded.
         output_transform: function from a module's output to the activation tensor (for outputs
             that are not tensors, tuples or dicts with the tensor first).
         log_histograms: log histograms of per-neuron H and of pairwise I per layer (TensorBoard, W&B; see
@@ -202,8 +204,8 @@ class InformationMeasures(Callback):
         ):
             if value not in ("layer", "neuron", "global") and not (name == "binning" and value is None):
                 raise ValueError(f"{name} must be 'layer', 'neuron' or 'global', received {value!r}")
-        if sequence_reduction not in ("first", "mean"):
-            raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
+        if sequence_reduction not in ("first", "mean", "last"):
+            raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
         if isinstance(dataloaders, (str, bytes)) or (dataloaders is not None and not isinstance(dataloaders, Sequence)):
             raise ValueError(f"dataloaders must be None or a sequence of dataloader indices, received {dataloaders!r}")
         self.layers = check_layer_spec(layers)

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
+import torch
 from torch import Tensor, nn
 
 from lightning_infomem.checks import check_int
@@ -41,7 +42,7 @@ __all__ = [
 
 LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
 OutputTransform = Callable[[Any], Tensor]
-SequenceReduction = Literal["first", "mean"]
+SequenceReduction = Literal["first", "mean", "last"]
 
 DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -456,7 +457,10 @@ def to_neuron_activations(
     - ``[B, C, *spatial]`` with 4 or more dimensions, or 3 dimensions from a 1-d convolution,
       normalisation or pooling module: channels are neurons, spatial positions are averaged.
     - Other ``[B, T, H]`` outputs are sequences: ``sequence_reduction="first"`` takes the first
-      token (as for a [CLS] vector), ``"mean"`` averages over tokens.
+      token (as for a [CLS] vector), ``"mean"`` averages over tokens, ``"last"`` takes the last one
+      (a causal model's summary of the sequence).
+    - Nested tensors (padded sequences packed by ``nn.TransformerEncoder`` with a padding mask): the
+      same reductions over each sample's own tokens, padding excluded.
 
     Example:
         >>> import torch
@@ -475,6 +479,8 @@ def to_neuron_activations(
         what, fix = _describe_output(output)
         raise TypeError(f"the module returned {what}, which holds no tensor the callback can find; {fix}")
 
+    if value.is_nested:  # padded sequences packed as a nested tensor (nn.TransformerEncoder with a padding mask)
+        return _reduce_nested(value, module, sequence_reduction)
     if value.ndim == 0:
         raise ValueError("a module output of shape [] has no batch dimension; use output_transform to pick a tensor")
     if value.ndim == 1:
@@ -487,4 +493,24 @@ def to_neuron_activations(
         return value[:, 0]
     if sequence_reduction == "mean":
         return value.mean(dim=1)
-    raise ValueError(f"sequence_reduction must be 'first' or 'mean', received {sequence_reduction!r}")
+    if sequence_reduction == "last":
+        return value[:, -1]
+    raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+
+
+def _reduce_nested(value: Tensor, module: Optional[nn.Module], sequence_reduction: SequenceReduction) -> Tensor:
+    """``[batch, neurons]`` from a nested tensor of ``[T_i, ...]`` sequences: each sample's own tokens only, so
+    the reduction never sees padding (the first, mean or last real token)."""
+    parts = value.unbind()
+    if not parts or parts[0].ndim != 2:
+        raise ValueError(
+            f"a nested-tensor output of {len(parts)} samples whose parts are not [tokens, features]; pass an "
+            "output_transform that returns a [batch, neurons] tensor"
+        )
+    if sequence_reduction == "first":
+        return torch.stack([part[0] for part in parts])
+    if sequence_reduction == "mean":
+        return torch.stack([part.mean(dim=0) for part in parts])
+    if sequence_reduction == "last":
+        return torch.stack([part[-1] for part in parts])
+    raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
