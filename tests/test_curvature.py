@@ -298,9 +298,13 @@ def _run_ddp(tmp_path: Path) -> None:
     trainer = fast_trainer(
         tmp_path, max_epochs=1, strategy="ddp_spawn", devices=2, limit_val_batches=0, use_distributed_sampler=True
     )
-    trainer.callbacks.extend([LossCurvature(num_probes=1, num_images=0), DumpState(str(tmp_path))])
+    callback = LossCurvature(num_probes=1, num_images=0)
+    trainer.callbacks.extend([callback, DumpState(str(tmp_path))])
     trainer.fit(IndexedMLP(), indexed_loader(101, batch_size=20))  # odd: the sampler pads one sample
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # the callback the user holds, in the main process, has rank 0's results back
+    assert callback.epochs_scored == [0] and callback.scores["curvature"].shape == (101,)
+    assert torch.equal(callback.score_sum, states[0]["score_sum"].double())
     for key in ("score_sum", "num_scored", "labels"):
         assert torch.equal(states[0][key], states[1][key])
     assert states[0]["score_sum"].shape == (101,) and (states[0]["num_scored"] == 1).all()

@@ -314,7 +314,7 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     strategy = torch.multiprocessing.get_sharing_strategy()
     torch.multiprocessing.set_sharing_strategy("file_system")  # see test_callback_setups: ddp_spawn needs it here
 
-    def run(devices: int, out: Path) -> None:
+    def run(devices: int, out: Path) -> TrainingDynamics:
         out.mkdir()
         dynamics = TrainingDynamics(logits_module="", num_images=0)  # the LightningModule's output: shifted logits
         options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": 2} if devices == 2 else {}
@@ -322,12 +322,19 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
             out, max_epochs=4, callbacks=[ShiftEachEpoch(), dynamics, SaveScores(str(out))], **options
         )
         trainer.fit(IndexedMLP(lr=0.0), DataLoader(indexed_digits(100), batch_size=10, shuffle=False))
+        return dynamics
 
     try:
         run(1, tmp_path / "one")
-        run(2, tmp_path / "two")
+        main_process = run(2, tmp_path / "two")
     finally:
         torch.multiprocessing.set_sharing_strategy(strategy)
+    # the callback the user holds, in the main process, has rank 0's results back
+    worker = torch.load(tmp_path / "two" / "rank0.pt")
+    assert main_process.epochs_scored == [0, 1, 2, 3] and len(main_process.history) == 4
+    for name, value in main_process.scores.items():
+        torch.testing.assert_close(value, worker[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    assert main_process.topk(5)[1].numel() == 5
     one = torch.load(tmp_path / "one" / "rank0.pt")
     ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
     for name in one:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
@@ -137,8 +138,9 @@ class LossCurvature(PerSampleScores, Callback):
         self.num_scored = torch.zeros(0, dtype=torch.int64)
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.last_scores = torch.zeros(0, dtype=torch.float64)
-        self.epochs_scored: list[int] = []
-        self.history: list[dict[str, Any]] = []
+        self.epochs_scored = []
+        self.history = []
+        self._spawned = SpawnedResults()  # results scored by this callback's copy in a ddp_spawn worker
 
     _TENSORS = ("score_sum", "num_scored", "labels", "last_scores")
 
@@ -192,6 +194,7 @@ class LossCurvature(PerSampleScores, Callback):
     def scores(self) -> dict[str, Tensor]:
         """``curvature`` (the mean over the epochs that scored the sample), ``last_curvature`` (the latest scored
         epoch) and ``epochs`` (how many epochs scored it), each ``[N]`` float64; NaN for a sample never scored."""
+        self._collect_spawned()
         count = self.num_scored.to(torch.float64)
         mean = torch.where(count > 0, self.score_sum / count.clamp_min(1), torch.full_like(count, float("nan")))
         return {"curvature": mean, "last_curvature": self.last_scores.clone(), "epochs": count}
@@ -300,6 +303,9 @@ class LossCurvature(PerSampleScores, Callback):
             self.labels = torch.cat([self.labels, torch.full((extra,), -1, dtype=torch.int64)])
 
     _train_dataset: Optional[Dataset] = None
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._send_spawned(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader

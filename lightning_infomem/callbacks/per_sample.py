@@ -55,6 +55,40 @@ class PerSampleScores:
         """Every score by name, each ``[N]`` float64 on the CPU (NaN for a sample never scored)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------- results of ddp_spawn workers
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per scored epoch (after a ``ddp_spawn`` fit: the rank-0 worker's, brought back)."""
+        self._collect_spawned()
+        return self.__dict__.setdefault("_history", [])
+
+    @history.setter
+    def history(self, rows: list[dict[str, Any]]) -> None:
+        self.__dict__["_history"] = rows
+
+    @property
+    def epochs_scored(self) -> list[int]:
+        """The epochs whose scores were added (after a ``ddp_spawn`` fit: the rank-0 worker's)."""
+        self._collect_spawned()
+        return self.__dict__.setdefault("_epochs_scored", [])
+
+    @epochs_scored.setter
+    def epochs_scored(self, epochs: list[int]) -> None:
+        self.__dict__["_epochs_scored"] = epochs
+
+    def _send_spawned(self, trainer: Trainer) -> None:
+        """From the rank-0 copy in a ``ddp_spawn`` worker: leave the results for the main process's callback."""
+        spawned = self.__dict__.get("_spawned")
+        if spawned is not None and trainer.global_rank == 0 and spawned.in_worker():
+            spawned.send({"state": self.state_dict()})  # type: ignore[attr-defined]
+
+    def _collect_spawned(self) -> None:
+        """In the main process after a ``ddp_spawn`` fit: take over what the rank-0 worker scored (once)."""
+        spawned = self.__dict__.get("_spawned")
+        state = None if spawned is None else spawned.receive()
+        if state is not None:
+            self.load_state_dict(state["state"])  # type: ignore[attr-defined]
+
     def topk(self, k: int, name: Optional[str] = None) -> tuple[Tensor, Tensor]:
         """``(values, indices)`` of the ``k`` most suspicious samples by score ``name`` (default: the primary one).
 

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks.layers import first_tensor, named_layers
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
@@ -162,8 +163,9 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
         self.state = new_forgetting_state(0)
         self.labels = torch.zeros(0, dtype=torch.int64)
-        self.epochs_scored: list[int] = []
-        self.history: list[dict[str, Any]] = []
+        self.epochs_scored = []
+        self.history = []
+        self._spawned = SpawnedResults()  # results scored by this callback's copy in a ddp_spawn worker
         self._epoch_sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
         self._sized = True
         self._module: Optional[nn.Module] = None
@@ -220,6 +222,7 @@ class TrainingDynamics(PerSampleScores, Callback):
     @property
     def scores(self) -> dict[str, Tensor]:
         """Every score by name, ``[N]`` float64 on the CPU (see the class docs); NaN for a sample never presented."""
+        self._collect_spawned()
         state = ForgettingState(*(value.cpu() for value in self.state))
         return dynamics_scores(self.sums.cpu(), state)
 
@@ -375,3 +378,4 @@ class TrainingDynamics(PerSampleScores, Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hook()
+        self._send_spawned(trainer)
