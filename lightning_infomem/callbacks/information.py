@@ -81,8 +81,9 @@ class InformationMeasures(Callback):
       diagonal left out);
     - ``infomem/<layer>/entropy`` and ``infomem/<layer>/mutual_info``: the same per layer;
     - ``infomem/<layer>/effective_rank``: the effective rank (RankMe, `effective_rank`) of the layer's
-      first 4,096 monitored samples per process, and ``infomem/effective_rank``, its mean over the
-      layers (NaN when any layer's is undefined): a label-free peer of H and I on the same samples.
+      measured samples (those with every value finite, all processes), and ``infomem/effective_rank``,
+      its mean over the layers (NaN when any layer's is undefined): a label-free peer of H and I on the
+      same samples.
 
     With several validation dataloaders every key ends in ``/dataloader_idx_K`` (Lightning's
     convention) and each loader is measured on its own: its own sample quota, ranges and values.

@@ -21,7 +21,7 @@ from lightning_infomem.functional.curvature import (
     input_loss_curvature_estimates,
     rademacher_probes,
 )
-from lightning_infomem.functional.effective_rank import effective_rank
+from lightning_infomem.functional.effective_rank import effective_rank, effective_rank_from_gram
 from lightning_infomem.functional.entropy import entropy_from_counts, histogram_counts, neuron_entropy
 from lightning_infomem.functional.groups import group_accuracy_counts
 from lightning_infomem.functional.joint_counts import (
@@ -91,6 +91,7 @@ __all__ = [
     "check_activations",
     "dynamics_scores",
     "effective_rank",
+    "effective_rank_from_gram",
     "entropy_from_counts",
     "grid_bin_indices",
     "group_accuracy_counts",

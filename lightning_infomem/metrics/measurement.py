@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lightning_infomem.functional.effective_rank import effective_rank
+from lightning_infomem.functional.effective_rank import effective_rank_from_gram
 from lightning_infomem.functional.joint_counts import (
     cached_pair_indices,
 )
@@ -34,7 +34,6 @@ from lightning_infomem.pooling import RowPool
 __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
 
 
-RANK_SAMPLES = 4096  # samples per layer and process kept for the effective rank (2 MiB of float32 for 128 neurons)
 _LONGEST_WAIT = 4  # the first calibration waits for the other layers until one holds this many times its target
 _UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows (see pooling)
 
@@ -57,7 +56,7 @@ class LayerResult(NamedTuple):
     """One layer's measurement: ``entropy`` ``[N]``, ``mutual_info`` ``[N, N]`` (diagonal: entropy), both
     float64 and NaN where undefined, the ``clipped_fraction`` of its values (over all processes), whether
     the layer had any finite activation at all (``defined``), and the ``effective_rank`` (RankMe) of its
-    first `RANK_SAMPLES` samples of every process, those with every value finite (NaN where none is)."""
+    measured samples of every process, those with every value finite (NaN where none is)."""
 
     entropy: Tensor
     mutual_info: Tensor
@@ -165,7 +164,7 @@ class ActivationMeasurement:
         self._calibrated: set[str] = set()
         self._observed: set[str] = set()
         self._pending: dict[str, RowPool] = {}  # calibrated batches not yet counted
-        self._rank_samples: dict[str, list[Tensor]] = {}  # the first RANK_SAMPLES samples of each layer
+        self._gram: dict[str, Tensor] = {}  # each layer's sum of x^T x over its finite samples (effective rank)
         self._first_calibration_done = False
 
     # ------------------------------------------------------------------------------ sampling
@@ -189,10 +188,7 @@ class ActivationMeasurement:
             # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
             activations = activations.clone()
         self.seen[name] += int(activations.shape[0])
-        kept = self._rank_samples.setdefault(name, [])
-        room = RANK_SAMPLES - sum(int(t.shape[0]) for t in kept)
-        if room > 0:
-            kept.append(activations[:room].detach())
+        self._add_to_gram(name, activations)
         metric = self.entropy_metrics.get(name)
         if metric is None or metric.num_neurons != activations.shape[1] or metric.counts.device != activations.device:
             self._create_metrics(name, activations)
@@ -315,12 +311,21 @@ class ActivationMeasurement:
             out[name] = LayerResult(entropy, mutual_info, clipped, defined, self._effective_rank(name))
         return out
 
+    def _add_to_gram(self, name: str, activations: Tensor) -> None:
+        """Add a batch's ``x^T x`` (its rows with every value finite; float32 products, float64 sums)."""
+        x = activations.detach()
+        x = (x if x.dtype in (torch.float32, torch.float64) else x.float())[torch.isfinite(x).all(dim=1)]
+        gram = self._gram.get(name)
+        if gram is None:
+            gram = self._gram[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        gram += (x.T @ x).to(torch.float64)
+
     def _effective_rank(self, name: str) -> float:
-        """RankMe of the layer's kept samples, of every process (a collective step under DDP)."""
-        kept = self._rank_samples.get(name, [])
-        metric = self.entropy_metrics[name]
-        samples = torch.cat(kept) if kept else torch.zeros(0, metric.num_neurons, device=metric.counts.device)
+        """RankMe of the layer's measured samples, of every process (a collective step under DDP)."""
+        width = self.entropy_metrics[name].num_neurons
+        gram = self._gram.get(name)
+        if gram is None:
+            gram = torch.zeros(width, width, dtype=torch.float64, device=self.entropy_metrics[name].counts.device)
         if self.distributed:
-            samples = torch.cat(gather_all_tensors(samples.contiguous()))
-        samples = samples[torch.isfinite(samples).all(dim=1)]  # as H and I: the finite samples
-        return float(effective_rank(samples))
+            gram = torch.stack(gather_all_tensors(gram.contiguous())).sum(dim=0)
+        return float(effective_rank_from_gram(gram))
