@@ -222,7 +222,10 @@ def test_inductor_compiled_model_measures_the_same_values(tmp_path, eager_histor
     assert breaks == 0
     for row, reference in zip(history, eager_history, strict=True):
         for key, value in reference.items():
-            assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+            # inductor's kernels round differently: binned H and I barely move, the effective rank (all singular
+            # values, the small ones too) by up to a few 1e-4
+            tolerance = 1e-3 if key.endswith("effective_rank") else 1e-4
+            assert row[key] == pytest.approx(value, rel=tolerance, abs=1e-6), key
 
 
 def test_a_model_traced_before_the_hooks_is_reported(tmp_path):
