@@ -62,7 +62,10 @@ PARTS = [
     ("MI: joint-histogram counting", MI_COUNTING),
     ("H: binning and per-neuron counting", [(METRICS, "_count")]),
     ("calibration of the bin ranges", [("metrics/measurement.py", "_try_calibration")]),
-    ("effective rank (RankMe, one SVD per layer)", [("metrics/measurement.py", "_effective_rank")]),
+    (
+        "effective rank (RankMe: Gram sums, eigenvalues)",
+        [("metrics/measurement.py", "_add_to_gram"), ("metrics/measurement.py", "_effective_rank")],
+    ),
     ("epoch end: H and I from the counts", [("metrics/measurement.py", "results")]),
     ("TensorBoard: histograms and heatmap", [(CALLBACK, "_log_histograms_and_heatmaps"), (CALLBACK, "_report_layers")]),
 ]
@@ -174,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parts[part] = _cumulative(stats, functions)
     parts["H: binning and per-neuron counting"] -= _flush_inside(stats, [(METRICS, "_count")])
     parts["epoch end: H and I from the counts"] -= _flush_inside(stats, [("metrics/measurement.py", "results")])
-    parts["epoch end: H and I from the counts"] -= parts["effective rank (RankMe, one SVD per layer)"]  # inside it
+    parts["epoch end: H and I from the counts"] -= _cumulative(stats, [("metrics/measurement.py", "_effective_rank")])
     parts["other: hooks, activation copies, bookkeeping"] = inside - sum(parts.values())
 
     print(f"lightning_infomem {lightning_infomem.__version__} from {os.path.dirname(lightning_infomem.__file__)}")

@@ -961,3 +961,12 @@ def test_effective_rank_keys_equal_rankme_of_the_measured_samples(tmp_path):
     mean = (row["infomem/net.0/effective_rank"] + row["infomem/net.2/effective_rank"]) / 2
     assert row["infomem/effective_rank"] == pytest.approx(mean, rel=1e-12)
     assert float(trainer.callback_metrics["infomem/effective_rank"]) == pytest.approx(mean, rel=1e-6)
+
+
+def test_the_effective_rank_can_be_left_out(tmp_path):
+    callback = InformationMeasures(layers=["net.0"], effective_rank=False)
+    trainer = fast_trainer(tmp_path, callbacks=[callback])
+    trainer.validate(DigitsMLP(), digits_loaders(num_val=128)[1], verbose=False)
+    assert not any(key.endswith("effective_rank") for key in callback.history[-1])
+    assert {"infomem/entropy", "infomem/mutual_info"} <= set(callback.history[-1])
+    assert callback.measurement._gram == {}  # nothing accumulated

@@ -50,6 +50,7 @@ class MeasurementSettings:
     calibration_samples: int = 512
     miller_madow: bool = False
     max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES
+    effective_rank: bool = True
 
 
 class LayerResult(NamedTuple):
@@ -188,7 +189,8 @@ class ActivationMeasurement:
             # a view of a larger tensor (e.g. the first token of [B, T, D] hidden states): keep only the rows
             activations = activations.clone()
         self.seen[name] += int(activations.shape[0])
-        self._add_to_gram(name, activations)
+        if self.settings.effective_rank:
+            self._add_to_gram(name, activations)
         metric = self.entropy_metrics.get(name)
         if metric is None or metric.num_neurons != activations.shape[1] or metric.counts.device != activations.device:
             self._create_metrics(name, activations)
@@ -308,13 +310,16 @@ class ActivationMeasurement:
                 defined = int(entropy_metric.num_samples) * entropy_metric.num_neurons > int(
                     entropy_metric.num_nonfinite
                 )
-            out[name] = LayerResult(entropy, mutual_info, clipped, defined, self._effective_rank(name))
+            rank = self._effective_rank(name) if self.settings.effective_rank else math.nan
+            out[name] = LayerResult(entropy, mutual_info, clipped, defined, rank)
         return out
 
     def _add_to_gram(self, name: str, activations: Tensor) -> None:
         """Add a batch's ``x^T x`` (its rows with every value finite; float32 products, float64 sums)."""
         x = activations.detach()
-        x = (x if x.dtype in (torch.float32, torch.float64) else x.float())[torch.isfinite(x).all(dim=1)]
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        # a row with a non-finite value is zeroed, which leaves it out of x^T x (no host synchronisation)
+        x = torch.where(torch.isfinite(x).all(dim=1, keepdim=True), x, 0.0)
         gram = self._gram.get(name)
         if gram is None:
             gram = self._gram[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
