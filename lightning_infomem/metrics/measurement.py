@@ -318,12 +318,18 @@ class ActivationMeasurement:
         """Add a batch's ``x^T x`` (its rows with every value finite; float32 products, float64 sums)."""
         x = activations.detach()
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        # a row with a non-finite value is zeroed, which leaves it out of x^T x (no host synchronisation)
-        x = torch.where(torch.isfinite(x).all(dim=1, keepdim=True), x, 0.0)
+        if x.device.type == "cpu":  # no synchronisation to avoid: check the small product, not the batch
+            product = x.T @ x
+            if not bool(torch.isfinite(product).all()):  # a non-finite value in the batch
+                x = torch.where(torch.isfinite(x).all(dim=1, keepdim=True), x, 0.0)
+                product = x.T @ x
+        else:  # a row with a non-finite value is zeroed, which leaves it out of x^T x, without a host round trip
+            x = torch.where(torch.isfinite(x).all(dim=1, keepdim=True), x, 0.0)
+            product = x.T @ x
         gram = self._gram.get(name)
         if gram is None:
             gram = self._gram[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-        gram += (x.T @ x).to(torch.float64)
+        gram += product.to(torch.float64)
 
     def _effective_rank(self, name: str) -> float:
         """RankMe of the layer's measured samples, of every process (a collective step under DDP)."""
