@@ -370,3 +370,15 @@ def test_scores_that_are_not_finite_are_reported_once(tmp_path: Path) -> None:
     trainer.callbacks.append(callback)
     with pytest.warns(UserWarning, match=r"LossCurvature: 200 of the 200 scores of epoch 0 are NaN or infinite"):
         trainer.fit(NaNLoss(), indexed_loader())
+
+
+def test_token_ids_are_refused_on_the_first_batch_naming_the_embeddings_route(tmp_path: Path) -> None:
+    ids = torch.randint(0, 50, (40, 8))
+    data = IndexedDataset(TensorDataset(ids, torch.randint(0, 3, (40,))))
+    for scoring in (None, DataLoader(data, batch_size=20)):
+        callback = LossCurvature(scoring, num_probes=1)
+        trainer = fast_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+        trainer.callbacks.append(callback)
+        with pytest.raises(ValueError, match=r"inputs are torch.int64 \(token ids\?\).*batch_unpack.*inputs_embeds"):
+            trainer.fit(IndexedMLP(), DataLoader(data, batch_size=20))
+        assert trainer.global_step == 0 and callback.epochs_scored == []

@@ -369,3 +369,63 @@ def test_resuming_on_a_smaller_dataset_is_refused(tmp_path):
     trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[resumed])
     with pytest.raises(ValueError, match="cover 200 samples but the training set has 120"):
         trainer.fit(IndexedMLP(), DataLoader(indexed_digits(120), batch_size=32), ckpt_path=str(ckpt.last_model_path))
+
+
+# ------------------------------------------------------------------------------ real model trees
+class TokenClassifier(LightningModule):
+    """A Hugging Face GPT-2 sequence classifier from a tiny config (random weights, no download)."""
+
+    def __init__(self):
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, num_labels=3, pad_token_id=0)
+        config.bos_token_id = config.eos_token_id = 1
+        self.model = transformers.GPT2ForSequenceClassification(config)
+
+    def training_step(self, batch, batch_idx):
+        ids, y, _ = batch
+        return nn.functional.cross_entropy(self.model(input_ids=ids).logits, y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def token_data(num: int = 64) -> IndexedDataset:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 50, (num, 8), generator=generator)
+    ids[::3, 6:] = 0  # padded sequences
+    return IndexedDataset(TensorDataset(ids, torch.randint(0, 3, (num,), generator=generator)))
+
+
+def test_sequence_classification_logits_are_the_models_pooled_ones(tmp_path):
+    dynamics = TrainingDynamics()
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[dynamics])
+    trainer.fit(TokenClassifier(), DataLoader(token_data(), batch_size=16))
+    assert dynamics._module_name == "model"  # not model.score, whose output is per token [B, T, C]
+    assert torch.isfinite(dynamics.scores["cumulative_loss"]).all()
+    assert dynamics.scores["presentations"].eq(1).all()  # the first batch was recorded too
+
+
+def test_per_token_logits_are_refused_on_the_first_batch(tmp_path):
+    dynamics = TrainingDynamics(logits_module="model.score")
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[dynamics])
+    with pytest.raises(ValueError, match=r"'model.score' have shape \[16, 8, 3\], not \[batch, classes\]"):
+        trainer.fit(TokenClassifier(), DataLoader(token_data(), batch_size=16))
+    assert trainer.global_step <= 1 and dynamics.epochs_scored == []
+
+
+def test_a_distillation_head_beside_the_head_is_not_taken(tmp_path):
+    class Distilled(IndexedMLP):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(10, 10)
+            self.head_dist = nn.Linear(10, 10)  # a distilled ViT's second head, last in the module tree
+
+        def forward(self, x):
+            features = super().forward(x)
+            return (self.head(features) + self.head_dist(features)) / 2 if not self.training else self.head(features)
+
+    dynamics = TrainingDynamics()
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[dynamics])
+    trainer.fit(Distilled(), DataLoader(indexed_digits(64), batch_size=32))
+    assert dynamics._module_name == "head"

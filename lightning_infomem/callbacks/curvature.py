@@ -312,3 +312,23 @@ class LossCurvature(PerSampleScores, Callback):
         self._train_dataset = getattr(loader, "dataset", None)
         if self.batch_unpack is default_batch_unpack:
             check_indexed_loader(self.dataloader if self.dataloader is not None else loader, "LossCurvature")
+        self._inputs_checked = False
+        if self.dataloader is not None:  # a scoring loader of its own: its first batch, before any training
+            self._check_inputs(next(iter(self.dataloader)))
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not getattr(self, "_inputs_checked", True):
+            self._check_inputs(batch)
+
+    def _check_inputs(self, batch: Any) -> None:
+        """Refuse integer inputs (token ids) on the first batch: the curvature is taken with respect to the inputs."""
+        self._inputs_checked = True
+        inputs = self.batch_unpack(batch)[0]
+        if isinstance(inputs, Tensor) and not inputs.is_floating_point():
+            raise ValueError(
+                f"LossCurvature: the inputs are {inputs.dtype} (token ids?), but the curvature is taken with respect "
+                "to the inputs, which must be floating point. For a token model, score through its embeddings: a "
+                "batch_unpack that turns the ids into the model's current input embeddings (detached), and "
+                "forward=lambda module, embeddings: module.model(inputs_embeds=embeddings).logits; a tested recipe is "
+                "in docs/curvature.md ('Token models')"
+            )

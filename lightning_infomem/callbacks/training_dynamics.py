@@ -10,6 +10,7 @@ updated, and the scores are available.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
@@ -170,7 +171,8 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._sized = True
         self._module: Optional[nn.Module] = None
         self._module_name = ""
-        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._candidates: list[tuple[str, nn.Module]] = []
         self._captured: list[Tensor] = []
         self._pending = RowPool(_POOL_SAMPLES)  # (index, targets, logits) of training batches not yet scored
         self._hook = self._make_hook()
@@ -206,7 +208,8 @@ class TrainingDynamics(PerSampleScores, Callback):
         for name in ("sums", "_epoch_sums", "labels"):
             state[name] = state[name].cpu().numpy()
         state["state"] = {k: v.cpu().numpy() for k, v in self.state._asdict().items()}
-        state["_hook"] = state["_handle"] = state["_module"] = None
+        state["_hook"] = state["_module"] = None
+        state["_handles"], state["_candidates"] = [], []
         state["_captured"], state["_pending"] = [], RowPool(_POOL_SAMPLES)
         return state
 
@@ -228,8 +231,10 @@ class TrainingDynamics(PerSampleScores, Callback):
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._module, self._module_name = self._find_logits_module(pl_module)
-        rank_zero_info(f"TrainingDynamics: logits from {self._module_name or 'the LightningModule'!r}")
+        self._candidates = self._find_logits_module(pl_module)
+        self._module_name, self._module = self._candidates[0]
+        if len(self._candidates) == 1:
+            rank_zero_info(f"TrainingDynamics: logits from {self._module_name or 'the LightningModule'!r}")
         self._train_dataset = getattr(trainer.train_dataloader, "dataset", None)
         if self.batch_unpack is default_batch_unpack:
             check_indexed_loader(trainer.train_dataloader, "TrainingDynamics")
@@ -242,10 +247,18 @@ class TrainingDynamics(PerSampleScores, Callback):
             )
         self._resize(max(size or 0, self.sums.shape[0]), pl_module.device)
 
-    def _find_logits_module(self, pl_module: LightningModule) -> tuple[nn.Module, str]:
+    def _find_logits_module(self, pl_module: LightningModule) -> list[tuple[str, nn.Module]]:
+        """The module(s) whose output may be the logits, the likeliest first.
+
+        ``logits_module`` given: that one. ``None``: the last ``nn.Linear`` (of two heads of the same shape side
+        by side, as a distilled ViT's ``head`` and ``head_dist``, the first), then each module that contains
+        it, up to the ``LightningModule``: a head applied to every token (a Hugging Face ``score`` giving
+        ``[batch, tokens, classes]``) is passed over for the model around it, whose output holds the logits
+        pooled by the model's own rule. The first training batch decides (see `on_train_batch_end`).
+        """
         layers = dict(named_layers(pl_module))
         if self.logits_module == "":
-            return pl_module, ""
+            return [("", pl_module)]
         if self.logits_module is not None:
             if self.logits_module not in layers:
                 shown = ", ".join(list(layers)[-12:])
@@ -254,16 +267,31 @@ class TrainingDynamics(PerSampleScores, Callback):
                     f"name the module whose output is the logits (the last ones: {shown}), or '' for the "
                     "LightningModule itself"
                 )
-            return layers[self.logits_module], self.logits_module
-        linear = [
-            name for name, module in layers.items() if isinstance(getattr(module, "_orig_mod", module), nn.Linear)
-        ]
+            return [(self.logits_module, layers[self.logits_module])]
+        linear = {
+            name: getattr(module, "_orig_mod", module)
+            for name, module in layers.items()
+            if isinstance(getattr(module, "_orig_mod", module), nn.Linear)
+        }
         if not linear:
             raise ValueError(
                 f"TrainingDynamics: {type(pl_module).__name__} has no nn.Linear to take the logits from; pass "
                 "logits_module='<name>' (the module whose output is the logits) or '' for the LightningModule"
             )
-        return layers[linear[-1]], linear[-1]
+        last = list(linear)[-1]
+        parent = last.rpartition(".")[0]
+        shape = (linear[last].in_features, linear[last].out_features)
+        twins = [
+            name
+            for name, module in linear.items()
+            if name.rpartition(".")[0] == parent and (module.in_features, module.out_features) == shape
+        ]
+        head = twins[0]  # of two heads of one shape side by side, the first (a distillation head comes second)
+        modules = dict(pl_module.named_modules())
+        chain = [head]
+        while chain[-1]:
+            chain.append(chain[-1].rpartition(".")[0])
+        return [(name, layers.get(name) or modules.get(name) or pl_module) for name in chain]
 
     def _resize(self, size: int, device: torch.device) -> None:
         dtype = accumulation_dtype(device)
@@ -286,7 +314,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         captured = self._captured = []
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            captured.append(output)
+            captured.append((module, output))
 
         return hook
 
@@ -294,7 +322,8 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._remove_hook()
         self._captured.clear()
         if self._module is not None:
-            self._handle = self._module.register_forward_hook(self._hook)
+            watched = [module for _, module in self._candidates] if len(self._candidates) > 1 else [self._module]
+            self._handles = [module.register_forward_hook(self._hook) for module in watched]
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._captured.clear()  # anything kept since the last training batch (validation) is not a training pass
@@ -305,22 +334,64 @@ class TrainingDynamics(PerSampleScores, Callback):
         captured = list(self._captured)
         self._captured.clear()
         _, targets, index = self.batch_unpack(batch)
-        logits = None
-        for output in captured:
-            value = self.output_transform(output) if self.output_transform is not None else first_tensor(output)
+        if len(self._candidates) > 1 and captured:
+            self._choose_logits_module(captured, index.shape[0])
+        logits, seen = None, []
+        for module, output in captured:
+            if module is not self._module:
+                continue
+            value = self._logits_of(output)
             if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == index.shape[0]:
                 logits = value
                 break
+            seen.append(list(value.shape) if isinstance(value, Tensor) else type(value).__name__)
         if logits is None:
             self._warn_once(
                 "no-logits",
                 f"TrainingDynamics: {self._module_name or 'the LightningModule'!r} produced no [batch, classes] "
-                "output during a training step, so the batch is not recorded; pass logits_module=... naming the "
-                "module whose output is the logits (or output_transform=...)",
+                f"output during a training step (outputs seen: {seen or 'none'}), so the batch is not recorded; pass "
+                "logits_module=... naming the module whose output is the logits (or output_transform=...)",
             )
             return
+        if logits.ndim != 2:
+            raise ValueError(
+                f"TrainingDynamics: the logits of {self._module_name or 'the LightningModule'!r} have shape "
+                f"{list(logits.shape)}, not [batch, classes] (per-token logits of a sequence model?); name the module "
+                "whose output is one row of logits per sample with logits_module=... (for a Hugging Face "
+                "...ForSequenceClassification model, the model itself: its output's logits are pooled by its own rule)"
+            )
         if self._pending.add(index.detach(), targets.detach(), logits.detach()):
             self._flush()
+
+    def _logits_of(self, output: Any) -> Any:
+        """The logits in a module output: ``output_transform(output)``, its ``logits``, or its first tensor."""
+        if self.output_transform is not None:
+            return self.output_transform(output)
+        if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+            return output["logits"]
+        if isinstance(getattr(output, "logits", None), Tensor):
+            return output.logits
+        return first_tensor(output)
+
+    def _choose_logits_module(self, captured: list[tuple[nn.Module, Any]], batch_size: int) -> None:
+        """On the first training batch: the deepest candidate whose output is ``[batch, classes]`` logits."""
+        shapes = []
+        for name, module in self._candidates:
+            values = [self._logits_of(output) for seen, output in captured if seen is module]
+            value = next((v for v in values if isinstance(v, Tensor)), None)
+            shapes.append(f"{name or 'the LightningModule'!r} {list(value.shape) if value is not None else 'none'}")
+            if value is not None and value.ndim == 2 and value.shape[0] == batch_size:
+                self._module_name, self._module = name, module
+                self._candidates = [(name, module)]
+                self._remove_hook()
+                self._handles = [module.register_forward_hook(self._hook)]
+                rank_zero_info(f"TrainingDynamics: logits from {name or 'the LightningModule'!r}")
+                return
+        raise ValueError(
+            "TrainingDynamics: no module gave [batch, classes] logits in the first training batch (outputs: "
+            f"{', '.join(shapes)}); pass logits_module=... naming the module whose output is the logits, or "
+            "output_transform=... that returns them"
+        )
 
     def _flush(self) -> None:
         """Turn the pooled batches into statistics and add them up by sample index (on the model's device)."""
@@ -338,9 +409,9 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.labels.scatter_(0, index, targets.long())
 
     def _remove_hook(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in getattr(self, "_handles", []):
+            handle.remove()
+        self._handles = []
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
