@@ -46,9 +46,9 @@ class CountingInformationMeasures(InformationMeasures):
         self.hook_modes: list[bool] = []
         self._counting_hooks: dict[str, Any] = {}
 
-    def _hook_for(self, name: str) -> Any:
+    def _hook_for(self, name: str, module: nn.Module) -> Any:
         if name not in self._counting_hooks:
-            hook = super()._hook_for(name)
+            hook = super()._hook_for(name, module)
 
             def counting(module: nn.Module, args: Any, output: Any) -> None:
                 self.hook_modes.append(module.training)

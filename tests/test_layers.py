@@ -125,7 +125,7 @@ def test_vectors_and_matrices():
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3, 2, 3, 4), (4, 3, 1, 1)])
 def test_convolution_outputs_are_averaged_over_space(shape):
     x = torch.randn(*shape)
-    out = to_neuron_activations(x, nn.Conv2d(1, 1, 1))
+    out = to_neuron_activations(x, nn.Conv2d(1, 3, 1))
     assert out.shape == (4, 3)
     torch.testing.assert_close(out, x.flatten(2).mean(2))
     # the module is not needed for 4 or more dimensions
@@ -336,3 +336,27 @@ def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reducti
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, padding), batch_size=32)
     fast_trainer(tmp_path, callbacks=[callback]).validate(model, loader, verbose=False)
     assert math.isfinite(callback.history[-1]["infomem/encoder.layers.0/entropy"])
+
+
+def test_channels_last_outputs_are_read_on_the_modules_channel_axis():
+    """Swin and timm ConvNeXt stages give [B, H, W, C]: the neurons are the C channels, found by the module's width."""
+
+    class SwinLikeBlock(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.norm = nn.LayerNorm(channels)
+            self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+
+        def forward(self, x):
+            return x + self.mlp(self.norm(x))
+
+    stage = nn.Sequential(SwinLikeBlock(96), SwinLikeBlock(96))
+    out = stage(torch.randn(2, 7, 7, 96))
+    torch.testing.assert_close(to_neuron_activations(out, stage), out.mean(dim=(1, 2)))
+    conv_stage = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
+    out = conv_stage(torch.randn(2, 3, 9, 9))
+    torch.testing.assert_close(to_neuron_activations(out, conv_stage), out.mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match=r"no axis of the module's 16 channels"):
+        to_neuron_activations(torch.randn(2, 5, 9, 9), conv_stage)
+    with pytest.warns(UserWarning, match=r"width is not known from the module tree: dimension 1 is read"):
+        to_neuron_activations(torch.randn(2, 5, 9, 9), nn.Identity())

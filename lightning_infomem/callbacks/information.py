@@ -28,6 +28,7 @@ from lightning_infomem.callbacks.layers import (
     LayerSpec,
     OutputTransform,
     SequenceReduction,
+    channel_width,
     check_layer_spec,
     choose_default_layers,
     module_output_width,
@@ -548,7 +549,7 @@ class InformationMeasures(Callback):
         # compiled with torch.compile traces them into its evaluation graph at its first evaluation.
         modules = dict(named_layers(pl_module))
         for name in self.layer_names:
-            self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+            self._handles.append(modules[name].register_forward_hook(self._hook_for(name, modules[name])))
 
     def on_validation_batch_end(
         self,
@@ -600,20 +601,21 @@ class InformationMeasures(Callback):
             store.clear()
 
     # ------------------------------------------------------------------------------ sampling
-    def _hook_for(self, name: str) -> Callable[..., None]:
+    def _hook_for(self, name: str, module: nn.Module) -> Callable[..., None]:
         """The forward hook of a layer, one function object per layer for the whole run.
 
         It only turns the output into ``[batch, neurons]`` activations and keeps them: tensor operations
         that torch.compile traces into the model's graph (no graph break, no guard on callback state, so
-        no recompilation when measuring starts or stops). Everything else happens after the batch.
+        no recompilation when measuring starts or stops). Everything else happens after the batch; the
+        layer's channel width (for outputs with spatial axes) is read from the module tree here, once.
         """
         hook = self._hooks.get(name)
         if hook is None:
             store = self._stash.setdefault(name, [])
-            transform, reduction = self.output_transform, self.sequence_reduction
+            transform, reduction, width = self.output_transform, self.sequence_reduction, channel_width(module)
 
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                store.append(to_neuron_activations(output, module, transform, reduction).detach())
+                store.append(to_neuron_activations(output, module, transform, reduction, width).detach())
 
             self._hooks[name] = hook
         return hook

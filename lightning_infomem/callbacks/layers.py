@@ -16,6 +16,7 @@ import dataclasses
 import fnmatch
 import importlib
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from lightning_infomem.checks import check_int
 
 __all__ = [
+    "channel_width",
     "check_layer_spec",
     "DEFAULT_MAX_LAYERS",
     "DefaultLayers",
@@ -448,6 +450,7 @@ def to_neuron_activations(
     module: Optional[nn.Module] = None,
     output_transform: Optional[OutputTransform] = None,
     sequence_reduction: SequenceReduction = "first",
+    channels: Union[int, None, Literal["auto"]] = "auto",
 ) -> Tensor:
     """A module's output as ``[batch, neurons]`` activations.
 
@@ -455,10 +458,14 @@ def to_neuron_activations(
     - Tuples, lists, dicts and dict-like model outputs: the first tensor found.
     - ``[B]`` becomes ``[B, 1]``; ``[B, N]`` is used as is.
     - ``[B, C, *spatial]`` with 4 or more dimensions, or 3 dimensions from a 1-d convolution,
-      normalisation or pooling module: channels are neurons, spatial positions are averaged.
+      normalisation or pooling module: channels are neurons, spatial positions are averaged. The
+      channel axis is the one of the module's width (`channel_width`): ``[B, *spatial, C]``
+      (channels last: Swin, timm ConvNeXt stages) is averaged over its spatial axes the same way.
     - Other ``[B, T, H]`` outputs are sequences: ``sequence_reduction="first"`` takes the first
       token (as for a [CLS] vector), ``"mean"`` averages over tokens, ``"last"`` takes the last one
       (a causal model's summary of the sequence).
+    - ``channels``: the module's channel width for that choice; ``"auto"`` reads it from the module tree
+      (`channel_width`), ``None`` when it is not known (dimension 1 is taken, with a warning).
     - Nested tensors (padded sequences packed by ``nn.TransformerEncoder`` with a padding mask): the
       same reductions over each sample's own tokens, padding excluded.
 
@@ -487,7 +494,10 @@ def to_neuron_activations(
         return value.unsqueeze(1)
     if value.ndim == 2:
         return value
-    if value.ndim >= 4 or isinstance(module, _CHANNELS_FIRST_1D):
+    if value.ndim >= 4:
+        width = (channel_width(module) if module is not None else None) if channels == "auto" else channels
+        return _average_over_space(value, module, width)
+    if isinstance(module, _CHANNELS_FIRST_1D):
         return value.flatten(2).mean(dim=2)
     if sequence_reduction == "first":
         return value[:, 0]
@@ -496,6 +506,53 @@ def to_neuron_activations(
     if sequence_reduction == "last":
         return value[:, -1]
     raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+
+
+_WIDTHS: weakref.WeakKeyDictionary[nn.Module, Optional[int]] = weakref.WeakKeyDictionary()
+_UNKNOWN_LAYOUT_WARNED: set[int] = set()
+
+
+def channel_width(module: nn.Module) -> Optional[int]:
+    """The channels of a module's output where the module tree says it: its own width (`module_output_width`),
+    or, for a container (a ResNet stage, a Swin block), that of its last submodule of known width. Cached.
+
+    Example:
+        >>> from torch import nn
+        >>> channel_width(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU()))
+        16
+    """
+    if module in _WIDTHS:
+        return _WIDTHS[module]
+    width = module_output_width(module)
+    if width is None:
+        for sub in reversed(list(_unwrap(module).modules())):
+            width = module_output_width(sub) if sub is not module else None
+            if width is not None:
+                break
+    _WIDTHS[module] = width
+    return width
+
+
+def _average_over_space(value: Tensor, module: Optional[nn.Module], width: Optional[int]) -> Tensor:
+    """``[B, C, *spatial]`` (channels first, as convolutions give) or ``[B, *spatial, C]`` (channels last, as Swin
+    and ConvNeXt stages give) averaged over space to ``[B, C]``; the channel axis is the one of the module's width."""
+    if width is not None and value.shape[1] != width and value.shape[-1] == width:
+        return value.flatten(1, -2).mean(dim=1)  # channels last
+    if width is not None and value.shape[1] != width:
+        raise ValueError(
+            f"a module output of shape {list(value.shape)} has no axis of the module's {width} channels (neither "
+            "dimension 1 nor the last); pass output_transform=... that returns [batch, neurons]"
+        )
+    if width is None and module is not None and id(module) not in _UNKNOWN_LAYOUT_WARNED:
+        _UNKNOWN_LAYOUT_WARNED.add(id(module))
+        warnings.warn(
+            f"{type(module).__name__} gives {list(value.shape)} outputs and its width is not known from the module "
+            "tree: dimension 1 is read as the channels (channels first). If its outputs are channels last "
+            "([batch, ..., channels]), pass output_transform=lambda out: out.movedim(-1, 1)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return value.flatten(2).mean(dim=2)
 
 
 def _reduce_nested(value: Tensor, module: Optional[nn.Module], sequence_reduction: SequenceReduction) -> Tensor:
