@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import LightningModule
 from lightning_helpers import _Classifier, digits_loaders, fast_trainer
 from model_zoo import (
     ImageClassifier,
@@ -62,7 +63,8 @@ def expected_row(acts: dict[str, Tensor]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------ transformers
 @pytest.mark.parametrize("kind", ["distilbert", "bert", "gpt2"])
-def test_hugging_face_defaults_measure_each_blocks_first_token(tmp_path, kind):
+def test_hugging_face_defaults_measure_each_blocks_cls_or_last_token(tmp_path, kind):
+    """Encoders at their first ([CLS]) token; GPT-2, a causal model, at its last token (sequence_reduction='auto')."""
     model = TokenClassifier(hf_model(kind, layers=3))
     data = token_batches(96)
     callback = InformationMeasures(log_histograms=False, heatmap_every_n_measurements=0)
@@ -70,7 +72,8 @@ def test_hugging_face_defaults_measure_each_blocks_first_token(tmp_path, kind):
     trainer.validate(model, DataLoader(data, batch_size=32), verbose=False)
     blocks = {"distilbert": "distilbert.transformer.layer", "bert": "bert.encoder.layer", "gpt2": "transformer.h"}
     assert callback.layer_names == [f"model.{blocks[kind]}.{i}" for i in range(3)]
-    acts = captured(model, callback.layer_names, [ids for ids, _ in DataLoader(data, batch_size=32)])
+    reduction = "last" if kind == "gpt2" else "first"
+    acts = captured(model, callback.layer_names, [ids for ids, _ in DataLoader(data, batch_size=32)], reduction)
     row = callback.history[-1]
     for key, value in expected_row(acts).items():
         assert row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
@@ -243,3 +246,50 @@ def test_a_model_traced_before_the_hooks_is_reported(tmp_path):
     torch._dynamo.reset()  # as the warning says
     fast_trainer(tmp_path, callbacks=[callback]).validate(model, digits_loaders()[1], verbose=False)
     assert callback.history
+
+
+# -------------------------------------------------------------------------- decoder-only models
+class CausalClassifier(LightningModule):
+    def __init__(self):
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, num_labels=2, pad_token_id=0)
+        config.bos_token_id = config.eos_token_id = 1
+        self.model = transformers.GPT2ForSequenceClassification(config)
+
+    def validation_step(self, batch, batch_idx):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _token_batches(ids: torch.Tensor, mask: torch.Tensor) -> torch.utils.data.DataLoader:
+    items = [{"input_ids": ids[i], "attention_mask": mask[i]} for i in range(len(ids))]
+    return torch.utils.data.DataLoader(items, batch_size=32)  # batches: dicts, as a tokenizer's
+
+
+def test_decoder_only_blocks_are_read_at_the_last_real_token(tmp_path):
+    from lightning_infomem.callbacks.layers import is_causal_block
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 50, (128, 10), generator=generator)
+    lengths = torch.randint(5, 11, (128,), generator=generator)
+    mask = (torch.arange(10)[None, :] < lengths[:, None]).long()
+    ids = ids * mask  # right padding with the pad id 0
+    model = CausalClassifier().eval()
+    assert is_causal_block(model.model.transformer.h[0])
+
+    def measure(token_ids: torch.Tensor) -> dict:
+        callback = InformationMeasures(layers="model.transformer.h.*", calibration_samples=64)
+        trainer = fast_trainer(tmp_path, callbacks=[callback])
+        trainer.validate(model, _token_batches(token_ids, mask), verbose=False)
+        return callback.history[-1]
+
+    reference = measure(ids)
+    later = ids.clone()
+    later[:, 3] = torch.randint(2, 50, (128,), generator=generator)  # a real token after the first, before the last
+    changed = measure(later)
+    assert changed["infomem/model.transformer.h.0/entropy"] != reference["infomem/model.transformer.h.0/entropy"]
+    padding = ids.clone()
+    padding[mask == 0] = 7  # only the padded positions change: the measurement does not see them
+    assert (
+        measure(padding)["infomem/model.transformer.h.1/entropy"] == reference["infomem/model.transformer.h.1/entropy"]
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -27,13 +27,15 @@ from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.layers import (
     LayerSpec,
     OutputTransform,
-    SequenceReduction,
+    SequenceReductionChoice,
     channel_width,
     check_layer_spec,
     choose_default_layers,
+    is_causal_block,
     module_output_width,
     named_layers,
     resolve_layers,
+    resolved_sequence_reduction,
     to_neuron_activations,
 )
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
@@ -133,10 +135,14 @@ class InformationMeasures(Callback):
         range_quantile: calibrate with the ``q`` / ``1 - q`` quantiles instead of min / max.
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
-        sequence_reduction: for ``[batch, tokens, features]`` outputs, ``"first"`` token (a [CLS]
-            vector), ``"mean"`` over tokens, or ``"last"`` token (for decoder-only models such as GPT-2,
-            whose first token sees only itself). Nested-tensor outputs are reduced over each sample's
-            own tokens, padding excluded.
+        sequence_reduction: for ``[batch, tokens, features]`` outputs: ``"first"`` token (a [CLS] vector),
+            ``"mean"`` over tokens, or ``"last"`` token. ``"auto"`` (the default): ``"last"`` for a block that
+            attends causally (it contains a module with ``is_causal`` set, as GPT-2's and Llama's attention:
+            their first token sees only itself), ``"first"`` otherwise; printed at the start. When a
+            validation batch is a mapping with an ``"attention_mask"`` of the outputs' ``[batch, tokens]``
+            (as a Hugging Face tokenizer's batch), the reductions use the real tokens only (the first or
+            last real token, the mean over them); nested-tensor outputs are reduced over each sample's own
+            tokens.
         output_transform: function from a module's output to the activation tensor (for outputs
             that are not tensors, tuples or dicts with the tensor first).
         log_histograms: log histograms of per-neuron H and of pairwise I per layer (TensorBoard, W&B; see
@@ -192,7 +198,7 @@ class InformationMeasures(Callback):
         range_quantile: float = 0.0,
         calibration_samples: int = 512,
         miller_madow: bool = False,
-        sequence_reduction: SequenceReduction = "first",
+        sequence_reduction: SequenceReductionChoice = "auto",
         output_transform: Optional[OutputTransform] = None,
         log_histograms: bool = True,
         heatmap_every_n_measurements: int = 5,
@@ -210,8 +216,10 @@ class InformationMeasures(Callback):
         ):
             if value not in ("layer", "neuron", "global") and not (name == "binning" and value is None):
                 raise ValueError(f"{name} must be 'layer', 'neuron' or 'global', received {value!r}")
-        if sequence_reduction not in ("first", "mean", "last"):
-            raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+        if sequence_reduction not in ("auto", "first", "mean", "last"):
+            raise ValueError(
+                f"sequence_reduction must be 'auto', 'first', 'mean' or 'last', received {sequence_reduction!r}"
+            )
         if isinstance(dataloaders, (str, bytes)) or (dataloaders is not None and not isinstance(dataloaders, Sequence)):
             raise ValueError(f"dataloaders must be None or a sequence of dataloader indices, received {dataloaders!r}")
         self.layers = check_layer_spec(layers)
@@ -258,6 +266,7 @@ class InformationMeasures(Callback):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stash: dict[str, list[Tensor]] = {}
         self._called: set[str] = set()  # layers whose hook fired in this validation (with rows or not)
+        self._attention_mask: list[Optional[Tensor]] = [None]  # the validation batch's attention mask, if any
         self._hooks: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
@@ -464,6 +473,10 @@ class InformationMeasures(Callback):
         else:
             how = f"layers={self.layers!r}"
         shown = ", ".join(self.layer_names[:12]) + (", ..." if len(self.layer_names) > 12 else "")
+        modules = dict(named_layers(pl_module))
+        causal = [name for name in self.layer_names if is_causal_block(modules[name])]
+        if self.sequence_reduction == "auto" and causal:
+            shown += f"; the last token of {len(causal)} causal block(s) (sequence_reduction='auto')"
         rank_zero_info(f"InformationMeasures: monitoring {len(self.layer_names)} layer(s), {how}: {shown}")
 
     def _check_state_budget(self, pl_module: LightningModule) -> None:
@@ -551,6 +564,12 @@ class InformationMeasures(Callback):
         for name in self.layer_names:
             self._handles.append(modules[name].register_forward_hook(self._hook_for(name, modules[name])))
 
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        self._attention_mask[0] = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -612,10 +631,13 @@ class InformationMeasures(Callback):
         hook = self._hooks.get(name)
         if hook is None:
             store = self._stash.setdefault(name, [])
-            transform, reduction, width = self.output_transform, self.sequence_reduction, channel_width(module)
+            transform, width = self.output_transform, channel_width(module)
+            reduction = resolved_sequence_reduction(self.sequence_reduction, module)
+            mask = self._attention_mask  # the current validation batch's mask, set before the batch
 
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                store.append(to_neuron_activations(output, module, transform, reduction, width).detach())
+                activations = to_neuron_activations(output, module, transform, reduction, width, mask[0])
+                store.append(activations.detach())
 
             self._hooks[name] = hook
         return hook

@@ -27,6 +27,8 @@ from lightning_infomem.checks import check_int
 
 __all__ = [
     "channel_width",
+    "is_causal_block",
+    "resolved_sequence_reduction",
     "check_layer_spec",
     "DEFAULT_MAX_LAYERS",
     "DefaultLayers",
@@ -45,6 +47,7 @@ __all__ = [
 LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
 OutputTransform = Callable[[Any], Tensor]
 SequenceReduction = Literal["first", "mean", "last"]
+SequenceReductionChoice = Literal["auto", "first", "mean", "last"]
 
 DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -451,6 +454,7 @@ def to_neuron_activations(
     output_transform: Optional[OutputTransform] = None,
     sequence_reduction: SequenceReduction = "first",
     channels: Union[int, None, Literal["auto"]] = "auto",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     """A module's output as ``[batch, neurons]`` activations.
 
@@ -464,6 +468,8 @@ def to_neuron_activations(
     - Other ``[B, T, H]`` outputs are sequences: ``sequence_reduction="first"`` takes the first
       token (as for a [CLS] vector), ``"mean"`` averages over tokens, ``"last"`` takes the last one
       (a causal model's summary of the sequence).
+    - ``attention_mask`` (``[B, T]``, 1 = a real token), when given and of the output's ``[B, T]``: the
+      reductions use the real tokens only (the first or last real token, the mean over them).
     - ``channels``: the module's channel width for that choice; ``"auto"`` reads it from the module tree
       (`channel_width`), ``None`` when it is not known (dimension 1 is taken, with a warning).
     - Nested tensors (padded sequences packed by ``nn.TransformerEncoder`` with a padding mask): the
@@ -499,6 +505,8 @@ def to_neuron_activations(
         return _average_over_space(value, module, width)
     if isinstance(module, _CHANNELS_FIRST_1D):
         return value.flatten(2).mean(dim=2)
+    if attention_mask is not None and tuple(attention_mask.shape) == tuple(value.shape[:2]):
+        return _masked_reduction(value, attention_mask, sequence_reduction)
     if sequence_reduction == "first":
         return value[:, 0]
     if sequence_reduction == "mean":
@@ -506,6 +514,43 @@ def to_neuron_activations(
     if sequence_reduction == "last":
         return value[:, -1]
     raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+
+
+def _masked_reduction(value: Tensor, mask: Tensor, sequence_reduction: SequenceReduction) -> Tensor:
+    """``[B, T, H]`` -> ``[B, H]`` over the tokens where ``mask`` (``[B, T]``, 1 = a real token) is set: the first
+    or last real token (left or right padding alike), or their mean."""
+    real = mask.to(device=value.device) != 0
+    if sequence_reduction == "mean":
+        weights = real.to(value.dtype).unsqueeze(-1)
+        return (value * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    positions = torch.arange(value.shape[1], device=value.device)
+    if sequence_reduction == "first":
+        index = torch.where(real, positions, value.shape[1]).amin(dim=1).clamp_max(value.shape[1] - 1)
+    elif sequence_reduction == "last":
+        index = torch.where(real, positions, -1).amax(dim=1).clamp_min(0)
+    else:
+        raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+    return value[torch.arange(value.shape[0], device=value.device), index]
+
+
+def is_causal_block(module: nn.Module) -> bool:
+    """Whether a block attends causally (each token to the earlier ones only), from the module tree: a submodule
+    with ``is_causal`` set, as Hugging Face's decoder attention (GPT-2, Llama, ...) has.
+
+    Example:
+        >>> from torch import nn
+        >>> is_causal_block(nn.Linear(2, 2))
+        False
+    """
+    return any(getattr(sub, "is_causal", False) is True for sub in module.modules())
+
+
+def resolved_sequence_reduction(choice: SequenceReductionChoice, module: nn.Module) -> SequenceReduction:
+    """``"auto"``: ``"last"`` for a causal block (its last token has seen the whole sequence; the first only
+    itself), ``"first"`` otherwise (a [CLS] token); any other choice as given."""
+    if choice != "auto":
+        return choice
+    return "last" if is_causal_block(module) else "first"
 
 
 _WIDTHS: weakref.WeakKeyDictionary[nn.Module, Optional[int]] = weakref.WeakKeyDictionary()
