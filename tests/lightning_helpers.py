@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any, Optional
 
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
@@ -235,3 +236,13 @@ class HistoryDump(Callback):
                 },
                 self.path,
             )
+
+
+def tiny_gpt2_classifier(num_labels: int) -> nn.Module:
+    """A Hugging Face GPT-2 sequence classifier from a tiny config (random weights, no download; pad id 0)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_embd=32, n_head=2, n_layer=2, vocab_size=50, num_labels=num_labels, pad_token_id=0
+    )
+    config.bos_token_id = config.eos_token_id = 1
+    return transformers.GPT2ForSequenceClassification(config)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import LightningModule
-from lightning_helpers import _Classifier, digits_loaders, fast_trainer
+from lightning_helpers import _Classifier, digits_loaders, fast_trainer, tiny_gpt2_classifier
 from model_zoo import (
     ImageClassifier,
     ResNet18,
@@ -252,10 +252,7 @@ def test_a_model_traced_before_the_hooks_is_reported(tmp_path):
 class CausalClassifier(LightningModule):
     def __init__(self):
         super().__init__()
-        transformers = pytest.importorskip("transformers")
-        config = transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, num_labels=2, pad_token_id=0)
-        config.bos_token_id = config.eos_token_id = 1
-        self.model = transformers.GPT2ForSequenceClassification(config)
+        self.model = tiny_gpt2_classifier(num_labels=2)
 
     def validation_step(self, batch, batch_idx):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_helpers import digits_tensors, fast_trainer
+from lightning_helpers import digits_tensors, fast_trainer, tiny_gpt2_classifier
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -377,10 +377,7 @@ class TokenClassifier(LightningModule):
 
     def __init__(self):
         super().__init__()
-        transformers = pytest.importorskip("transformers")
-        config = transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, num_labels=3, pad_token_id=0)
-        config.bos_token_id = config.eos_token_id = 1
-        self.model = transformers.GPT2ForSequenceClassification(config)
+        self.model = tiny_gpt2_classifier(num_labels=3)
 
     def training_step(self, batch, batch_idx):
         ids, y, _ = batch
