@@ -290,3 +290,18 @@ def test_decoder_only_blocks_are_read_at_the_last_real_token(tmp_path):
     assert (
         measure(padding)["infomem/model.transformer.h.1/entropy"] == reference["infomem/model.transformer.h.1/entropy"]
     )
+
+
+def test_swin_stage_outputs_are_read_on_their_channels():
+    """torchvision's Swin stages give channels-last [B, H, W, C]: the neurons are the C channels, not image rows."""
+    models = pytest.importorskip("torchvision.models")
+    from lightning_infomem.callbacks.layers import to_neuron_activations
+
+    model = models.swin_t().eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stage = model.features[:2](x)
+    assert list(stage.shape) == [2, 56, 56, 96]  # channels last
+    activations = to_neuron_activations(stage, model.features[1])
+    assert list(activations.shape) == [2, 96]
+    torch.testing.assert_close(activations, stage.mean(dim=(1, 2)))
