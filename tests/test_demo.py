@@ -170,3 +170,12 @@ def test_selection_rules_by_hand():
     # run 0 stops at epoch 3 (no improvement after epoch 2) keeping epoch 2; run 1 stops at epoch 2 keeping 1
     assert stopping["mean_stop_epoch"] == pytest.approx(2.5)
     assert stopping["mean_truth_acc_kept"] == pytest.approx((0.9 + 0.3) / 2)
+
+
+def test_the_readme_demo_command_runs_the_demo():
+    # python -m lightning_infomem.demo (the README's command) is the demo of lightning_infomem.demos.demo
+    completed = subprocess.run(
+        [sys.executable, "-m", "lightning_infomem.demo", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "usage: python -m lightning_infomem.demo" in completed.stdout and "--quick" in completed.stdout
