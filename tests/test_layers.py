@@ -25,7 +25,7 @@ class Encoder(nn.Module):
 # ------------------------------------------------------------------------------------------ default_layers
 def test_default_layers_of_the_digits_models():
     assert default_layers(DigitsMLP()) == ["net.0", "net.2"]  # hidden Linear layers, not the output head
-    assert default_layers(DigitsCNN()) == ["net.0", "net.2"]  # convolutions, not the linear head
+    assert default_layers(DigitsCNN()) == ["net.1", "net.3"]  # the convolutions after their ReLU, not the head
     assert default_layers(DigitsSequenceModel()) == ["encoder.proj", "block.proj"]
 
 
@@ -223,14 +223,14 @@ from lightning_infomem.callbacks.layers import choose_default_layers, named_laye
 def test_defaults_on_hugging_face_transformers_are_the_blocks(kind):
     blocks = {"distilbert": "distilbert.transformer.layer", "bert": "bert.encoder.layer", "gpt2": "transformer.h"}[kind]
     six = choose_default_layers(hf_model(kind, layers=6))
-    assert six.family == "transformer" and six.names == [f"{blocks}.{i}" for i in range(6)]
+    assert six.family == "blocks" and six.names == [f"{blocks}.{i}" for i in range(6)]
     twelve = choose_default_layers(hf_model(kind, layers=12))
     assert twelve.names == [f"{blocks}.{i}" for i in (0, 2, 4, 7, 9, 11)]  # evenly spaced, first and deepest
 
 
 def test_defaults_on_a_resnet_are_its_stages():
     chosen = choose_default_layers(ResNet18())
-    assert chosen.family == "cnn" and chosen.names == ["layer1", "layer2", "layer3", "layer4"]
+    assert chosen.family == "stages" and chosen.names == ["layer1", "layer2", "layer3", "layer4"]
     real = real_torchvision_resnet18()
     if real is not None:  # the real library, where it imports beside this torch
         assert choose_default_layers(real).names == chosen.names
@@ -238,7 +238,7 @@ def test_defaults_on_a_resnet_are_its_stages():
 
 def test_defaults_on_a_vit_are_its_blocks():
     chosen = choose_default_layers(VisionTransformer(depth=12))
-    assert chosen.family == "transformer" and chosen.names == [f"blocks.{i}" for i in (0, 2, 4, 7, 9, 11)]
+    assert chosen.family == "blocks" and chosen.names == [f"blocks.{i}" for i in (0, 2, 4, 7, 9, 11)]
     assert choose_default_layers(VisionTransformer(depth=4)).names == [f"blocks.{i}" for i in range(4)]
     real = real_timm_vit()
     if real is not None:
@@ -357,6 +357,12 @@ def test_channels_last_outputs_are_read_on_the_modules_channel_axis():
     out = conv_stage(torch.randn(2, 3, 9, 9))
     torch.testing.assert_close(to_neuron_activations(out, conv_stage), out.mean(dim=(2, 3)))
     with pytest.raises(ValueError, match=r"no axis of the module's 16 channels"):
-        to_neuron_activations(torch.randn(2, 5, 9, 9), conv_stage)
+        to_neuron_activations(torch.randn(2, 5, 9, 9), conv_stage[0])
+    # a container of convolutions that concatenates its branches (DenseNet, Inception): channels first
+    concatenated = torch.randn(2, 24, 9, 9)
+    torch.testing.assert_close(to_neuron_activations(concatenated, conv_stage), concatenated.mean(dim=(2, 3)))
+    swin_stage_of_other_width = torch.randn(2, 5, 9, 9)
+    with pytest.raises(ValueError, match=r"no axis of the module's 96 channels"):
+        to_neuron_activations(swin_stage_of_other_width, stage)  # ends in a Linear: no layout to assume
     with pytest.warns(UserWarning, match=r"width is not known from the module tree: dimension 1 is read"):
         to_neuron_activations(torch.randn(2, 5, 9, 9), nn.Identity())

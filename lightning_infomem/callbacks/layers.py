@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import math
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from lightning_infomem.checks import check_int
 
 __all__ = [
     "channel_width",
+    "class_tokens",
     "is_causal_block",
     "resolved_sequence_reduction",
     "check_layer_spec",
@@ -107,46 +109,135 @@ def _is_pattern(spec: str) -> bool:
 
 # ------------------------------------------------------------------------------- default layers
 class DefaultLayers(NamedTuple):
-    """The default choice of layers: ``names``, the architecture ``family`` it was recognised as, and a
-    one-line ``description`` of what was picked (printed when the callback starts)."""
+    """The default choice of layers: ``names``, the kind of structure they were found in (``family``), and a
+    one-line ``description`` of what was picked and why (printed when the callback starts).
+
+    ``family``: ``"blocks"`` (a run of repeated blocks: transformer layers, MobileNet blocks), ``"stages"``
+    (containers of blocks: ResNet, Swin, EfficientNet, DenseNet stages), ``"encoder-decoder"`` (the blocks of
+    two stacks: T5, BART), ``"shared"`` (one block applied several times: ALBERT), ``"conv"`` (convolutions
+    without blocks: VGG, a plain ``nn.Sequential`` CNN), ``"mlp"``, or ``"none"``."""
 
     names: list[str]
-    family: Literal["transformer", "cnn", "mlp", "none"]
+    family: Literal["blocks", "stages", "encoder-decoder", "shared", "conv", "mlp", "none"]
     description: str
 
 
-class _BlockList(NamedTuple):
-    name: str
-    module: nn.Module
-    items: list[tuple[str, nn.Module]]
+class _Tree:
+    """The module tree, named as `named_layers` names it, with what the default choice needs of each module."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules: dict[str, nn.Module] = {"": _unwrap(model)}
+        self.children: dict[str, list[str]] = {}
+        self._walk("", _unwrap(model), set())
+        self.order = list(self.modules)
+        owners = [name for name in self.order if _owns_weights(self.modules[name])]
+        self.head = owners[-1] if owners else None
+        self._weights: dict[str, int] = {}
+        self._inner: dict[str, int] = {}
+
+    def _walk(self, name: str, module: nn.Module, seen: set[int]) -> None:
+        seen.add(id(module))
+        kids = []
+        for child_name, child in module.named_children():
+            child = _unwrap(child)
+            if id(child) in seen:
+                continue  # a module registered twice is visited once, under its first name
+            full = f"{name}.{child_name}" if name else child_name
+            self.modules[full] = child
+            kids.append(full)
+            self._walk(full, child, seen)
+        self.children[name] = kids
+
+    def weights(self, name: str) -> int:
+        """How many modules of the subtree own a weight matrix (linear, convolution; embeddings not counted)."""
+        if name not in self._weights:
+            if isinstance(getattr(self.modules[name], "base_layer", None), nn.Module):
+                self._weights[name] = 1  # an adapter around one layer (peft's LoRA): one layer of the network
+                return 1
+            own = int(_owns_weights(self.modules[name]))
+            self._weights[name] = own + sum(self.weights(child) for child in self.children[name])
+        return self._weights[name]
+
+    def contains(self, name: str, other: Optional[str]) -> bool:
+        return other is not None and (other == name or not name or other.startswith(name + "."))
+
+    def last_owner(self, name: str) -> Optional[nn.Module]:
+        found = [n for n in self.order if self.contains(name, n) and _owns_weights(self.modules[n])]
+        return self.modules[found[-1]] if found else None
+
+    def is_head_like(self, name: str, siblings: list[str]) -> bool:
+        """The output head, a classifier holding it (no blocks of its own), or a side head (an auxiliary
+        classifier): a block of a class its sibling blocks do not share that ends in a linear layer of the head's
+        width."""
+        if self.contains(name, self.head):
+            return not self.block_children(name)  # a classifier, not a model that ends in one
+        head, last = self.modules.get(self.head or ""), self.last_owner(name)
+        if not isinstance(head, nn.Linear) or not isinstance(last, nn.Linear):
+            return False
+        if last.out_features != head.out_features:
+            return False
+        classes = [type(self.modules[s]) for s in siblings]
+        return classes.count(type(self.modules[name])) < max(classes.count(c) for c in set(classes))
+
+    def block_children(self, name: str) -> list[str]:
+        """The children that are blocks: two or more weight-owning modules inside, and no head."""
+        candidates = [
+            child
+            for child in self.children[name]
+            if self.weights(child) >= 2 and not _is_flat_stack(self.modules[child])
+        ]
+        return [child for child in candidates if not self.is_head_like(child, candidates)]
+
+    def inner_blocks(self, name: str) -> int:
+        """The innermost blocks of a subtree (blocks with no block inside): how much of the network it holds."""
+        if name not in self._inner:
+            inside = sum(self.inner_blocks(child) for child in self.block_children(name))
+            self._inner[name] = inside if inside else int(self.weights(name) >= 2)
+        return self._inner[name]
+
+    def trunk(self, within: str = "") -> Optional[str]:
+        """The module whose block children run through the network, found from ``within`` down: a module with
+        one block child (a wrapper) or one child holding nearly all its blocks (a stem beside the stages) gives
+        way to that child; the first module with two or more block children, none of them dominant, is the trunk.
+        """
+        name = within
+        while True:
+            children = self.block_children(name)
+            if not children:
+                return None
+            inner = [self.inner_blocks(child) for child in children]
+            largest = max(range(len(children)), key=inner.__getitem__)
+            if len(children) >= 2 and inner[largest] <= _DOMINANT_SHARE * sum(inner):
+                return name
+            name = children[largest]
+
+    def is_stage(self, name: str) -> bool:
+        """A module holding repeated blocks (directly, or in the run of blocks inside it): three or more of one
+        class, or two of one class with the same parameter shapes (not, say, a Mixer block's two MLPs)."""
+        inside = self.trunk(name)
+        for holder in {name, inside} - {None}:
+            seen: dict[type, list[tuple]] = {}
+            for child in self.block_children(holder):
+                module = self.modules[child]
+                shapes = tuple(tuple(p.shape) for p in module.parameters())
+                same = seen.setdefault(type(module), [])
+                if len(same) >= 2 or shapes in same:
+                    return True
+                same.append(shapes)
+        return False
+
+    def hooked(self, name: str) -> str:
+        """``name``, or, for a list without a forward of its own (a ``ModuleList`` stage), its last item."""
+        while not _has_forward(self.modules[name]) and self.children[name]:
+            name = self.children[name][-1]
+        return name
 
 
-def _block_lists(layers: list[tuple[str, nn.Module]]) -> list[_BlockList]:
-    """Containers whose items (two or more) are all composite blocks of one class: repeated blocks."""
-    found = []
-    for name, module in layers:
-        if not isinstance(module, (nn.Sequential, nn.ModuleList)):
-            continue
-        items = [(f"{name}.{child}", block) for child, block in module.named_children()]
-        if len(items) < 2:
-            continue
-        block_type = type(_unwrap(items[0][1]))
-        if block_type in _CONTAINERS or isinstance(_unwrap(items[0][1]), _CONTAINERS):
-            continue
-        if not all(type(_unwrap(block)) is block_type for _, block in items):
-            continue
-        if not any(True for _ in _unwrap(items[0][1]).children()) or not any(True for _ in module.parameters()):
-            continue  # bare layers (a list of Linear) are not blocks
-        found.append(_BlockList(name, module, items))
-    return found
+_DOMINANT_SHARE = 0.85
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, _COMPILED_PART, module)
-
-
-def _signature(module: nn.Module) -> tuple:
-    return tuple(tuple(p.shape) for p in _unwrap(module).parameters())
 
 
 def _evenly_spaced(names: list[str], max_layers: int) -> list[str]:
@@ -160,67 +251,157 @@ def _evenly_spaced(names: list[str], max_layers: int) -> list[str]:
     return [names[i] for i in picks]
 
 
+def _owns_weights(module: nn.Module) -> bool:
+    """A layer with a weight matrix (linear, convolution, Hugging Face ``Conv1D``); embeddings and token or
+    position parameters do not count."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return False
+    weight = module._parameters.get("weight")
+    return weight is not None and weight.ndim >= 2
+
+
+def _is_flat_stack(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` of three or more weight layers and nothing composite: a sequence of layers (VGG's
+    ``features``, an MLP's ``net``), not a block."""
+    children = list(module.children())
+    return (
+        isinstance(module, nn.Sequential)
+        and not any(any(True for _ in child.children()) for child in children)
+        and sum(_owns_weights(child) for child in children) >= 3
+    )
+
+
+def _has_forward(module: nn.Module) -> bool:
+    return type(module).forward is not nn.Module.forward
+
+
+_ACTIVATION_MODULE = "torch.nn.modules.activation"
+_NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return type(module).__module__ == _ACTIVATION_MODULE and not isinstance(module, _NOT_ACTIVATIONS)
+
+
+def _after_activation(tree: _Tree, name: str) -> str:
+    """The activation module that follows ``name`` in its parent container (norms between them skipped), or
+    ``name`` itself when the activation is not a module of its own."""
+    parent = name.rpartition(".")[0]
+    siblings = tree.children.get(parent, [])
+    if not isinstance(tree.modules[parent], nn.Sequential) or name not in siblings:
+        return name
+    for sibling in siblings[siblings.index(name) + 1 :]:
+        module = tree.modules[sibling]
+        if _is_activation(module):
+            return sibling
+        if _owns_weights(module) or any(True for _ in module.children()):
+            break
+    return name
+
+
+def _stack_of(tree: _Tree, name: str) -> list[str]:
+    """The blocks of one stack (an encoder or a decoder): its trunk's block children."""
+    trunk = tree.trunk(name)
+    return tree.block_children(trunk) if trunk is not None else [name]
+
+
 def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> DefaultLayers:
     """The layers monitored when none are named, found from the module tree (no list of model names).
 
-    What the paper measures, by architecture family:
+    A *block* is a module with two or more weight-owning modules inside (linear or convolution layers;
+    embeddings do not count) that neither is nor holds the output head (the last weight-owning module) and
+    is not a side head (an auxiliary classifier). The *trunk* is the module whose block children hold the
+    most innermost blocks (the deepest such module on a tie, so a model's wrapper gives way to its
+    ``encoder.layer`` list). The choice, in this order:
 
-    - **transformer / ViT**: a container (``ModuleList`` or ``Sequential``) of two or more blocks of one
-      class with identical parameter shapes (HF ``encoder.layer``, ``transformer.h``, timm ``blocks``):
-      each block's output, the hidden state whose first token (or mean, see ``sequence_reduction``)
-      is taken;
-    - **CNN**: several such containers whose blocks have the same class but different widths (the
-      stages ``layer1`` .. ``layer4`` of a ResNet): each stage's output, averaged over space;
-    - **MLP** (anything else): every ``nn.Linear`` (or, without any, convolution) but the last (the
-      output head, whose neurons are the logits): the pre-activation outputs.
+    - **stages** / **blocks**: the trunk's block children; their outputs are what the paper measures. They
+      are stages (``layer1`` .. ``layer4`` of a ResNet, the stages of Swin, EfficientNet, DenseNet, RegNet,
+      ConvNeXt, MobileViT) where they hold blocks themselves, else blocks (the layers of BERT, GPT-2,
+      Llama and ViT, the blocks of MobileNet, GoogLeNet and Inception).
+    - **encoder-decoder**: a trunk of two stacks of blocks (T5, BART): the blocks of both, encoder first.
+    - **shared**: no trunk, but a block that is the only item of a list (ALBERT's one layer, applied N
+      times in a forward pass): that block; the callback measures each application as its own layer.
+    - **conv**: convolutions without blocks (VGG, AlexNet, a plain ``nn.Sequential`` CNN): each convolution's
+      output after its activation (the activation module that follows it in its ``nn.Sequential``).
+    - **mlp**: every ``nn.Linear`` but the last (the output head): the pre-activation outputs.
 
-    Where the family has more than ``max_layers`` candidates, that many evenly spaced ones, always
-    including the first and the deepest. Where several block containers qualify, the one with the
-    most parameters wins.
+    Where there are more than ``max_layers`` candidates, that many evenly spaced ones, always including
+    the first and the deepest. How outputs become ``[batch, neurons]`` (spatial average, a token) is
+    decided per layer from its output, see `to_neuron_activations` and `resolved_sequence_reduction`.
 
     Example:
         >>> from torch import nn
         >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> choose_default_layers(mlp).names
         ['0', '2']
+        >>> cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten())
+        >>> choose_default_layers(cnn).names
+        ['1', '3']
     """
     max_layers = check_int(max_layers, "max_layers", minimum=1)
-    layers = named_layers(model)
-    lists = _block_lists(layers)
-    if lists:
-        groups: dict[tuple, list[_BlockList]] = {}
-        for block_list in lists:
-            groups.setdefault((type(_unwrap(block_list.items[0][1])),), []).append(block_list)
-        group = max(groups.values(), key=lambda g: sum(p.numel() for b in g for p in b.module.parameters()))
-        signatures = {_signature(block_list.items[0][1]) for block_list in group}
-        block_type = type(_unwrap(group[0].items[0][1])).__name__
-        if len(group) >= 2 and len(signatures) > 1:  # stages of different widths: a CNN
-            stages = [b.name if not isinstance(b.module, nn.ModuleList) else b.items[-1][0] for b in group]
-            names = _evenly_spaced(stages, max_layers)
+    tree = _Tree(model)
+    trunk = tree.trunk()
+    if trunk is not None:
+        children = tree.block_children(trunk)
+        where = repr(trunk) if trunk else "the model"
+        stacks = [_stack_of(tree, child) for child in children]
+        if len(children) == 2 and all(len(stack) >= 2 for stack in stacks):
+            blocks = [tree.hooked(name) for name in stacks[0] + stacks[1]]
+            names = _evenly_spaced(blocks, max_layers)
             description = (
-                f"CNN stages ({len(group)} containers of {block_type} blocks of different widths): "
-                f"{len(names)} stage outputs, averaged over space"
+                f"encoder-decoder: {len(blocks)} blocks in two stacks ({children[0]!r}: {len(stacks[0])}, "
+                f"{children[1]!r}: {len(stacks[1])}): {len(names)} block outputs"
             )
-            return DefaultLayers(names, "cnn", description)
-        blocks = [name for block_list in group for name, _ in block_list.items]
-        names = _evenly_spaced(blocks, max_layers)
-        where = ", ".join(repr(b.name) for b in group)
-        description = (
-            f"transformer blocks ({len(blocks)} {block_type} blocks in {where}): "
-            f"{len(names)} block outputs, one token per sample (sequence_reduction)"
+            return DefaultLayers(names, "encoder-decoder", description)
+        names = [tree.hooked(name) for name in _evenly_spaced(children, max_layers)]
+        kinds = sorted(
+            {type(tree.modules[c]).__name__ for c in children},
+            key=lambda k: -[type(tree.modules[c]).__name__ for c in children].count(k),
         )
-        return DefaultLayers(names, "transformer", description)
-    linear = [name for name, module in layers if isinstance(_unwrap(module), nn.Linear)]
-    conv = [name for name, module in layers if isinstance(_unwrap(module), _CONV_TYPES)]
-    candidates = [name for name, module in layers if isinstance(_unwrap(module), (nn.Linear, *_CONV_TYPES))]
-    if not candidates:
+        shown = "/".join(kinds[:3]) + ("/..." if len(kinds) > 3 else "")
+        if any(tree.is_stage(child) for child in children):
+            description = (
+                f"stages: {len(children)} {shown} stages in {where} (holding repeated blocks): {len(names)} stage "
+                "outputs"
+            )
+            return DefaultLayers(names, "stages", description)
+        description = f"blocks: {len(children)} {shown} blocks in {where}: {len(names)} block outputs"
+        return DefaultLayers(names, "blocks", description)
+    shared = [
+        (tree.weights(name), name)
+        for name in tree.order
+        if isinstance(tree.modules[name], (nn.ModuleList, nn.Sequential))
+        and len(tree.children[name]) == 1
+        and tree.block_children(name)
+    ]
+    if shared:
+        name = tree.block_children(max(shared)[1])[0]
+        description = (
+            f"shared: one {type(tree.modules[name]).__name__} block, the only item of its list (a layer applied "
+            "several times in a forward pass, as ALBERT's; each application is measured as its own layer)"
+        )
+        return DefaultLayers([name], "shared", description)
+    layers = [(name, tree.modules[name]) for name in tree.order if name]
+    conv = [name for name, module in layers if isinstance(module, _CONV_TYPES) and name != tree.head]
+    if conv:
+        outputs = [_after_activation(tree, name) for name in conv]
+        names = _evenly_spaced(list(dict.fromkeys(outputs)), max_layers)
+        before = sum(1 for name in names if name in conv)
+        description = f"conv: no repeated blocks; {len(names)} of {len(conv)} convolutions, read after their activation"
+        if before:
+            description += (
+                f" module, but {before} of them before it (their activation is not a module of its own, in an "
+                "nn.Sequential after them)"
+            )
+        return DefaultLayers(names, "conv", description)
+    linear = [name for name, module in layers if isinstance(module, nn.Linear)]
+    if not linear:
         return DefaultLayers([], "none", "no nn.Linear, convolution or repeated block to monitor")
-    hidden = candidates[:-1] if len(candidates) > 1 else candidates
+    hidden = linear[:-1] if len(linear) > 1 else linear
     names = _evenly_spaced(hidden, max_layers)
-    kinds = "linear" if not conv else ("convolution" if not linear else "linear and convolution")
     description = (
-        f"MLP-style: {len(names)} of {len(hidden)} hidden {kinds} layers (pre-activation outputs; "
-        "the last one, the output head, is left out)"
+        f"mlp: {len(names)} of {len(hidden)} hidden linear layers (pre-activation outputs; the last one, the output "
+        "head, is left out)"
     )
     return DefaultLayers(names, "mlp", description)
 
@@ -455,6 +636,7 @@ def to_neuron_activations(
     sequence_reduction: SequenceReduction = "first",
     channels: Union[int, None, Literal["auto"]] = "auto",
     attention_mask: Optional[Tensor] = None,
+    class_tokens: int = 0,
 ) -> Tensor:
     """A module's output as ``[batch, neurons]`` activations.
 
@@ -472,6 +654,9 @@ def to_neuron_activations(
       reductions use the real tokens only (the first or last real token, the mean over them).
     - ``channels``: the module's channel width for that choice; ``"auto"`` reads it from the module tree
       (`channel_width`), ``None`` when it is not known (dimension 1 is taken, with a warning).
+    - ``class_tokens``: how many class tokens the model prepends (`class_tokens`). With ``"first"``, a ``[B, T, H]``
+      output whose ``T`` is a square grid of patches while ``T - class_tokens`` is not (a block before the class
+      token joins, as CaiT's patch blocks) has no class token to read: it is averaged over tokens.
     - Nested tensors (padded sequences packed by ``nn.TransformerEncoder`` with a padding mask): the
       same reductions over each sample's own tokens, padding excluded.
 
@@ -507,6 +692,8 @@ def to_neuron_activations(
         return value.flatten(2).mean(dim=2)
     if attention_mask is not None and tuple(attention_mask.shape) == tuple(value.shape[:2]):
         return _masked_reduction(value, attention_mask, sequence_reduction)
+    if sequence_reduction == "first" and class_tokens and _is_patch_grid(value.shape[1], class_tokens):
+        return value.mean(dim=1)
     if sequence_reduction == "first":
         return value[:, 0]
     if sequence_reduction == "mean":
@@ -514,6 +701,11 @@ def to_neuron_activations(
     if sequence_reduction == "last":
         return value[:, -1]
     raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
+
+
+def _is_patch_grid(tokens: int, class_tokens: int) -> bool:
+    """Whether ``tokens`` is a square grid of patches and ``tokens - class_tokens`` is not."""
+    return math.isqrt(tokens) ** 2 == tokens and math.isqrt(tokens - class_tokens) ** 2 != tokens - class_tokens
 
 
 def _masked_reduction(value: Tensor, mask: Tensor, sequence_reduction: SequenceReduction) -> Tensor:
@@ -535,22 +727,77 @@ def _masked_reduction(value: Tensor, mask: Tensor, sequence_reduction: SequenceR
 
 def is_causal_block(module: nn.Module) -> bool:
     """Whether a block attends causally (each token to the earlier ones only), from the module tree: a submodule
-    with ``is_causal`` set, as Hugging Face's decoder attention (GPT-2, Llama, ...) has.
+    with ``is_causal`` or ``is_decoder`` set, as Hugging Face's decoder attention (GPT-2, Llama, the decoders of
+    T5 and BART) has.
 
     Example:
         >>> from torch import nn
         >>> is_causal_block(nn.Linear(2, 2))
         False
     """
-    return any(getattr(sub, "is_causal", False) is True for sub in module.modules())
+    return any(
+        getattr(sub, "is_causal", False) is True or getattr(sub, "is_decoder", False) is True
+        for sub in module.modules()
+    )
 
 
-def resolved_sequence_reduction(choice: SequenceReductionChoice, module: nn.Module) -> SequenceReduction:
-    """``"auto"``: ``"last"`` for a causal block (its last token has seen the whole sequence; the first only
-    itself), ``"first"`` otherwise (a [CLS] token); any other choice as given."""
+_CLASS_TOKEN_NAMES = ("cls_token", "class_token", "dist_token")
+
+
+def class_tokens(model: nn.Module) -> int:
+    """How many class tokens a model prepends to its sequences: its parameters named ``cls_token``,
+    ``class_token`` or ``dist_token`` (timm, torchvision and Hugging Face ViTs, DeiT's distillation token).
+
+    Example:
+        >>> from torch import nn
+        >>> class_tokens(nn.Linear(2, 2))
+        0
+    """
+    return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2] in _CLASS_TOKEN_NAMES)
+
+
+def _reads_token_ids(model: nn.Module) -> bool:
+    """Whether a model embeds token ids (an ``nn.Embedding`` that is not a position table): text models, whose
+    encoders put a summary token ([CLS], ``<s>``) first."""
+    return any(
+        isinstance(module, nn.Embedding) and "pos" not in name.rpartition(".")[2].lower()
+        for name, module in model.named_modules()
+    )
+
+
+def resolved_sequence_reduction(
+    choice: SequenceReductionChoice, module: nn.Module, model: Optional[nn.Module] = None
+) -> SequenceReduction:
+    """The token (or mean) that stands for a sequence, for ``sequence_reduction="auto"``; any other choice as given.
+
+    - a causal block (`is_causal_block`: GPT-2, Llama, a T5 or BART decoder): ``"last"``, the token that has
+      seen the whole sequence (the first has seen only itself);
+    - in a model with causal blocks elsewhere (the encoder of an encoder-decoder, which has no summary token):
+      ``"mean"``;
+    - in a model with class tokens (`class_tokens`: ViT, DeiT) or one that embeds token ids (BERT, RoBERTa,
+      DistilBERT, ELECTRA, DeBERTa: a [CLS] token first): ``"first"``; `to_neuron_activations` averages a
+      layer whose token count is a square grid of patches without the class tokens (CaiT's patch blocks);
+    - otherwise (patch or frame sequences without a class token: MLP-Mixer, ResMLP, LeViT, audio encoders):
+      ``"mean"``.
+
+    Without ``model``, ``"last"`` for a causal block and ``"first"`` otherwise.
+
+    Example:
+        >>> from torch import nn
+        >>> resolved_sequence_reduction("auto", nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
+        'mean'
+    """
     if choice != "auto":
         return choice
-    return "last" if is_causal_block(module) else "first"
+    if is_causal_block(module):
+        return "last"
+    if model is None:
+        return "first"
+    if any(is_causal_block(sub) for sub in model.children()):
+        return "mean"
+    if class_tokens(model) or _reads_token_ids(model):
+        return "first"
+    return "mean"
 
 
 _WIDTHS: weakref.WeakKeyDictionary[nn.Module, Optional[int]] = weakref.WeakKeyDictionary()
@@ -580,15 +827,21 @@ def channel_width(module: nn.Module) -> Optional[int]:
 
 def _average_over_space(value: Tensor, module: Optional[nn.Module], width: Optional[int]) -> Tensor:
     """``[B, C, *spatial]`` (channels first, as convolutions give) or ``[B, *spatial, C]`` (channels last, as Swin
-    and ConvNeXt stages give) averaged over space to ``[B, C]``; the channel axis is the one of the module's width."""
+    and ConvNeXt stages give) averaged over space to ``[B, C]``; the channel axis is the one of the module's width.
+
+    A container's width is that of its last layer of known width, which a block that concatenates its branches
+    (DenseNet, Inception, SqueezeNet's Fire) does not have: when neither axis has it, a container whose last such
+    layer is a convolution or a norm over channels is read channels first, as that layer gives."""
     if width is not None and value.shape[1] != width and value.shape[-1] == width:
         return value.flatten(1, -2).mean(dim=1)  # channels last
     if width is not None and value.shape[1] != width:
+        if module is not None and module_output_width(module) is None and _last_layer_is_channels_first(module):
+            return value.flatten(2).mean(dim=2)  # a concatenating container of convolutions
         raise ValueError(
             f"a module output of shape {list(value.shape)} has no axis of the module's {width} channels (neither "
             "dimension 1 nor the last); pass output_transform=... that returns [batch, neurons]"
         )
-    if width is None and module is not None and id(module) not in _UNKNOWN_LAYOUT_WARNED:
+    if width is None and module is not None and not _is_activation(module) and id(module) not in _UNKNOWN_LAYOUT_WARNED:
         _UNKNOWN_LAYOUT_WARNED.add(id(module))
         warnings.warn(
             f"{type(module).__name__} gives {list(value.shape)} outputs and its width is not known from the module "
@@ -598,6 +851,13 @@ def _average_over_space(value: Tensor, module: Optional[nn.Module], width: Optio
             stacklevel=3,
         )
     return value.flatten(2).mean(dim=2)
+
+
+def _last_layer_is_channels_first(module: nn.Module) -> bool:
+    for sub in reversed(list(_unwrap(module).modules())):
+        if module_output_width(sub) is not None:
+            return isinstance(sub, (*_CONV_TYPES, nn.modules.batchnorm._NormBase, nn.GroupNorm))
+    return False
 
 
 def _reduce_nested(value: Tensor, module: Optional[nn.Module], sequence_reduction: SequenceReduction) -> Tensor:
