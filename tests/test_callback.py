@@ -46,9 +46,9 @@ class CountingInformationMeasures(InformationMeasures):
         self.hook_modes: list[bool] = []
         self._counting_hooks: dict[str, Any] = {}
 
-    def _hook_for(self, name: str, module: nn.Module) -> Any:
+    def _hook_for(self, name: str, module: nn.Module, model: nn.Module) -> Any:
         if name not in self._counting_hooks:
-            hook = super()._hook_for(name, module)
+            hook = super()._hook_for(name, module, model)
 
             def counting(module: nn.Module, args: Any, output: Any) -> None:
                 self.hook_modes.append(module.training)
@@ -653,13 +653,13 @@ def test_conv_layers_are_pooled_over_space(tmp_path):
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     model = DigitsCNN()
     trainer.validate(model, digits_loaders(image=True)[1], verbose=False)
-    assert callback.layer_names == ["net.0", "net.2"]  # the two convolutions, not the linear head
+    assert callback.layer_names == ["net.1", "net.3"]  # the two convolutions after their ReLU, not the linear head
     x, _ = digits_tensors("val", image=True)
     with torch.no_grad():
-        conv1 = model.net[0](x)
-        conv2 = model.net[2](torch.relu(conv1))
-    acts = {"net.0": conv1.mean(dim=(2, 3)), "net.2": conv2.mean(dim=(2, 3))}
-    assert callback.layer_widths == {"net.0": 8, "net.2": 12}
+        conv1 = torch.relu(model.net[0](x))
+        conv2 = torch.relu(model.net[2](conv1))
+    acts = {"net.1": conv1.mean(dim=(2, 3)), "net.3": conv2.mean(dim=(2, 3))}
+    assert callback.layer_widths == {"net.1": 8, "net.3": 12}
     ranges = {name: min_max(a) for name, a in acts.items()}
     assert_row_matches_functional(callback.history[-1], acts, ranges)
 

@@ -145,7 +145,8 @@ def test_the_chosen_layers_are_printed_once(tmp_path, caplog):
         trainer.validate(model, loader, verbose=False)
     lines = [r.getMessage() for r in caplog.records if "InformationMeasures: monitoring" in r.getMessage()]
     assert len(lines) == 1
-    assert "transformer blocks" in lines[0] and "model.bert.encoder.layer.0, model.bert.encoder.layer.1" in lines[0]
+    assert "blocks: " in lines[0] and "model.bert.encoder.layer.0, model.bert.encoder.layer.1" in lines[0]
+    assert "sequences read at the first token of" in lines[0]
 
 
 # ---------------------------------------------------------------------------------- torch.compile

@@ -31,7 +31,7 @@ from lightning_infomem.callbacks.layers import (
     channel_width,
     check_layer_spec,
     choose_default_layers,
-    is_causal_block,
+    class_tokens,
     module_output_width,
     named_layers,
     resolve_layers,
@@ -67,6 +67,7 @@ from lightning_infomem.reporting import (
 __all__ = ["InformationMeasures"]
 
 _LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
+_APPLICATION = re.compile(r"^(?P<prefix>.*?)(?P<layer>[^/]+)\.application_\d+/(?P<stat>[a-z_]+)$")
 # MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side: 2 pixels a neuron
 # for the default 128 neurons, so that single cells can be told apart. A larger image costs encoding and
 # writing: in benchmarks/callback_breakdown.py an epoch drawing three 128-neuron heatmaps took 83 ms more
@@ -110,8 +111,10 @@ class InformationMeasures(Callback):
         layers: modules to monitor: exact names (``"net.0"``), path patterns (``"encoder.layer.*"``:
             ``*`` within one dotted part, ``**`` across parts), module types (``nn.Linear``), or a list
             of these. ``None``: chosen from the module tree (see `choose_default_layers`): the blocks
-            of a transformer or ViT, the stages of a CNN, the hidden linear layers of an MLP. The
-            choice is printed at the start.
+            or stages of the trunk (transformers, ViTs, ResNets, Swin, MobileNets), both stacks of an
+            encoder-decoder, a shared layer once per application (ALBERT: keys
+            ``<layer>.application_<k>/...``), a plain CNN's activations, an MLP's hidden linear layers.
+            The choice is printed at the start.
         entropy_bins: equal-width bins for entropy (the paper uses 100).
         mutual_info_bins: bins per neuron for MI; the plug-in bias of MI grows like
             ``(bins - 1)**2 / (2 * samples)``, so MI uses fewer bins than entropy.
@@ -136,9 +139,11 @@ class InformationMeasures(Callback):
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
         sequence_reduction: for ``[batch, tokens, features]`` outputs: ``"first"`` token (a [CLS] vector),
-            ``"mean"`` over tokens, or ``"last"`` token. ``"auto"`` (the default): ``"last"`` for a block that
-            attends causally (it contains a module with ``is_causal`` set, as GPT-2's and Llama's attention:
-            their first token sees only itself), ``"first"`` otherwise; printed at the start. When a
+            ``"mean"`` over tokens, or ``"last"`` token. ``"auto"`` (the default, `resolved_sequence_reduction`):
+            ``"last"`` for a block that attends causally (a module with ``is_causal`` or ``is_decoder`` set, as
+            GPT-2's, Llama's and the T5 and BART decoders' attention: their first token sees only itself),
+            ``"mean"`` for an encoder beside such a decoder, ``"first"`` in a model with class tokens or token
+            ids, ``"mean"`` otherwise (patch sequences without a class token); printed at the start. When a
             validation batch is a mapping with an ``"attention_mask"`` of the outputs' ``[batch, tokens]``
             (as a Hugging Face tokenizer's batch), the reductions use the real tokens only (the first or
             last real token, the mean over them); nested-tensor outputs are reduced over each sample's own
@@ -258,6 +263,8 @@ class InformationMeasures(Callback):
 
         self._history: list[dict[str, Any]] = []
         self.layer_names: list[str] = []
+        self.series_names: list[str] = []  # what is measured: the layers, a shared layer once per application
+        self._shared: set[str] = set()  # layers applied several times in a forward pass (ALBERT's shared layer)
         self.neuron_indices: dict[str, Optional[Tensor]] = {}
         self.layer_widths: dict[str, int] = {}
         self.measurements: dict[int, ActivationMeasurement] = {}
@@ -337,6 +344,7 @@ class InformationMeasures(Callback):
         return {
             "settings": self.measurement_settings(),
             "layer_names": list(self.layer_names),
+            "series_names": list(self.series_names),
             "layer_widths": dict(self.layer_widths),
             "neuron_indices": {k: (v.cpu() if v is not None else None) for k, v in self.neuron_indices.items()},
             "history": [dict(row) for row in self.history],
@@ -370,6 +378,8 @@ class InformationMeasures(Callback):
                 )
         self.layer_widths = dict(state_dict.get("layer_widths", {}))
         self.neuron_indices = dict(state_dict.get("neuron_indices", {}))
+        if state_dict.get("series_names"):
+            self.series_names = list(state_dict["series_names"])
         self._history = [dict(row) for row in state_dict.get("history", [])]
         self._measurements = int(state_dict.get("measurements", 0))
         self.measurements = {}
@@ -456,6 +466,11 @@ class InformationMeasures(Callback):
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.layer_names = resolve_layers(pl_module, self.layers)
+        if self.layers is None and choose_default_layers(pl_module).family == "shared":
+            self._shared = set(self.layer_names)
+        bases = [name.partition(".application_")[0] for name in self.series_names]
+        if list(dict.fromkeys(bases)) != self.layer_names:  # not fixed yet, or fixed for other layers
+            self.series_names = list(self.layer_names)
         self._announce(pl_module)
         self._check_state_budget(pl_module)
         self._check_monitors(trainer)
@@ -468,15 +483,29 @@ class InformationMeasures(Callback):
         if self._announced:
             return
         self._announced = True
-        if self.layers is None:
-            how = choose_default_layers(pl_module).description
-        else:
-            how = f"layers={self.layers!r}"
+        chosen = choose_default_layers(pl_module) if self.layers is None else None
+        how = chosen.description if chosen is not None else f"layers={self.layers!r}"
         shown = ", ".join(self.layer_names[:12]) + (", ..." if len(self.layer_names) > 12 else "")
         modules = dict(named_layers(pl_module))
-        causal = [name for name in self.layer_names if is_causal_block(modules[name])]
-        if self.sequence_reduction == "auto" and causal:
-            shown += f"; the last token of {len(causal)} causal block(s) (sequence_reduction='auto')"
+        reductions: dict[str, int] = {}
+        for name in self.layer_names:
+            reduction = resolved_sequence_reduction(self.sequence_reduction, modules[name], pl_module)
+            reductions[reduction] = reductions.get(reduction, 0) + 1
+        tokens = {"first": "the first token", "last": "the last (non-pad) token", "mean": "the mean over tokens"}
+        read = ", ".join(f"{tokens[r]} of {n} layer(s)" for r, n in reductions.items())
+        why = (
+            " (sequence_reduction='auto': causal blocks at the last token, models with a class token or token ids "
+            "at the first, others averaged)"
+            if self.sequence_reduction == "auto"
+            else ""
+        )
+        shown += f"; outputs with spatial axes averaged over space, sequences read at {read}{why}"
+        if chosen is not None and chosen.family == "conv" and "before" in chosen.description:
+            self._warn_once(
+                "pre-activation",
+                f"InformationMeasures: {chosen.description}; pass layers=[...] naming the modules whose outputs "
+                "are the activations to measure (or output_transform=torch.relu)",
+            )
         rank_zero_info(f"InformationMeasures: monitoring {len(self.layer_names)} layer(s), {how}: {shown}")
 
     def _check_state_budget(self, pl_module: LightningModule) -> None:
@@ -511,7 +540,11 @@ class InformationMeasures(Callback):
         stats = ("entropy", "mutual_info", "effective_rank")
         own = {self._key(stat) for stat in stats}
         own |= {self._key(name, stat) for name in self.layer_names for stat in stats}
-        return key in own
+        own |= {self._key(name, stat) for name in self.series_names for stat in stats}
+        if key in own:
+            return True
+        application = _APPLICATION.match(key)  # a shared layer's application, known once it has run
+        return bool(application) and self._key(application["layer"], application["stat"]) in own
 
     def _check_monitors(self, trainer: Trainer) -> None:
         """With ``every_n_epochs > 1`` the keys are missing after unmeasured epochs: refuse monitors that would fail."""
@@ -562,7 +595,7 @@ class InformationMeasures(Callback):
         # compiled with torch.compile traces them into its evaluation graph at its first evaluation.
         modules = dict(named_layers(pl_module))
         for name in self.layer_names:
-            self._handles.append(modules[name].register_forward_hook(self._hook_for(name, modules[name])))
+            self._handles.append(modules[name].register_forward_hook(self._hook_for(name, modules[name], pl_module)))
 
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -620,7 +653,7 @@ class InformationMeasures(Callback):
             store.clear()
 
     # ------------------------------------------------------------------------------ sampling
-    def _hook_for(self, name: str, module: nn.Module) -> Callable[..., None]:
+    def _hook_for(self, name: str, module: nn.Module, model: nn.Module) -> Callable[..., None]:
         """The forward hook of a layer, one function object per layer for the whole run.
 
         It only turns the output into ``[batch, neurons]`` activations and keeps them: tensor operations
@@ -632,11 +665,12 @@ class InformationMeasures(Callback):
         if hook is None:
             store = self._stash.setdefault(name, [])
             transform, width = self.output_transform, channel_width(module)
-            reduction = resolved_sequence_reduction(self.sequence_reduction, module)
+            reduction = resolved_sequence_reduction(self.sequence_reduction, module, model)
+            tokens = class_tokens(model) if self.sequence_reduction == "auto" else 0
             mask = self._attention_mask  # the current validation batch's mask, set before the batch
 
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                activations = to_neuron_activations(output, module, transform, reduction, width, mask[0])
+                activations = to_neuron_activations(output, module, transform, reduction, width, mask[0], tokens)
                 store.append(activations.detach())
 
             self._hooks[name] = hook
@@ -645,30 +679,58 @@ class InformationMeasures(Callback):
     def _drain(self, loader: int) -> None:
         """Hand the activations kept during the last batch to the measurement of its dataloader."""
         measuring = self._measuring and (self.dataloaders is None or loader in self.dataloaders)
+        outputs: dict[str, list[Tensor]] = {}
         for name in self.layer_names:
             store = self._stash.get(name)
-            if not store:
+            if store:
+                outputs[name] = list(store)
+                store.clear()
+        if not measuring or not outputs:
+            return
+        self._called.update(outputs)
+        measurement = self.measurements.get(loader)
+        if measurement is None or (measurement.world_size, measurement.distributed) != (
+            self._world_size,
+            self._distributed,
+        ):
+            self._fix_series(outputs)
+            measurement = ActivationMeasurement(
+                self.series_names,
+                self._settings(),
+                max_samples=self.max_samples,
+                world_size=self._world_size,
+                distributed=self._distributed,
+            )
+            self.measurements[loader] = measurement
+        for name, batches in outputs.items():
+            if name not in self._shared:
+                for activations in batches:
+                    self._observe(measurement, name, activations)
                 continue
-            batches = list(store)
-            store.clear()
-            if not measuring:
-                continue
-            self._called.add(name)
-            measurement = self.measurements.get(loader)
-            if measurement is None or (measurement.world_size, measurement.distributed) != (
-                self._world_size,
-                self._distributed,
-            ):
-                measurement = ActivationMeasurement(
-                    self.layer_names,
-                    self._settings(),
-                    max_samples=self.max_samples,
-                    world_size=self._world_size,
-                    distributed=self._distributed,
+            series = [s for s in self.series_names if s == name or s.startswith(f"{name}.application_")]
+            if len(batches) > len(series):
+                self._warn_once(
+                    f"applications:{name}",
+                    f"InformationMeasures: the shared layer {name!r} ran {len(batches)} times in one validation "
+                    f"batch, where the first measured batch had {len(series)} applications; the later ones are "
+                    "not measured",
                 )
-                self.measurements[loader] = measurement
-            for activations in batches:
-                self._observe(measurement, name, activations)
+            for series_name, activations in zip(series, batches, strict=False):
+                self._observe(measurement, series_name, activations)
+
+    def _fix_series(self, outputs: dict[str, list[Tensor]]) -> None:
+        """What is measured, from the first measured batch: each monitored layer, and a shared layer (one block
+        applied several times in a forward pass, as ALBERT's) once per application, ``<layer>.application_<k>``."""
+        if any(".application_" in name for name in self.series_names):
+            return  # fixed earlier in this run, or restored from a checkpoint
+        series = []
+        for name in self.layer_names:
+            runs = len(outputs.get(name, ()))
+            if name in self._shared and runs > 1:
+                series += [f"{name}.application_{k}" for k in range(runs)]
+            else:
+                series.append(name)
+        self.series_names = series
 
     def _observe(self, measurement: ActivationMeasurement, name: str, activations: Tensor) -> None:
         if measurement.remaining(name) == 0:  # the measurement's quota of this layer is full
@@ -693,7 +755,7 @@ class InformationMeasures(Callback):
             if self.max_neurons is None or width <= self.max_neurons:
                 self.neuron_indices[name] = None
             else:
-                generator = torch.Generator().manual_seed(self.seed + self.layer_names.index(name))
+                generator = torch.Generator().manual_seed(self.seed + self.series_names.index(name))
                 subset = torch.randperm(width, generator=generator)[: self.max_neurons]
                 self.neuron_indices[name] = subset.sort().values
         return self.neuron_indices[name]
@@ -729,7 +791,7 @@ class InformationMeasures(Callback):
             results = active[loader].results()
             self.results[loader] = results
             self._report_layers(trainer, loader, results)
-            for name in self.layer_names:
+            for name in self.series_names:
                 if name not in results:
                     continue
                 result = results[name]
@@ -760,8 +822,9 @@ class InformationMeasures(Callback):
 
     def _report_layers(self, trainer: Trainer, loader: int, results: dict[str, LayerResult]) -> None:
         where = "" if self._num_loaders <= 1 else f" of dataloader {loader}"
-        missing = [name for name in self.layer_names if name not in results]
-        empty = [name for name in missing if name in getattr(self, "_called", ())]
+        missing = [name for name in self.series_names if name not in results]
+        called = getattr(self, "_called", set())
+        empty = [name for name in missing if name in called or name.partition(".application_")[0] in called]
         not_called = [name for name in missing if name not in empty]
         if not_called:
             self._warn_once(
@@ -845,6 +908,7 @@ class InformationMeasures(Callback):
         return {
             "history": self._history,
             "layer_names": self.layer_names,
+            "series_names": self.series_names,
             "layer_widths": self.layer_widths,
             "neuron_indices": {k: (v.cpu() if v is not None else None) for k, v in self.neuron_indices.items()},
             "measurements": self._measurements,
@@ -862,6 +926,7 @@ class InformationMeasures(Callback):
             return
         self._history = state["history"]
         self.layer_names = state["layer_names"]
+        self.series_names = state["series_names"]
         self.layer_widths = state["layer_widths"]
         self.neuron_indices = state["neuron_indices"]
         self._measurements = state["measurements"]
