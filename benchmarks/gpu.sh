@@ -7,7 +7,8 @@ out="${OUT:-gpu_results}"
 mkdir -p "$out"
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" | tee "$out/device.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$out/device.txt" || true
-# 1. CUDA results equal the CPU ones (counts, H, MI, KSG, curvature, the callback): the tests that need CUDA
+# 1. CUDA results equal the CPU ones (counts, H, MI, KSG, curvature, the callback, FSDP on one GPU): the tests
+#    that need CUDA
 python -m pytest -q -p no:cacheprovider -k "cuda" tests 2>&1 | tee "$out/cuda_tests.txt"
 # 2. all-pairs MI with the one-hot matmul kernel (pairs x samples per second) and the streaming metrics
 python benchmarks/pairwise_mi.py --device cuda 2>&1 | tee "$out/pairwise_mi.txt"

@@ -210,3 +210,24 @@ def test_ddp_spawn_results_reach_the_main_process(tmp_path, monkeypatch):
     path = callback.to_csv(tmp_path / "curves.csv")
     assert len(Path(path).read_text().splitlines()) == 3
     assert all(math.isfinite(row["infomem/entropy"]) for row in callback.history)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (Lightning refuses FSDP on a CPU)")
+def test_cuda_fsdp_measures_what_one_device_measures(tmp_path):
+    """Under FSDP (parameters sharded, activations whole) the callback logs the values of a plain run."""
+    from lightning_helpers import DigitsMLP, digits_loaders, fast_trainer
+
+    from lightning_infomem import InformationMeasures
+
+    histories = {}
+    for strategy in ("auto", "fsdp"):
+        callback = InformationMeasures(log_histograms=False, heatmap_every_n_measurements=0)
+        trainer = fast_trainer(
+            tmp_path / strategy, callbacks=[callback], accelerator="cuda", devices=1, strategy=strategy, max_epochs=2
+        )
+        trainer.fit(DigitsMLP(), *digits_loaders())
+        histories[strategy] = callback.history
+    assert len(histories["fsdp"]) == len(histories["auto"]) == 2
+    for plain, sharded in zip(histories["auto"], histories["fsdp"], strict=True):
+        for key in ("infomem/entropy", "infomem/mutual_info"):
+            assert sharded[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-3), key

@@ -426,3 +426,30 @@ def test_a_distillation_head_beside_the_head_is_not_taken(tmp_path):
     trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[dynamics])
     trainer.fit(Distilled(), DataLoader(indexed_digits(64), batch_size=32))
     assert dynamics._module_name == "head"
+
+
+class CheckpointedMLP(IndexedMLP):
+    """The whole network under activation checkpointing: its forward (the head's included) runs again in backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:  # early stop off: the recomputation runs the whole network, head included
+            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                return torch.utils.checkpoint.checkpoint(self.net, x.flatten(1), use_reentrant=False) + self.shift
+        return super().forward(x)
+
+
+def test_activation_checkpointing_counts_each_presentation_once(tmp_path):
+    """Checkpointed modules run their forward again during the backward pass: the head's hook fires twice a batch,
+    and each presentation still counts once, with the logits of the forward pass."""
+    model = CheckpointedMLP()
+    calls = []
+    model.net[-1].register_forward_hook(lambda m, a, out: calls.append(1) and None)
+    dynamics = TrainingDynamics()
+    loader = DataLoader(indexed_digits(), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fast_trainer(tmp_path, callbacks=[dynamics], max_epochs=3).fit(model, loader)
+    assert len(calls) == 2 * 3 * 4  # recomputed in backward: twice per batch
+    assert torch.equal(dynamics.scores["presentations"], torch.full((200,), 3.0, dtype=torch.float64))
+    plain = TrainingDynamics()
+    loader = DataLoader(indexed_digits(), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fast_trainer(tmp_path, callbacks=[plain], max_epochs=3).fit(IndexedMLP(), loader)
+    torch.testing.assert_close(dynamics.scores["cumulative_loss"], plain.scores["cumulative_loss"])
