@@ -24,6 +24,7 @@ from lightning_infomem.callbacks.layers import (
     is_causal_block,
     named_layers,
     resolved_sequence_reduction,
+    to_neuron_activations,
 )
 
 LIBRARIES = {"torchvision": "torchvision.models", "timm": "timm", "transformers": "transformers", "peft": "peft"}
@@ -155,3 +156,37 @@ def test_the_recipes_table_is_what_the_defaults_pick():
     documented = re.search(r"\| Architecture \| Library .*?(?=\n\n)", text, re.S)
     assert documented is not None, "docs/recipes.md has no table of real architectures"
     assert documented.group(0).strip() == markdown_table().strip()
+
+
+@pytest.mark.parametrize("name", ["GPT-2", "Llama"])
+def test_decoder_only_models_are_read_where_the_whole_sequence_is_seen(name):
+    """A causal model's first token sees only itself: the defaults read the last one, which changes when an earlier
+    token changes (with a BOS token first, the first token's state would be one vector for every sample)."""
+    pytest.importorskip("transformers")
+    architecture = next(a for a in ARCHITECTURES if a.name == name)
+    module = Wrapped(build(architecture)).eval()
+    modules = dict(named_layers(module))
+    ids = make_inputs(architecture, 8, 0)
+    ids[:, 0] = 1  # a BOS token
+    later = ids.clone()
+    later[:, 5] = (later[:, 5] + 7) % 90 + 3  # a token in the middle
+
+    def read(token_ids: Tensor) -> dict[str, Tensor]:
+        out = {}
+        for layer in (f"model.{n}" for n in architecture.layers):
+            reduction = resolved_sequence_reduction("auto", modules[layer], module)
+            handle = modules[layer].register_forward_hook(
+                lambda m, a, o, layer=layer, reduction=reduction: out.__setitem__(
+                    layer, to_neuron_activations(o, m, sequence_reduction=reduction)
+                )
+            )
+            with torch.no_grad():
+                module(token_ids)
+            handle.remove()
+        return out
+
+    before, after = read(ids), read(later)
+    for layer, values in before.items():
+        assert values.shape == (8, 32)
+        assert not torch.allclose(values, after[layer]), layer  # the middle token reaches the measured state
+        assert values.std(dim=0).max() > 0, layer  # samples differ
