@@ -1,32 +1,35 @@
-"""Does monitoring H and I pick better models? Model and checkpoint selection on the digits, against the baselines.
+"""Do H and I pick better models than the label-free peers a user would reach for? Three architecture families.
 
-Two settings (see ``lightning_infomem.demos.experiments``): a shortcut (the paper's Colored MNIST construction:
-binary label ``digit >= 5`` flipped with probability 0.25, a colour agreeing with the noisy label with
-probability ``(1 + alpha) / 2``; ground truth: accuracy with random colour against the clean label) and
-label noise (a fraction ``beta`` of training and validation labels redrawn; ground truth: clean test
-accuracy). Five levels each, ``--seeds`` seeds, an MLP (3 x 256, Adam 1e-3, batch 64) trained 60 epochs
-(shortcut) or 100 epochs (label noise, until it fits its training labels). At every epoch the run
-records ``InformationMeasures`` at its defaults (entropy on one range over the layers, MI on
-per-layer ranges), in paper mode and in three ablations of the defaults (``binning="layer"``, the
-defaults before these experiments; ``binning="global"``; ``mutual_info_bins=32``), the KSG MI of 32 neurons per layer
-(every 5 epochs and at the end), the in-distribution ``val_loss`` and ``val_acc`` (on noisy labels: all
-a user has), and the ground-truth accuracy. Then:
+Families (``lightning_infomem.demos.experiments`` and ``lightning_infomem.demos.families``): the paper's MLP
+(3 x 256) on the 8x8 digits with a colour shortcut; a staged CNN (a miniature ResNet, its defaults are its
+stages) on the digits with a patch shortcut; a [CLS] transformer (``nn.TransformerEncoder``, 4 x 64) on a
+generated counting task with a token shortcut. Two settings each: a shortcut (binary label flipped with
+probability 0.25, a shortcut agreeing with it with probability ``(1 + alpha) / 2``; ground truth: accuracy
+with a random shortcut against the clean label) and label noise (a fraction ``beta`` of training and
+validation labels redrawn; ground truth: clean test accuracy). Five levels x ``--seeds`` seeds.
 
-1. model selection across runs: Kendall tau between each rule's ranking of the final models of a
-   series and their ground-truth accuracy (per seed, then mean and spread);
-2. checkpoint selection within a run: the ground-truth accuracy of the checkpoint each rule keeps
-   and its regret against the best checkpoint of the run; early stopping (patience 5) replayed;
-3. for label noise, how well the per-sample scores (``TrainingDynamics``, ``LossCurvature``) find
-   the relabelled training samples.
+Every run records at every epoch ``InformationMeasures`` at its defaults (layers found by the defaults on the
+CNN and the transformer), in paper mode and with each binning (``layer``, ``global``, ``neuron``, 32 MI bins),
+the effective rank of each layer and of the representation the head reads, the mean maximum softmax, the
+softmax nuclear norm, Label Wave's prediction changes, and every 5 epochs KSG MI and WeightWatcher's alpha;
+after training, the disagreement between seeds on shared unlabelled inputs. Then, per family and setting:
 
-Every run uses one torch thread (the results do not depend on the machine's thread count, and a
-busy machine does not slow it down disproportionately); ``--workers`` runs run side by side::
+1. model selection: Kendall tau between each rule's ranking of a seed's final models and their ground truth
+   (mean, sd, per seed; for H and I, in how many seeds the paper's direction held);
+2. checkpoint selection within a run (regret against the run's best epoch) and early stopping, replayed;
+3. whether the network took the shortcut / fitted the noisy labels, per seed (series where it did not
+   are reported and left out of the pooled table);
+4. a pooled table: on how many of the six family-by-setting cells each rule beat both in-distribution
+   baselines (``val_loss:min``, ``val_acc:max``).
 
-    python benchmarks/checkpoint_selection.py                 # 2 x 5 levels x 3 seeds, about 15 minutes on 2 cores
-    python benchmarks/checkpoint_selection.py --quick         # 2 x 3 levels x 1 seed, a smoke run
-    python benchmarks/checkpoint_selection.py --seeds 5 --out runs/selection
+One torch thread per run, ``--workers`` runs side by side::
 
-Writes ``OUT/selection.json``, ``OUT/runs.json`` (every recorded curve) and one figure per setting.
+    python benchmarks/checkpoint_selection.py               # 3 families x 2 settings x 5 levels x 5 seeds
+    python benchmarks/checkpoint_selection.py --quick       # every family, 3 levels, 1 seed, 15 epochs: a smoke run
+
+Writes ``OUT/selection.json`` (``model_selection[FAMILY][SETTING]["kendall_tau"][RULE] = {mean, sd, n,
+per_seed}``, ``checkpoint_selection[FAMILY][SETTING]["mean_regret"][RULE]`` likewise), ``OUT/runs.json``
+and ``OUT/tables.md``.
 """
 
 from __future__ import annotations
@@ -44,39 +47,41 @@ from typing import Any
 
 import numpy as np
 
+FAMILIES = ("mlp", "cnn", "transformer")
+SETTINGS = ("shortcut", "label_noise")
 QUICK_LEVELS = (0.0, 0.5, 1.0)
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
-EPOCHS = {"shortcut": 60, "label_noise": 100}
-# the rules the paper predicts, and the user's baselines, shown first in the tables
-HEADLINE = [
-    "infomem/entropy:max",
-    "infomem/mutual_info:min",
-    "infomem_paper/entropy:max",
-    "infomem_paper/mutual_info:min",
-    "ksg/mutual_info:min",
-    "infomem_layer/entropy:max",
-    "infomem_layer/mutual_info:min",
-    "infomem_global/entropy:max",
-    "infomem_global/mutual_info:min",
-    "infomem_mi32/mutual_info:min",
-    "infomem/entropy:min",
-    "infomem/mutual_info:max",
-    "infomem_paper/entropy:min",
-    "infomem_paper/mutual_info:max",
-    "ksg/mutual_info:max",
-    "infomem_layer/entropy:min",
-    "infomem_layer/mutual_info:max",
-    "infomem_global/entropy:min",
-    "infomem_global/mutual_info:max",
-    "infomem_mi32/mutual_info:max",
-    "val_loss:min",
-    "val_acc:max",
-    "last_epoch",
+EPOCHS = {
+    ("mlp", "shortcut"): 60,
+    ("mlp", "label_noise"): 100,
+    ("cnn", "shortcut"): 40,
+    ("cnn", "label_noise"): 50,
+    ("transformer", "shortcut"): 40,
+    ("transformer", "label_noise"): 50,
+}
+QUICK_EPOCHS = 15
+BASELINES = ("val_loss:min", "val_acc:max")
+# H and I in the paper's direction, every variant; then the other direction; then the peers and baselines
+PREFIXES = ("infomem", "infomem_layer", "infomem_global", "infomem_neuron", "infomem_mi32", "infomem_paper")
+PAPER_DIRECTION = [
+    f"{p}/{where}{stat}" for p in PREFIXES for where in ("", "deepest/") for stat in ("entropy:max", "mutual_info:min")
+] + ["ksg/mutual_info:min"]
+OTHER_DIRECTION = [r.replace(":max", ":MIN").replace(":min", ":max").replace(":MIN", ":min") for r in PAPER_DIRECTION]
+PEERS = [
+    "infomem/effective_rank:max",
+    "infomem/deepest/effective_rank:max",
+    "peer/rankme_head:max",
+    "peer/max_softmax:max",
+    "peer/nuclear_norm:max",
+    "peer/ww_alpha:min",
+    "peer/disagreement:min",
+    "peer/label_wave:stop",
 ]
+RULES = PAPER_DIRECTION + OTHER_DIRECTION + PEERS + list(BASELINES) + ["last_epoch"]
 
 
-def _job(task: tuple[str, float, int, dict[str, Any], int]) -> dict[str, Any]:
-    setting, level, seed, config_kwargs, threads = task
+def _job(task: tuple[str, str, float, int, dict[str, Any], int]) -> dict[str, Any]:
+    family, setting, level, seed, config_kwargs, threads = task
     import torch
 
     torch.set_num_threads(threads)
@@ -92,17 +97,28 @@ def _job(task: tuple[str, float, int, dict[str, Any], int]) -> dict[str, Any]:
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     levels = QUICK_LEVELS if args.quick else LEVELS
     tasks = []
-    for setting in ("shortcut", "label_noise"):
-        for seed in range(args.seeds):
-            for level in levels:
-                config = {
-                    "epochs": args.epochs or EPOCHS[setting],
-                    "paper": not args.quick,
-                    "ablations": not args.quick,
-                    "ksg_every": 0 if args.quick else 5,
-                    "per_sample_scores": setting == "label_noise" and not args.quick,
-                }
-                tasks.append((setting, level, seed, config, args.threads))
+    for family in args.families:
+        for setting in SETTINGS:
+            for seed in range(args.seeds):
+                for level in levels:
+                    config = {
+                        "family": family,
+                        "epochs": args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS[family, setting]),
+                        "paper": True,
+                        "ablations": True,
+                        "peers": True,
+                        "ksg_every": 5,
+                        "per_sample_scores": family == "mlp" and setting == "label_noise" and not args.quick,
+                    }
+                    tasks.append((family, setting, level, seed, config, args.threads))
+    tasks.sort(key=lambda t: -t[4]["epochs"] * (2 if t[0] == "transformer" else 1))  # the longest first
+    print(
+        f"{len(tasks)} runs ({', '.join(args.families)}; {len(levels)} levels x {args.seeds} seed(s) x 2 settings), "
+        f"{args.workers} at a time, one torch thread each"
+        + ("; QUICK: a smoke run, no conclusions" if args.quick else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
@@ -111,199 +127,255 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             runs.append(run)
             elapsed = time.perf_counter() - start
             print(
-                f"[{count}/{len(tasks)}] {run['setting']} level {run['level']:.2f} seed {run['seed']}: "
+                f"[{count}/{len(tasks)}] {run['family']} {run['setting']} level {run['level']:.2f} seed {run['seed']}: "
                 f"truth {run['final']['truth_acc']:.3f}, train {run['final']['train_acc']:.3f} "
-                f"({run['seconds']:.0f} s; {elapsed:.0f} s elapsed, about "
-                f"{elapsed / count * (len(tasks) - count):.0f} s left)",
+                f"({run['seconds']:.0f} s; {elapsed:.0f} s elapsed)",
                 file=sys.stderr,
                 flush=True,
             )
-    return sorted(runs, key=lambda r: (r["setting"], r["seed"], r["level"]))
+    return sorted(runs, key=lambda r: (r["family"], r["setting"], r["seed"], r["level"]))
+
+
+# ------------------------------------------------------------------------------------------ analysis
+def add_disagreement(runs: list[dict[str, Any]]) -> None:
+    """``peer/disagreement`` of each final model: its mean disagreement with the other seeds' final models of
+    the same family, setting and level, on shared unlabelled in-distribution inputs."""
+    import torch
+
+    from lightning_infomem.functional.peers import prediction_disagreement
+
+    for run in runs:
+        others = [
+            r
+            for r in runs
+            if (r["family"], r["setting"], r["level"]) == (run["family"], run["setting"], run["level"])
+            and r["seed"] != run["seed"]
+        ]
+        if not others or not run["unlabelled_predictions"]:
+            continue
+        mine = torch.tensor(run["unlabelled_predictions"])
+        value = float(
+            np.mean([prediction_disagreement(mine, torch.tensor(r["unlabelled_predictions"])) for r in others])
+        )
+        run["final"]["peer/disagreement"] = value
+        run["curves"][-1]["peer/disagreement"] = value
+
+
+def label_wave_checkpoint(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch Label Wave keeps: the first local minimum of the moving average of prediction changes, or the
+    last epoch if the changes never rise again."""
+    from lightning_infomem.functional.peers import label_wave_stop
+
+    rows = [row for row in curves if "peer/label_wave" in row]
+    stop = label_wave_stop([row["peer/label_wave"] for row in rows], window=3) if rows else None
+    return rows[stop] if stop is not None else curves[-1]
+
+
+def _stat(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": float(np.mean(finite)) if finite else math.nan,
+        "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
+        "n": len(finite),
+        "per_seed": [None if v is None or not math.isfinite(v) else float(v) for v in values],
+    }
+
+
+def evidence(series: list[dict[str, Any]], setting: str) -> dict[str, Any]:
+    """Whether the network really memorized, per seed: under the shortcut, the model at the strongest shortcut
+    scores at least 0.10 below the no-shortcut model on shortcut-free data, which itself learned the task (at
+    least 0.60); under label noise, every model fits its training labels (accuracy >= 0.95)."""
+    per_seed = {}
+    for seed in sorted({r["seed"] for r in series}):
+        runs = {r["level"]: r["final"] for r in series if r["seed"] == seed}
+        if setting == "shortcut":
+            low, high = runs[min(runs)], runs[max(runs)]
+            ok = high["truth_acc"] <= low["truth_acc"] - 0.10 and low["truth_acc"] >= 0.60
+            why = f"truth acc {low['truth_acc']:.2f} without the shortcut, {high['truth_acc']:.2f} at its strongest"
+        else:
+            worst = min(r["train_acc"] for r in runs.values())
+            ok = worst >= 0.95
+            why = f"lowest training accuracy {worst:.2f}"
+        per_seed[seed] = {"memorized": bool(ok), "why": why}
+    valid = [seed for seed, v in per_seed.items() if v["memorized"]]
+    return {"per_seed": per_seed, "valid_seeds": valid, "usable": len(valid) >= max(1, (len(per_seed) + 1) // 2)}
 
 
 def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
-    from lightning_infomem.demos.experiments import checkpoint_selection, early_stopping, model_selection
+    from lightning_infomem.demos.experiments import chosen_checkpoint, early_stopping, kendall_tau, rule_value
 
-    report: dict[str, Any] = {"model_selection": {}, "checkpoint_selection": {}, "early_stopping": {}, "fit": {}}
-    for setting in ("shortcut", "label_noise"):
-        series = [r for r in runs if r["setting"] == setting]
-        if not series:
-            continue
-        report["model_selection"][setting] = model_selection(series)
-        report["checkpoint_selection"][setting] = checkpoint_selection(series)
-        report["early_stopping"][setting] = early_stopping(series, patience)
-        report["fit"][setting] = {
-            f"{level:.2f}": {
-                key: _mean_sd([r["final"][key] for r in series if r["level"] == level])
-                for key in ("train_acc", "val_acc", "truth_acc")
-            }
-            | {
-                "best_truth_acc": _mean_sd(
-                    [max(row["truth_acc"] for row in r["curves"]) for r in series if r["level"] == level]
-                )
-            }
-            for level in sorted({r["level"] for r in series})
-        }
-        per_sample = [r for r in series if r.get("per_sample")]
-        if per_sample:
-            report.setdefault("per_sample", {})[setting] = {
+    add_disagreement(runs)
+    report: dict[str, Any] = {
+        k: {} for k in ("model_selection", "checkpoint_selection", "early_stopping", "fit", "evidence")
+    }
+    for family in FAMILIES:
+        for setting in SETTINGS:
+            series = [r for r in runs if (r["family"], r["setting"]) == (family, setting)]
+            if not series:
+                continue
+            cell_evidence = evidence(series, setting)
+            report["evidence"].setdefault(family, {})[setting] = cell_evidence
+            seeds = sorted({r["seed"] for r in series})
+            taus: dict[str, Any] = {}
+            for rule in RULES:
+                if rule in ("last_epoch", "peer/label_wave:stop"):
+                    continue
+                per_seed = []
+                for seed in seeds:
+                    runs_of_seed = sorted((r for r in series if r["seed"] == seed), key=lambda r: r["level"])
+                    values = [rule_value(_last_with(r, rule), rule) for r in runs_of_seed]
+                    per_seed.append(kendall_tau(values, [r["final"]["truth_acc"] for r in runs_of_seed]))
+                taus[rule] = _stat(per_seed)
+                if rule in PAPER_DIRECTION:
+                    taus[rule]["paper_direction_seeds"] = sum(1 for t in per_seed if math.isfinite(t) and t > 0)
+            report["model_selection"].setdefault(family, {})[setting] = {"kendall_tau": taus, "seeds": seeds}
+            regrets: dict[str, Any] = {}
+            for rule in RULES:
+                if rule == "peer/disagreement:min":
+                    continue
+                values = []
+                for run in series:
+                    chosen = (
+                        label_wave_checkpoint(run["curves"])
+                        if rule == "peer/label_wave:stop"
+                        else chosen_checkpoint(run["curves"], rule)
+                    )
+                    best = max(row["truth_acc"] for row in run["curves"])
+                    values.append(best - chosen["truth_acc"] if chosen is not None else math.nan)
+                regrets[rule] = _stat(values)
+            report["checkpoint_selection"].setdefault(family, {})[setting] = {"mean_regret": regrets}
+            report["early_stopping"].setdefault(family, {})[setting] = early_stopping(series, patience)
+            report["fit"].setdefault(family, {})[setting] = {
                 f"{level:.2f}": {
-                    name: {
-                        metric: _mean_sd([r["per_sample"][name][metric] for r in per_sample if r["level"] == level])
-                        for metric in ("auroc", "found")
-                    }
-                    for name in per_sample[0]["per_sample"]
-                    if name != "noisy_fraction"
+                    key: _stat([r["final"][key] for r in series if r["level"] == level])
+                    for key in ("train_acc", "val_acc", "truth_acc")
                 }
-                for level in sorted({r["level"] for r in per_sample})
-                if any(r["level"] == level for r in per_sample)
+                for level in sorted({r["level"] for r in series})
             }
+    report["pooled"] = pooled(report)
     return report
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return {"mean": math.nan, "sd": math.nan, "n": 0}
-    return {
-        "mean": float(np.mean(values)),
-        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
+def _last_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
+    key = rule.rpartition(":")[0]
+    for row in reversed(run["curves"]):
+        if key in row:
+            return row
+    return run["final"]
+
+
+def pooled(report: dict[str, Any]) -> dict[str, Any]:
+    """For each rule: in how many usable family-by-setting cells its mean tau beat both in-distribution baselines,
+    and its mean checkpoint regret was below both."""
+    out: dict[str, Any] = {}
+    cells = [
+        (family, setting)
+        for family, settings in report["model_selection"].items()
+        for setting in settings
+        if report["evidence"][family][setting]["usable"]
+    ]
+    for rule in RULES:
+        beat_tau, beat_regret, available = [], [], []
+        for family, setting in cells:
+            taus = report["model_selection"][family][setting]["kendall_tau"]
+            regrets = report["checkpoint_selection"][family][setting]["mean_regret"]
+            if rule in taus and math.isfinite(taus[rule]["mean"]):
+                available.append(f"{family}/{setting}")
+                baseline = max(taus[b]["mean"] for b in BASELINES)
+                if taus[rule]["mean"] > baseline:
+                    beat_tau.append(f"{family}/{setting}")
+            if rule in regrets and math.isfinite(regrets[rule]["mean"]):
+                baseline = min(regrets[b]["mean"] for b in BASELINES)
+                if regrets[rule]["mean"] < baseline:
+                    beat_regret.append(f"{family}/{setting}")
+        out[rule] = {
+            "cells": len(cells),
+            "tau_available": available,
+            "tau_beats_baselines": beat_tau,
+            "regret_beats_baselines": beat_regret,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------ output
+def fmt(stat: dict[str, Any]) -> str:
+    if not stat["n"]:
+        return "n/a"
+    return f"{stat['mean']:+.2f} ± {stat['sd']:.2f}" if stat["n"] > 1 else f"{stat['mean']:+.2f}"
 
 
 def tables(report: dict[str, Any], quick: bool) -> str:
     lines = []
     if quick:
-        lines.append(
-            "QUICK RUN: one seed, three levels, no paper mode or KSG: a smoke test, not evidence; no conclusions.\n"
-        )
-    for setting in report["model_selection"]:
-        truth = "out-of-distribution accuracy" if setting == "shortcut" else "clean test accuracy"
-        lines.append(f"## {setting}: how the models fit (ground truth: {truth}; mean ± sd over seeds)\n")
-        lines.append(
-            "| level | train acc (noisy labels) | val acc (in-distribution) | truth acc, final "
-            "| truth acc, best epoch |"
-        )
-        lines.append("| --- | --- | --- | --- | --- |")
-        for level, fit in report["fit"][setting].items():
-            cells = [fmt(fit[k]) for k in ("train_acc", "val_acc", "truth_acc", "best_truth_acc")]
-            lines.append(f"| {level} | " + " | ".join(cells) + " |")
-        ms = report["model_selection"][setting]
-        cs = report["checkpoint_selection"][setting]
-        es = report["early_stopping"][setting]
-        lines.append(f"\n## {setting}: selecting by each rule (mean ± sd over seeds)\n")
-        lines.append(
-            "| rule | Kendall tau, final models vs truth | truth acc of the kept checkpoint | regret | epoch kept |"
-            f" early stopping (patience {es['patience']}): stop epoch, truth acc kept |"
-        )
-        lines.append("| --- | --- | --- | --- | --- | --- |")
-        rules = [r for r in HEADLINE if r in cs["mean_regret"]]
-        rules += sorted(r for r in cs["mean_regret"] if r not in rules and "/net." in r)
-        for rule in rules:
-            tau = ms["kendall_tau"].get(rule, math.nan)
-            tau_sd = ms["kendall_tau_sd"].get(rule, math.nan)
-            stop = es["rules"].get(rule)
-            stop_text = f"{stop['mean_stop_epoch']:.1f}, {stop['mean_truth_acc_kept']:.3f}" if stop else ""
+        lines.append("QUICK RUN: one seed, three levels, 15 epochs: a smoke test, not evidence; no conclusions.\n")
+    for family, settings in report["model_selection"].items():
+        for setting, selection in settings.items():
+            cell = report["evidence"][family][setting]
+            lines.append(f"## {family}, {setting}\n")
+            lines.append("| level | train acc | val acc (in-distribution) | truth acc |")
+            lines.append("| --- | --- | --- | --- |")
+            for level, fit in report["fit"][family][setting].items():
+                lines.append(
+                    f"| {level} | "
+                    + " | ".join(
+                        f"{fit[k]['mean']:.3f} ± {fit[k]['sd']:.3f}" if fit[k]["n"] > 1 else f"{fit[k]['mean']:.3f}"
+                        for k in ("train_acc", "val_acc", "truth_acc")
+                    )
+                    + " |"
+                )
+            memorized = [s for s, v in cell["per_seed"].items() if v["memorized"]]
             lines.append(
-                f"| `{rule}` | {tau:+.2f} ± {tau_sd:.2f} | {cs['mean_truth_acc'][rule]:.3f} | "
-                f"{cs['mean_regret'][rule]:.3f} ± {cs['regret_sd'][rule]:.3f} | {cs['mean_chosen_epoch'][rule]:.1f} | "
-                f"{stop_text} |"
+                f"\nMemorized in {len(memorized)} of {len(cell['per_seed'])} seeds "
+                f"({'; '.join(f'seed {s}: ' + v['why'] for s, v in cell['per_seed'].items())})"
+                + ("" if cell["usable"] else ": NOT USABLE as evidence")
+                + "\n"
             )
-        lines.append(
-            f"\nBest checkpoint of each run: truth acc {cs['mean_best_truth_acc']:.3f} at epoch "
-            f"{cs['mean_best_epoch']:.1f} on average.\n"
-        )
-    for setting, levels in report.get("per_sample", {}).items():
-        lines.append(f"## {setting}: finding the relabelled training samples (AUROC / found; mean over seeds)\n")
-        names = list(next(iter(levels.values())))
-        lines.append("| level | " + " | ".join(names) + " |")
-        lines.append("|" + " --- |" * (len(names) + 1))
-        for level, scores in levels.items():
-            cells = [f"{scores[n]['auroc']['mean']:.3f} / {scores[n]['found']['mean']:.3f}" for n in names]
-            lines.append(f"| {level} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def fmt(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:.3f} ± {stat['sd']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
-
-
-def figures(runs: list[dict[str, Any]], out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lightning_infomem.demos.experiments import chosen_checkpoint
-
-    keys = [
-        ("truth_acc", None),
-        ("val_acc", "val_acc:max"),
-        ("val_loss", "val_loss:min"),
-        ("infomem/entropy", "infomem/entropy:max"),
-        ("infomem/mutual_info", "infomem/mutual_info:min"),
-        ("infomem_paper/entropy", "infomem_paper/entropy:max"),
-        ("infomem_paper/mutual_info", "infomem_paper/mutual_info:min"),
-        ("ksg/mutual_info", "ksg/mutual_info:min"),
-    ]
-    written = []
-    for setting in ("shortcut", "label_noise"):
-        series = [r for r in runs if r["setting"] == setting and r["seed"] == 0]
-        if not series:
+            lines.append("| rule | Kendall tau (final models vs truth) | paper's direction | checkpoint regret |")
+            lines.append("| --- | --- | --- | --- |")
+            taus = selection["kendall_tau"]
+            regrets = report["checkpoint_selection"][family][setting]["mean_regret"]
+            for rule in RULES:
+                if rule in OTHER_DIRECTION:
+                    continue
+                tau = taus.get(rule)
+                regret = regrets.get(rule)
+                direction = (
+                    f"{tau['paper_direction_seeds']}/{tau['n']}"
+                    if tau is not None and "paper_direction_seeds" in tau
+                    else ""
+                )
+                lines.append(
+                    f"| `{rule}` | {fmt(tau) if tau else ''} | {direction} | "
+                    f"{(fmt(regret).lstrip('+') if regret else '')} |"
+                )
+            lines.append("")
+    lines.append("## Pooled: cells (usable family x setting) where each rule beat both val_loss:min and val_acc:max\n")
+    lines.append("| rule | model selection (tau) | checkpoint selection (regret) |")
+    lines.append("| --- | --- | --- |")
+    for rule, entry in report["pooled"].items():
+        if rule in OTHER_DIRECTION:
             continue
-        present = [(k, rule) for k, rule in keys if any(k in row for row in series[0]["curves"])]
-        fig, axes = plt.subplots(
-            2, (len(present) + 1) // 2, figsize=(3.6 * ((len(present) + 1) // 2), 6.4), squeeze=False
+        lines.append(
+            f"| `{rule}` | {len(entry['tau_beats_baselines'])}/{len(entry['tau_available'])} "
+            f"{', '.join(entry['tau_beats_baselines'])} | {len(entry['regret_beats_baselines'])}/{entry['cells']} "
+            f"{', '.join(entry['regret_beats_baselines'])} |"
         )
-        colours = plt.cm.viridis(np.linspace(0, 0.9, len(series)))
-        for ax, (key, rule) in zip(axes.flat, present, strict=False):
-            for run, colour in zip(series, colours, strict=True):
-                rows = [row for row in run["curves"] if key in row]
-                ax.plot(
-                    [row["epoch"] for row in rows],
-                    [row[key] for row in rows],
-                    color=colour,
-                    lw=1.2,
-                    label=f"{run['level']:.2f}",
-                )
-                chosen = (
-                    chosen_checkpoint(run["curves"], rule)
-                    if rule
-                    else max(run["curves"], key=lambda row: row["truth_acc"])
-                )
-                if chosen is not None and key in chosen:
-                    ax.plot([chosen["epoch"]], [chosen[key]], "o", color=colour, ms=6, mec="black")
-            ax.set_title(key + (f"  (o: {rule.rpartition(':')[2]})" if rule else "  (o: best)"), fontsize=8)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(present) :]:
-            ax.axis("off")
-        axes.flat[0].legend(title="alpha" if setting == "shortcut" else "beta", fontsize=7, title_fontsize=7)
-        fig.suptitle(f"{setting}, seed 0: ground truth and monitored keys per epoch; o = the epoch each rule keeps")
-        fig.tight_layout()
-        path = os.path.join(out, f"selection_{setting}.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 3 levels, no paper mode, KSG or per-sample scores"
-    )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per level (default 3; quick: 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of both settings")
+    parser.add_argument("--quick", action="store_true", help="every family, 1 seed, 3 levels, 15 epochs: a smoke run")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per level (default 5; quick: 1)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
     parser.add_argument("--patience", type=int, default=5, help="EarlyStopping patience to replay")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (spawned processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="runs/checkpoint_selection")
     args = parser.parse_args(argv)
     if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+        args.seeds = 1 if args.quick else 5
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     runs = run_all(args)
@@ -312,7 +384,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["wall_seconds"] = time.perf_counter() - start
     text = tables(report, args.quick)
     print(text)
-    report["figures"] = figures(runs, args.out)
     with open(os.path.join(args.out, "selection.json"), "w") as handle:
         json.dump(report, handle, indent=2, allow_nan=True)
     with open(os.path.join(args.out, "runs.json"), "w") as handle:
@@ -320,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with open(os.path.join(args.out, "tables.md"), "w") as handle:
         handle.write(text)
     print(f"\nDone in {report['wall_seconds']:.0f} s; {args.out}/selection.json", file=sys.stderr)
+    if args.quick:
+        print("QUICK RUN: a smoke test of every family; it draws no conclusions.", file=sys.stderr)
     return report
 
 

@@ -334,7 +334,9 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
         >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> choose_default_layers(mlp).names
         ['0', '2']
-        >>> cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten())
+        >>> cnn = nn.Sequential(
+        ...     nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)
+        ... )
         >>> choose_default_layers(cnn).names
         ['1', '3']
     """

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import mean_off_diagonal
 
 __all__ = [
+    "FAMILIES",
     "SETTINGS",
     "DigitsMLP",
     "RunConfig",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 SETTINGS = ("shortcut", "label_noise")
+FAMILIES = ("mlp", "cnn", "transformer")
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 LAYERS = ["net.0", "net.2", "net.4"]  # the pre-activation outputs of the three hidden layers
 
@@ -69,26 +71,67 @@ class RunConfig:
     ksg_neurons: int = 32
     measure_every: int = 1  # InformationMeasures every_n_epochs
     per_sample_scores: bool = False  # TrainingDynamics and LossCurvature on the training set
+    family: str = "mlp"  # "mlp", "cnn" or "transformer" (see lightning_infomem.demos.families)
+    peers: bool = False  # the label-free peers of H and I at every epoch (see EpochRecorder)
     curvature_probes: int = 10
     log_dir: Optional[str] = None  # TensorBoard logs of the run (None: no logger)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ data
-def make_data(setting: str, level: float, seed: int, split_seed: int = 0) -> dict[str, Any]:
-    """Train / in-distribution validation / ground-truth sets of one run: 60 / 20 / 20 % of the digits.
+def make_data(setting: str, level: float, seed: int, split_seed: int = 0, family: str = "mlp") -> dict[str, Any]:
+    """Train / in-distribution validation / ground-truth sets of one run: 60 / 20 / 20 % of the digits (the
+    ``mlp`` and ``cnn`` families) or 1,200 / 400 / 400 generated token sequences (``transformer``).
 
-    Returns ``{"train": (x, y), "val": (x, y), "truth": (x, y), "true_train": y_clean, "classes": C}``:
-    ``val`` carries the same shortcut or noise as ``train``; ``truth`` is the out-of-distribution
-    split (random colour, clean label) or the clean test split.
+    Returns ``{"train": (x, y), "val": (x, y), "truth": (x, y), "true_train": y_clean, "classes": C,
+    "unlabelled": x}``: ``val`` carries the same shortcut or noise as ``train``; ``truth`` is the
+    out-of-distribution split (random shortcut, clean label) or the clean test split; ``unlabelled`` is
+    an in-distribution input set shared by every seed of a level (for the disagreement between runs).
+    The shortcut is a colour (``mlp``), a patch (``cnn``) or a token (``transformer``).
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, received {setting!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, received {family!r}")
+    data = _family_data(setting, level, seed, split_seed, family)
+    shared = torch.Generator().manual_seed(77_777 + int(round(level * 1000)))
+    data["unlabelled"] = _family_data(setting, level, 0, split_seed, family, shared)["val"][0]
+    return data
+
+
+def _family_data(
+    setting: str, level: float, seed: int, split_seed: int, family: str, generator: Optional[torch.Generator] = None
+) -> dict[str, Any]:
+    from lightning_infomem.demos.families import patch_digits, token_task
+
+    if generator is None:
+        generator = torch.Generator().manual_seed(10_000 * seed + int(round(level * 1000)))
+    if family == "transformer":
+        if setting == "shortcut":
+            (xt, yt, clean), (xv, yv, _) = (token_task(n, generator, True, level) for n in (1200, 400))
+            xo, _, yo = token_task(400, generator, True, 0.0)
+            return {"train": (xt, yt), "val": (xv, yv), "truth": (xo, yo), "true_train": clean, "classes": 2}
+        (xt, _, clean), (xv, _, clean_v), (xo, _, yo) = (token_task(n, generator, False) for n in (1200, 400, 400))
+        yt, yv = redraw_labels(clean, level, generator, 4), redraw_labels(clean_v, level, generator, 4)
+        return {"train": (xt, yt), "val": (xv, yv), "truth": (xo, yo), "true_train": clean, "classes": 4}
     x, digits = load_digits(split_seed)
     n = len(digits)
     cut_train, cut_val = int(0.6 * n), int(0.8 * n)
     parts = [slice(0, cut_train), slice(cut_train, cut_val), slice(cut_val, n)]
-    generator = torch.Generator().manual_seed(10_000 * seed + int(round(level * 1000)))
+    if family == "cnn" and setting == "shortcut":
+        (xt, yt, _), (xv, yv, _) = (patch_digits(x[p], digits[p], level, generator) for p in parts[:2])
+        xo, _, _ = patch_digits(x[parts[2]], digits[parts[2]], 0.0, generator)
+        return {
+            "train": (xt, yt),
+            "val": (xv, yv),
+            "truth": (xo, (digits[parts[2]] >= 5).long()),
+            "true_train": (digits[parts[0]] >= 5).long(),
+            "classes": 2,
+        }
+    x, digits = load_digits(split_seed)
+    n = len(digits)
+    cut_train, cut_val = int(0.6 * n), int(0.8 * n)
+    parts = [slice(0, cut_train), slice(cut_train, cut_val), slice(cut_val, n)]
     if setting == "shortcut":
         (xt, yt, _), (xv, yv, _) = (coloured_digits(x[p], digits[p], level, generator) for p in parts[:2])
         xo, _, _ = coloured_digits(x[parts[2]], digits[parts[2]], 0.0, generator)
@@ -157,35 +200,49 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
 
 
 def capture_activations(model: nn.Module, layers: list[str], x: Tensor) -> dict[str, Tensor]:
-    """Outputs of the named modules on ``x`` (eval mode, no gradient), ``[S, N]`` each."""
-    modules = dict(model.named_modules())
+    """Activations ``[S, N]`` of the named modules on ``x`` (eval mode, no gradient), reduced as the callback
+    reduces them (spatial average, the ``sequence_reduction="auto"`` token)."""
+    from lightning_infomem.callbacks.layers import named_layers, resolved_sequence_reduction, to_neuron_activations
+
+    modules = dict(named_layers(model))
     captured: dict[str, Tensor] = {}
-    handles = [
-        modules[name].register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out.detach()))
-        for name in layers
-    ]
-    was_training = model.training
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            reduction = resolved_sequence_reduction("auto", module, model)
+            captured[name] = to_neuron_activations(out, module, None, reduction).detach()
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
     try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
+        _eval(model, x)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return captured
 
 
 class EpochRecorder(Callback):
-    """After every validation: the logged keys, the ground-truth accuracy and (every few epochs) KSG MI."""
+    """After every validation: the logged keys, the ground-truth and training accuracy, the label-free peers
+    (``peers=True``) and, every few epochs, KSG MI and WeightWatcher's alpha.
 
-    def __init__(self, data: dict[str, Any], config: RunConfig, seed: int) -> None:
+    Peers, on the in-distribution validation inputs unless said: ``peer/max_softmax`` (mean maximum softmax),
+    ``peer/nuclear_norm`` (normalised softmax nuclear norm), ``peer/rankme_head`` (the effective rank of the
+    representation the head reads), ``peer/label_wave`` (training predictions changed since the previous
+    epoch), ``peer/ww_alpha`` (WeightWatcher's mean alpha, where the package imports). Also the deepest
+    monitored layer's values under ``<prefix>/deepest/<stat>``, so that rules compare across families.
+    """
+
+    def __init__(self, data: dict[str, Any], config: RunConfig, seed: int, layers: Callable[[], list[str]]) -> None:
         self.data = data
         self.config = config
         self.rows: list[dict[str, Any]] = []
-        generator = torch.Generator().manual_seed(seed)
-        self.subsets = {name: None for name in LAYERS}
-        self._generator = generator
+        self.layers = layers
+        self.subsets: dict[str, Optional[Tensor]] = {}
+        self._generator = torch.Generator().manual_seed(seed)
+        self._train_predictions: Optional[Tensor] = None
+        self.unlabelled_predictions: list[int] = []
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -193,52 +250,152 @@ class EpochRecorder(Callback):
         epoch = trainer.current_epoch
         row: dict[str, Any] = {"epoch": epoch}
         row.update({key: float(value) for key, value in trainer.callback_metrics.items() if _is_epoch_key(key)})
+        row.update(_deepest(row, self.layers()))
         row["truth_acc"] = accuracy(pl_module, self.data["truth"])
         row["train_acc"] = accuracy(pl_module, self.data["train"])
         every = self.config.ksg_every
-        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.config.epochs):
+        periodic = bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == self.config.epochs)
+        if periodic:
             row.update(self.ksg(pl_module))
+        if self.config.peers:
+            row.update(self.peers(pl_module, periodic or epoch + 1 == self.config.epochs))
+        if epoch + 1 == self.config.epochs:
+            self.unlabelled_predictions = predictions(pl_module, self.data["unlabelled"]).tolist()
         self.rows.append(row)
 
     def ksg(self, model: nn.Module) -> dict[str, float]:
         """KSG MI (k = 3) of a fixed random subset of each layer's neurons on the validation inputs."""
-        acts = capture_activations(model, LAYERS, self.data["val"][0])
+        acts = capture_activations(model, self.layers(), self.data["val"][0])
         values = {}
         for name, x in acts.items():
-            if self.subsets[name] is None:
+            if self.subsets.get(name) is None:
                 self.subsets[name] = torch.randperm(x.shape[1], generator=self._generator)[: self.config.ksg_neurons]
             subset = x[:, self.subsets[name]].double()
             values[f"ksg/{name}/mutual_info"] = float(mean_off_diagonal(ksg_mutual_information(subset, k=3)))
         values["ksg/mutual_info"] = float(np.mean(list(values.values())))
         return values
 
+    def peers(self, model: nn.Module, periodic: bool) -> dict[str, float]:
+        from lightning_infomem.functional import effective_rank
+        from lightning_infomem.functional.peers import mean_max_softmax, prediction_changes, softmax_nuclear_norm
+
+        features: list[Tensor] = []
+        handle = _head_of(model).register_forward_pre_hook(lambda m, args: features.append(args[0].detach()) and None)
+        try:
+            logits = _eval(model, self.data["val"][0])
+        finally:
+            handle.remove()
+        values = {
+            "peer/max_softmax": mean_max_softmax(logits),
+            "peer/nuclear_norm": softmax_nuclear_norm(logits),
+            "peer/rankme_head": float(effective_rank(features[0].flatten(1).double())),
+        }
+        train_predictions = predictions(model, self.data["train"][0])
+        if self._train_predictions is not None:
+            values["peer/label_wave"] = float(prediction_changes(self._train_predictions, train_predictions))
+        self._train_predictions = train_predictions
+        if periodic:
+            alpha = weightwatcher_alpha(model)
+            if alpha is not None:
+                values["peer/ww_alpha"] = alpha
+        return values
+
+
+def _deepest(row: dict[str, Any], layers: list[str]) -> dict[str, float]:
+    """``<prefix>/deepest/<stat>``: the deepest monitored layer's value of every logged prefix and statistic."""
+    if not layers:
+        return {}
+    out = {}
+    suffix = f"/{layers[-1]}/"
+    for key, value in row.items():
+        if suffix in key:
+            prefix, _, stat = key.partition(suffix)
+            out[f"{prefix}/deepest/{stat}"] = value
+    return out
+
+
+def _head_of(model: nn.Module) -> nn.Module:
+    """The output head: the last ``nn.Linear`` of the model."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _eval(model: nn.Module, x: Tensor) -> Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was_training)
+
+
+def predictions(model: nn.Module, x: Tensor) -> Tensor:
+    """The predicted classes of ``x`` (eval mode)."""
+    return _eval(model, x).argmax(dim=1)
+
+
+def weightwatcher_alpha(model: nn.Module) -> Optional[float]:
+    """WeightWatcher's mean power-law exponent alpha over the model's layers (the optional ``weightwatcher``
+    package; ``None`` where it does not import or fits no layer)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    try:
+        import weightwatcher
+    except Exception:  # noqa: BLE001 - an optional benchmark dependency
+        return None
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        warnings.simplefilter("ignore")
+        details = weightwatcher.WeightWatcher(model=model).analyze(plot=False)
+    alphas = [float(a) for a in details.get("alpha", []) if a is not None and math.isfinite(float(a))]
+    return float(np.mean(alphas)) if alphas else None
+
 
 def _is_epoch_key(key: str) -> bool:
     return key.startswith(("infomem", "val_")) and not key.endswith("clipped_fraction")
+
+
+def build_model(family: str, data: dict[str, Any], config: RunConfig) -> LightningModule:
+    """The model of a family for a run's data: the paper's MLP, a staged CNN, or a [CLS] transformer."""
+    from lightning_infomem.demos.families import StagedCNN, TokenTransformer
+
+    if family == "mlp":
+        return DigitsMLP(data["train"][0][0].numel(), data["classes"], config.hidden, config.lr)
+    if family == "cnn":
+        channels = data["train"][0][0].numel() // 64
+        return StagedCNN(channels, data["classes"], lr=config.lr)
+    if family == "transformer":
+        return TokenTransformer(data["classes"], lr=config.lr)
+    raise ValueError(f"family must be one of {FAMILIES}, received {family!r}")
 
 
 def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[str, Any]:
     """Train one model of a series and record its curves (see the module docs); returns a JSON-able dict."""
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
-    data = make_data(setting, level, seed)
+    data = make_data(setting, level, seed, family=config.family)
     x, y = data["train"]
-    model = DigitsMLP(x[0].numel(), data["classes"], config.hidden, config.lr)
-    recorder = EpochRecorder(data, config, seed)
-    callbacks: list[Callback] = [
-        InformationMeasures(layers=LAYERS, every_n_epochs=config.measure_every, seed=seed),
-    ]
+    model = build_model(config.family, data, config)
+    layers = LAYERS if config.family == "mlp" else None  # the defaults, as a user gets them
+    measures = InformationMeasures(layers=layers, every_n_epochs=config.measure_every, seed=seed)
+    recorder = EpochRecorder(data, config, seed, lambda: measures.layer_names)
+    callbacks: list[Callback] = [measures]
     if config.paper:
-        callbacks.append(InformationMeasures.paper(layers=LAYERS, every_n_epochs=config.measure_every))
+        callbacks.append(InformationMeasures.paper(layers=layers, every_n_epochs=config.measure_every))
     if config.ablations:
         for prefix, change in (
             ("infomem_layer", {"binning": "layer"}),
             ("infomem_global", {"binning": "global"}),
+            ("infomem_neuron", {"binning": "neuron"}),
             ("infomem_mi32", {"mutual_info_bins": 32}),
         ):
             callbacks.append(
                 InformationMeasures(
-                    layers=LAYERS, every_n_epochs=config.measure_every, seed=seed, prefix=prefix, **change
+                    layers=layers, every_n_epochs=config.measure_every, seed=seed, prefix=prefix, **change
                 )
             )
     dynamics = curvature = None
@@ -284,6 +441,9 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
         "curves": recorder.rows,
         "final": dict(recorder.rows[-1]),
         "seconds": time.perf_counter() - start,
+        "family": config.family,
+        "layers": list(measures.layer_names),
+        "unlabelled_predictions": recorder.unlabelled_predictions,
     }
     if dynamics is not None and curvature is not None:
         result["per_sample"] = per_sample_detection(dynamics, curvature, y, data["true_train"])
