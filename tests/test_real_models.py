@@ -146,7 +146,7 @@ def test_the_chosen_layers_are_printed_once(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "InformationMeasures: monitoring" in r.getMessage()]
     assert len(lines) == 1
     assert "blocks: " in lines[0] and "model.bert.encoder.layer.0, model.bert.encoder.layer.1" in lines[0]
-    assert "sequences read at the first token of" in lines[0]
+    assert "sequence outputs, if any, read at the first token of" in lines[0]
 
 
 # ---------------------------------------------------------------------------------- torch.compile

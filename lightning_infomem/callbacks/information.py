@@ -499,7 +499,7 @@ class InformationMeasures(Callback):
             if self.sequence_reduction == "auto"
             else ""
         )
-        shown += f"; outputs with spatial axes averaged over space, sequences read at {read}{why}"
+        shown += f"; outputs with spatial axes averaged over space; sequence outputs, if any, read at {read}{why}"
         if chosen is not None and chosen.family == "conv" and "before" in chosen.description:
             self._warn_once(
                 "pre-activation",
