@@ -61,12 +61,10 @@ EPOCHS = {
 }
 QUICK_EPOCHS = 15
 BASELINES = ("val_loss:min", "val_acc:max")
-# H and I in the paper's direction, every variant; then the other direction; then the peers and baselines
+# H and I under every binning and aggregate (mean over layers, deepest layer), KSG; then the peers and baselines
 PREFIXES = ("infomem", "infomem_layer", "infomem_global", "infomem_neuron", "infomem_mi32", "infomem_paper")
-PAPER_DIRECTION = [
-    f"{p}/{where}{stat}" for p in PREFIXES for where in ("", "deepest/") for stat in ("entropy:max", "mutual_info:min")
-] + ["ksg/mutual_info:min"]
-OTHER_DIRECTION = [r.replace(":max", ":MIN").replace(":min", ":max").replace(":MIN", ":min") for r in PAPER_DIRECTION]
+MEASURES = [f"{p}/{where}{stat}" for p in PREFIXES for where in ("", "deepest/") for stat in ("entropy", "mutual_info")]
+MEASURES.append("ksg/mutual_info")
 PEERS = [
     "infomem/effective_rank:max",
     "infomem/deepest/effective_rank:max",
@@ -77,7 +75,25 @@ PEERS = [
     "peer/disagreement:min",
     "peer/label_wave:stop",
 ]
-RULES = PAPER_DIRECTION + OTHER_DIRECTION + PEERS + list(BASELINES) + ["last_epoch"]
+RULES = [f"{m}:{d}" for m in MEASURES for d in ("max", "min")] + PEERS + list(BASELINES) + ["last_epoch"]
+
+
+def paper_rule(measure: str, setting: str) -> str:
+    """The rule in the paper's direction: memorizing a shortcut lowers H and raises I, so the better model has
+    the higher H and the lower I; fitting noisy labels raises H and lowers I, so there it is the reverse."""
+    better_high = measure.endswith("entropy") == (setting == "shortcut")
+    return f"{measure}:{'max' if better_high else 'min'}"
+
+
+def table_rules(setting: str) -> list[str]:
+    """The rules shown per cell: every H and I variant in the paper's direction, the peers, the baselines."""
+    return [paper_rule(m, setting) for m in MEASURES] + PEERS + list(BASELINES) + ["last_epoch"]
+
+
+def pooled_name(rule: str) -> str:
+    """A rule's row in the pooled table: H and I by measure (the paper's direction in each setting)."""
+    measure = rule.rpartition(":")[0]
+    return f"{measure} (paper's direction)" if measure in MEASURES else rule
 
 
 def _job(task: tuple[str, str, float, int, dict[str, Any], int]) -> dict[str, Any]:
@@ -98,7 +114,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     levels = QUICK_LEVELS if args.quick else LEVELS
     tasks = []
     for family in args.families:
-        for setting in SETTINGS:
+        for setting in args.settings:
             for seed in range(args.seeds):
                 for level in levels:
                     config = {
@@ -113,7 +129,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     tasks.append((family, setting, level, seed, config, args.threads))
     tasks.sort(key=lambda t: -t[4]["epochs"] * (2 if t[0] == "transformer" else 1))  # the longest first
     print(
-        f"{len(tasks)} runs ({', '.join(args.families)}; {len(levels)} levels x {args.seeds} seed(s) x 2 settings), "
+        f"{len(tasks)} runs ({', '.join(args.families)}; {len(levels)} levels x {args.seeds} seed(s) x "
+        f"{len(args.settings)} setting(s)), "
         f"{args.workers} at a time, one torch thread each"
         + ("; QUICK: a smoke run, no conclusions" if args.quick else ""),
         file=sys.stderr,
@@ -226,7 +243,7 @@ def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
                     values = [rule_value(_last_with(r, rule), rule) for r in runs_of_seed]
                     per_seed.append(kendall_tau(values, [r["final"]["truth_acc"] for r in runs_of_seed]))
                 taus[rule] = _stat(per_seed)
-                if rule in PAPER_DIRECTION:
+                if rule.rpartition(":")[0] in MEASURES and rule == paper_rule(rule.rpartition(":")[0], setting):
                     taus[rule]["paper_direction_seeds"] = sum(1 for t in per_seed if math.isfinite(t) and t > 0)
             report["model_selection"].setdefault(family, {})[setting] = {"kendall_tau": taus, "seeds": seeds}
             regrets: dict[str, Any] = {}
@@ -265,8 +282,8 @@ def _last_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
 
 
 def pooled(report: dict[str, Any]) -> dict[str, Any]:
-    """For each rule: in how many usable family-by-setting cells its mean tau beat both in-distribution baselines,
-    and its mean checkpoint regret was below both."""
+    """For each rule (H and I in the paper's direction of each setting): in how many usable family-by-setting
+    cells its mean tau beat both in-distribution baselines, and its mean checkpoint regret was below both."""
     out: dict[str, Any] = {}
     cells = [
         (family, setting)
@@ -274,21 +291,20 @@ def pooled(report: dict[str, Any]) -> dict[str, Any]:
         for setting in settings
         if report["evidence"][family][setting]["usable"]
     ]
-    for rule in RULES:
+    for row in dict.fromkeys(pooled_name(r) for r in table_rules("shortcut")):
         beat_tau, beat_regret, available = [], [], []
         for family, setting in cells:
+            rule = next(r for r in table_rules(setting) if pooled_name(r) == row)
             taus = report["model_selection"][family][setting]["kendall_tau"]
             regrets = report["checkpoint_selection"][family][setting]["mean_regret"]
             if rule in taus and math.isfinite(taus[rule]["mean"]):
                 available.append(f"{family}/{setting}")
-                baseline = max(taus[b]["mean"] for b in BASELINES)
-                if taus[rule]["mean"] > baseline:
+                if taus[rule]["mean"] > max(taus[b]["mean"] for b in BASELINES):
                     beat_tau.append(f"{family}/{setting}")
             if rule in regrets and math.isfinite(regrets[rule]["mean"]):
-                baseline = min(regrets[b]["mean"] for b in BASELINES)
-                if regrets[rule]["mean"] < baseline:
+                if regrets[rule]["mean"] < min(regrets[b]["mean"] for b in BASELINES):
                     beat_regret.append(f"{family}/{setting}")
-        out[rule] = {
+        out[row] = {
             "cells": len(cells),
             "tau_available": available,
             "tau_beats_baselines": beat_tau,
@@ -334,9 +350,7 @@ def tables(report: dict[str, Any], quick: bool) -> str:
             lines.append("| --- | --- | --- | --- |")
             taus = selection["kendall_tau"]
             regrets = report["checkpoint_selection"][family][setting]["mean_regret"]
-            for rule in RULES:
-                if rule in OTHER_DIRECTION:
-                    continue
+            for rule in table_rules(setting):
                 tau = taus.get(rule)
                 regret = regrets.get(rule)
                 direction = (
@@ -353,8 +367,6 @@ def tables(report: dict[str, Any], quick: bool) -> str:
     lines.append("| rule | model selection (tau) | checkpoint selection (regret) |")
     lines.append("| --- | --- | --- |")
     for rule, entry in report["pooled"].items():
-        if rule in OTHER_DIRECTION:
-            continue
         lines.append(
             f"| `{rule}` | {len(entry['tau_beats_baselines'])}/{len(entry['tau_available'])} "
             f"{', '.join(entry['tau_beats_baselines'])} | {len(entry['regret_beats_baselines'])}/{entry['cells']} "
@@ -368,17 +380,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="every family, 1 seed, 3 levels, 15 epochs: a smoke run")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per level (default 5; quick: 1)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
     parser.add_argument("--patience", type=int, default=5, help="EarlyStopping patience to replay")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (spawned processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="runs/checkpoint_selection")
+    parser.add_argument("--analyse", metavar="RUNS_JSON", help="only analyse the runs.json of an earlier run")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.quick else 5
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    runs = run_all(args)
+    if args.analyse:
+        with open(args.analyse) as handle:
+            runs = json.load(handle)
+    else:
+        runs = run_all(args)
     report = analyse(runs, args.patience)
     report["settings"] = vars(args)
     report["wall_seconds"] = time.perf_counter() - start
