@@ -363,6 +363,30 @@ def tables(report: dict[str, Any], quick: bool) -> str:
                     f"{(fmt(regret).lstrip('+') if regret else '')} |"
                 )
             lines.append("")
+    cells = [(f, st) for f, settings in report["model_selection"].items() for st in settings]
+    for title, section, field in (
+        ("Kendall tau of the final models' ranking against ground truth", "model_selection", "kendall_tau"),
+        (
+            "Checkpoint regret (best truth acc of the run minus the kept checkpoint's)",
+            "checkpoint_selection",
+            "mean_regret",
+        ),
+    ):
+        lines.append(f"## Across families: {title} (mean ± sd over seeds; H and I in the paper's direction)\n")
+        header = " | ".join(
+            f"{f} {st.replace('_', ' ')}" + ("" if report["evidence"][f][st]["usable"] else " (not usable)")
+            for f, st in cells
+        )
+        lines.append(f"| rule | {header} |")
+        lines.append("| --- |" + " --- |" * len(cells))
+        for row in dict.fromkeys(pooled_name(r) for r in table_rules("shortcut")):
+            values = []
+            for f, st in cells:
+                rule = next(r for r in table_rules(st) if pooled_name(r) == row)
+                stat = report[section][f][st][field].get(rule)
+                values.append(fmt(stat).lstrip("+") if stat and field == "mean_regret" else (fmt(stat) if stat else ""))
+            lines.append(f"| `{row}` | " + " | ".join(values) + " |")
+        lines.append("")
     lines.append("## Pooled: cells (usable family x setting) where each rule beat both val_loss:min and val_acc:max\n")
     lines.append("| rule | model selection (tau) | checkpoint selection (regret) |")
     lines.append("| --- | --- | --- |")
