@@ -6,6 +6,7 @@ from lightning_infomem.callbacks import (
     LossCurvature,
     MaskedConsistency,
     MaskedConsistencyModule,
+    PredictionPeers,
     TrainingDynamics,
 )
 from lightning_infomem.data import IndexedDataset
@@ -15,6 +16,7 @@ from lightning_infomem.metrics import (
     LayerResult,
     NeuronEntropy,
     NeuronMutualInformation,
+    SoftmaxPeers,
     StateTooLargeError,
     WorstGroupAccuracy,
 )
@@ -33,8 +35,10 @@ __all__ = [
     "MaskedConsistencyModule",
     "NeuronEntropy",
     "NeuronMutualInformation",
+    "PredictionPeers",
     "ProbeResult",
     "RecordError",
+    "SoftmaxPeers",
     "StateTooLargeError",
     "SubsampleRecords",
     "TrainingDynamics",

@@ -85,3 +85,68 @@ def test_the_study_models_run_and_have_default_layers():
     ids, _, _ = token_task(4, torch.Generator().manual_seed(0), binary=False)
     assert transformer(ids).shape == (4, 4)
     assert resolved_sequence_reduction("auto", transformer.encoder.layers[0], transformer) == "first"  # [CLS]
+
+
+# ----------------------------------------------------------------------- the metric and the callback
+def test_streaming_metric_equals_the_functional_on_all_samples():
+    from lightning_infomem import SoftmaxPeers
+
+    logits = torch.from_numpy(np.random.default_rng(1).normal(scale=2.0, size=(300, 5)))
+    metric = SoftmaxPeers(num_classes=5)
+    for chunk in logits.split(70):
+        metric.update(chunk)
+    result = metric.compute()
+    assert float(result["nuclear_norm"]) == pytest.approx(softmax_nuclear_norm(logits), rel=1e-10)
+    assert float(result["max_softmax"]) == pytest.approx(mean_max_softmax(logits), rel=1e-12)
+    metric.update(torch.full((2, 5), float("nan")))  # a diverged model: reported as NaN, not a value
+    assert all(bool(torch.isnan(v)) for v in metric.compute().values())
+    with pytest.raises(ValueError, match=r"\[samples, 5\]"):
+        metric.update(torch.zeros(3, 4))
+
+
+def test_prediction_peers_logs_the_validation_softmax_statistics(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning_helpers import DigitsMLP, digits_loaders, digits_tensors, fast_trainer
+
+    from lightning_infomem import PredictionPeers
+
+    peers = PredictionPeers()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="peers/nuclear_norm", mode="max")
+    model = DigitsMLP()
+    trainer = fast_trainer(tmp_path, callbacks=[peers, checkpoint], enable_checkpointing=True, max_epochs=2)
+    trainer.fit(model, *digits_loaders())
+    assert [row["epoch"] for row in peers.history] == [0, 1]
+    x, _ = digits_tensors("val")
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert peers.history[-1]["peers/nuclear_norm"] == pytest.approx(softmax_nuclear_norm(logits), rel=1e-5)
+    assert peers.history[-1]["peers/max_softmax"] == pytest.approx(mean_max_softmax(logits), rel=1e-5)
+    assert checkpoint.best_model_score is not None
+    assert float(checkpoint.best_model_score) == pytest.approx(max(r["peers/nuclear_norm"] for r in peers.history))
+
+
+def test_prediction_peers_reads_a_sequence_classifiers_pooled_logits(tmp_path):
+    from lightning.pytorch import LightningModule
+    from lightning_helpers import fast_trainer, tiny_gpt2_classifier
+
+    from lightning_infomem import PredictionPeers
+
+    class Classifier(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_gpt2_classifier(num_labels=3)
+
+        def validation_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0]).logits
+
+    ids = torch.randint(2, 50, (64, 8), generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=16)
+    peers = PredictionPeers()
+    model = Classifier()
+    fast_trainer(tmp_path, callbacks=[peers]).validate(model, loader, verbose=False)
+    assert peers._chosen[0] == "model"  # the score head gives per-token logits: the model's pooled ones instead
+    model.eval()
+    with torch.no_grad():
+        logits = model.model(input_ids=ids).logits
+    assert peers.history[-1]["peers/nuclear_norm"] == pytest.approx(softmax_nuclear_norm(logits), rel=1e-5)

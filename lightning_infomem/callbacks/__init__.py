@@ -1,13 +1,15 @@
 """Lightning callbacks: each owns one method's lifecycle (hooks, sampling, logging, checkpoint state).
 
 `InformationMeasures` (entropy and mutual information of activations), `TrainingDynamics` and
-`LossCurvature` (per-sample scores, one result API: `PerSampleScores`), `MaskedConsistency`.
+`LossCurvature` (per-sample scores, one result API: `PerSampleScores`), `MaskedConsistency`, and
+`PredictionPeers` (label-free statistics of the validation predictions).
 """
 
 from lightning_infomem.callbacks.curvature import LossCurvature
 from lightning_infomem.callbacks.information import InformationMeasures
 from lightning_infomem.callbacks.masked_consistency import MaskedConsistency, MaskedConsistencyModule
 from lightning_infomem.callbacks.per_sample import PerSampleScores
+from lightning_infomem.callbacks.prediction_peers import PredictionPeers
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "MaskedConsistency",
     "MaskedConsistencyModule",
     "PerSampleScores",
+    "PredictionPeers",
     "TrainingDynamics",
 ]

@@ -10,7 +10,6 @@ updated, and the scores are available.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
-from lightning_infomem.callbacks.layers import first_tensor, named_layers
+from lightning_infomem.callbacks.logits import choose_logits_module, logits_candidates, logits_of
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key
@@ -231,7 +230,7 @@ class TrainingDynamics(PerSampleScores, Callback):
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._candidates = self._find_logits_module(pl_module)
+        self._candidates = logits_candidates(pl_module, self.logits_module, "TrainingDynamics")
         self._module_name, self._module = self._candidates[0]
         if len(self._candidates) == 1:
             rank_zero_info(f"TrainingDynamics: logits from {self._module_name or 'the LightningModule'!r}")
@@ -246,52 +245,6 @@ class TrainingDynamics(PerSampleScores, Callback):
                 f"{size}; resume on the dataset the checkpoint was trained on (the scores are per sample index)"
             )
         self._resize(max(size or 0, self.sums.shape[0]), pl_module.device)
-
-    def _find_logits_module(self, pl_module: LightningModule) -> list[tuple[str, nn.Module]]:
-        """The module(s) whose output may be the logits, the likeliest first.
-
-        ``logits_module`` given: that one. ``None``: the last ``nn.Linear`` (of two heads of the same shape side
-        by side, as a distilled ViT's ``head`` and ``head_dist``, the first), then each module that contains
-        it, up to the ``LightningModule``: a head applied to every token (a Hugging Face ``score`` giving
-        ``[batch, tokens, classes]``) is passed over for the model around it, whose output holds the logits
-        pooled by the model's own rule. The first training batch decides (see `on_train_batch_end`).
-        """
-        layers = dict(named_layers(pl_module))
-        if self.logits_module == "":
-            return [("", pl_module)]
-        if self.logits_module is not None:
-            if self.logits_module not in layers:
-                shown = ", ".join(list(layers)[-12:])
-                raise ValueError(
-                    f"TrainingDynamics: no module named {self.logits_module!r} in {type(pl_module).__name__}; "
-                    f"name the module whose output is the logits (the last ones: {shown}), or '' for the "
-                    "LightningModule itself"
-                )
-            return [(self.logits_module, layers[self.logits_module])]
-        linear = {
-            name: getattr(module, "_orig_mod", module)
-            for name, module in layers.items()
-            if isinstance(getattr(module, "_orig_mod", module), nn.Linear)
-        }
-        if not linear:
-            raise ValueError(
-                f"TrainingDynamics: {type(pl_module).__name__} has no nn.Linear to take the logits from; pass "
-                "logits_module='<name>' (the module whose output is the logits) or '' for the LightningModule"
-            )
-        last = list(linear)[-1]
-        parent = last.rpartition(".")[0]
-        shape = (linear[last].in_features, linear[last].out_features)
-        twins = [
-            name
-            for name, module in linear.items()
-            if name.rpartition(".")[0] == parent and (module.in_features, module.out_features) == shape
-        ]
-        head = twins[0]  # of two heads of one shape side by side, the first (a distillation head comes second)
-        modules = dict(pl_module.named_modules())
-        chain = [head]
-        while chain[-1]:
-            chain.append(chain[-1].rpartition(".")[0])
-        return [(name, layers.get(name) or modules.get(name) or pl_module) for name in chain]
 
     def _resize(self, size: int, device: torch.device) -> None:
         dtype = accumulation_dtype(device)
@@ -364,34 +317,18 @@ class TrainingDynamics(PerSampleScores, Callback):
             self._flush()
 
     def _logits_of(self, output: Any) -> Any:
-        """The logits in a module output: ``output_transform(output)``, its ``logits``, or its first tensor."""
-        if self.output_transform is not None:
-            return self.output_transform(output)
-        if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
-            return output["logits"]
-        if isinstance(getattr(output, "logits", None), Tensor):
-            return output.logits
-        return first_tensor(output)
+        return logits_of(output, self.output_transform)
 
     def _choose_logits_module(self, captured: list[tuple[nn.Module, Any]], batch_size: int) -> None:
         """On the first training batch: the deepest candidate whose output is ``[batch, classes]`` logits."""
-        shapes = []
-        for name, module in self._candidates:
-            values = [self._logits_of(output) for seen, output in captured if seen is module]
-            value = next((v for v in values if isinstance(v, Tensor)), None)
-            shapes.append(f"{name or 'the LightningModule'!r} {list(value.shape) if value is not None else 'none'}")
-            if value is not None and value.ndim == 2 and value.shape[0] == batch_size:
-                self._module_name, self._module = name, module
-                self._candidates = [(name, module)]
-                self._remove_hook()
-                self._handles = [module.register_forward_hook(self._hook)]
-                rank_zero_info(f"TrainingDynamics: logits from {name or 'the LightningModule'!r}")
-                return
-        raise ValueError(
-            "TrainingDynamics: no module gave [batch, classes] logits in the first training batch (outputs: "
-            f"{', '.join(shapes)}); pass logits_module=... naming the module whose output is the logits, or "
-            "output_transform=... that returns them"
+        name, module = choose_logits_module(
+            self._candidates, captured, batch_size, "TrainingDynamics", self.output_transform
         )
+        self._module_name, self._module = name, module
+        self._candidates = [(name, module)]
+        self._remove_hook()
+        self._handles = [module.register_forward_hook(self._hook)]
+        rank_zero_info(f"TrainingDynamics: logits from {name or 'the LightningModule'!r}")
 
     def _flush(self) -> None:
         """Turn the pooled batches into statistics and add them up by sample index (on the model's device)."""
