@@ -269,6 +269,20 @@ def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
                 }
                 for level in sorted({r["level"] for r in series})
             }
+    per_sample = [r for r in runs if r.get("per_sample")]
+    if per_sample:  # the MLP's label-noise runs: how each per-sample score finds the relabelled samples
+        report["per_sample"] = {
+            f"{level:.2f}": {
+                name: {
+                    metric: _stat([r["per_sample"][name][metric] for r in per_sample if r["level"] == level])
+                    for metric in ("auroc", "found")
+                }
+                for name in per_sample[0]["per_sample"]
+                if name != "noisy_fraction"
+            }
+            for level in sorted({r["level"] for r in per_sample})
+            if all(r["per_sample"] for r in per_sample if r["level"] == level)
+        }
     report["pooled"] = pooled(report)
     return report
 
@@ -386,6 +400,16 @@ def tables(report: dict[str, Any], quick: bool) -> str:
                 stat = report[section][f][st][field].get(rule)
                 values.append(fmt(stat).lstrip("+") if stat and field == "mean_regret" else (fmt(stat) if stat else ""))
             lines.append(f"| `{row}` | " + " | ".join(values) + " |")
+        lines.append("")
+    if report.get("per_sample"):
+        levels = report["per_sample"]
+        names = list(next(iter(levels.values())))
+        lines.append("## MLP, label noise: finding the relabelled training samples (AUROC / found; mean over seeds)\n")
+        lines.append("| beta | " + " | ".join(names) + " |")
+        lines.append("|" + " --- |" * (len(names) + 1))
+        for level, scores in levels.items():
+            cells_text = [f"{scores[n]['auroc']['mean']:.3f} / {scores[n]['found']['mean']:.3f}" for n in names]
+            lines.append(f"| {level} | " + " | ".join(cells_text) + " |")
         lines.append("")
     lines.append("## Pooled: cells (usable family x setting) where each rule beat both val_loss:min and val_acc:max\n")
     lines.append("| rule | model selection (tau) | checkpoint selection (regret) |")

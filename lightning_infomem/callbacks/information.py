@@ -93,11 +93,14 @@ class InformationMeasures(Callback):
     convention) and each loader is measured on its own: its own sample quota, ranges and values.
 
     Shortcut memorization shows low H and high I; fitting noisy labels shows high H and low I (the
-    paper's finding). What the package's own experiments support (docs/selection.md): ranking the
-    final models of several runs by ``infomem/mutual_info`` (lower is better) when the validation data
-    may carry a shortcut (Kendall tau +0.87 against shortcut-free accuracy, where ``val_acc`` gave
-    -1.00). What they do not support: choosing a checkpoint within a run or stopping early on these
-    keys, where ``val_loss`` / ``val_acc`` did as well or better; keep those as the monitor.
+    paper's finding). What the package's own experiments support (docs/selection.md: an MLP, a staged
+    CNN and a [CLS] transformer, each with a shortcut and with label noise, 5 seeds): ranking the final
+    models of several runs by ``infomem/mutual_info`` (lower is better) or ``infomem/effective_rank``
+    (higher is better) when the validation data may carry a shortcut, where ``val_acc`` ranks them
+    backwards; how well is architecture-dependent (I: Kendall tau +0.92 on the CNN, +0.76 on the MLP,
+    +0.64 on the transformer). Under label noise they move as the paper says but do not beat
+    ``val_loss``. What they do not support: choosing a checkpoint within a run or stopping early on
+    these keys, where ``val_loss`` / ``val_acc`` did as well or better; keep those as the monitor.
 
     A layer with no finite activation in an evaluation (a diverged model) logs NaN for its keys and
     for the overall ones, with one warning; ``ModelCheckpoint`` ranks NaN worst and
