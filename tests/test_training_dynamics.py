@@ -453,3 +453,23 @@ def test_activation_checkpointing_counts_each_presentation_once(tmp_path):
     loader = DataLoader(indexed_digits(), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0))
     fast_trainer(tmp_path, callbacks=[plain], max_epochs=3).fit(IndexedMLP(), loader)
     torch.testing.assert_close(dynamics.scores["cumulative_loss"], plain.scores["cumulative_loss"])
+
+
+def test_prediction_changes_equal_a_direct_count_between_epochs(tmp_path):
+    """Label Wave's signal: per epoch, the samples whose predicted class at their training pass differs from
+    their previous epoch's, counted by hand from the recorded logits."""
+    dynamics, recorder = _fit(tmp_path, epochs=4)
+    previous: dict[int, int] = {}
+    for row in dynamics.history:
+        epoch = row["epoch"]
+        current: dict[int, int] = {}
+        for record_epoch, index, logits, _ in recorder.records:
+            if record_epoch == epoch:
+                current.update(zip(index.tolist(), logits.argmax(1).tolist(), strict=True))
+        changes = sum(1 for i, c in current.items() if i in previous and previous[i] != c)
+        if epoch == 0:
+            assert math.isnan(row["dynamics/prediction_changes"])  # nothing to compare with yet
+        else:
+            assert row["dynamics/prediction_changes"] == changes
+        previous.update(current)
+    assert any(row["dynamics/prediction_changes"] > 0 for row in dynamics.history[1:])

@@ -10,6 +10,7 @@ updated, and the scores are available.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -87,9 +88,13 @@ class TrainingDynamics(PerSampleScores, Callback):
     presented), ``topk(k, name)`` (most suspicious first: high loss, low AUM, many forgetting events,
     late learning, low confidence), ``rows()``, ``to_csv(path)``; with a ``TensorBoardLogger``, a
     histogram per score and, for image inputs, a grid of the samples of highest cumulative loss. Logged
-    each epoch through ``pl_module.log``: ``<prefix>/forgetting_events`` (in that epoch); `history`
-    also has the epoch's ``<prefix>/mean_loss`` and ``<prefix>/learned_fraction`` (the fraction of
-    samples whose latest epoch was correct). The sums survive checkpoints and resume exactly;
+    each epoch through ``pl_module.log``: ``<prefix>/forgetting_events`` (in that epoch) and, from the
+    second epoch on, ``<prefix>/prediction_changes``: how many samples' predicted class (at their
+    training pass) changed since their previous epoch, the signal of Label Wave (Yuan et al., ICLR
+    2024: under label noise, its first local minimum is where the network starts fitting the noisy
+    labels; `lightning_infomem.functional.label_wave_stop` finds it in `history`). `history` also has
+    the epoch's ``<prefix>/mean_loss`` and ``<prefix>/learned_fraction`` (the fraction of samples whose
+    latest epoch was correct). The sums survive checkpoints and resume exactly;
     under DDP every process holds the same scores.
 
     Args:
@@ -163,6 +168,9 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.sums = torch.zeros(0, len(STATISTICS), dtype=torch.float64)
         self.state = new_forgetting_state(0)
         self.labels = torch.zeros(0, dtype=torch.int64)
+        self.predictions = torch.zeros(0, dtype=torch.int64)  # each sample's predicted class at its last epoch
+        self._epoch_predictions = torch.zeros(0, dtype=torch.int64)
+        self._epoch_changes = torch.zeros((), dtype=torch.float64)
         self.epochs_scored = []
         self.history = []
         self._spawned = SpawnedResults()  # results scored by this callback's copy in a ddp_spawn worker
@@ -189,6 +197,7 @@ class TrainingDynamics(PerSampleScores, Callback):
             "epoch_sums": self._epoch_sums.detach().cpu().double().clone(),
             "forgetting": {name: value.detach().cpu().clone() for name, value in self.state._asdict().items()},
             "labels": self.labels.detach().cpu().clone(),
+            "predictions": self.predictions.detach().cpu().clone(),
             "epochs_scored": list(self.epochs_scored),
             "history": [dict(row) for row in self.history],
         }
@@ -198,13 +207,15 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._epoch_sums = state_dict["epoch_sums"].double()
         self.state = ForgettingState(**state_dict["forgetting"])
         self.labels = state_dict["labels"].long()
+        self.predictions = state_dict.get("predictions", torch.full_like(self.labels, -1)).long()
+        self._epoch_predictions = torch.full_like(self.predictions, -1)
         self.epochs_scored = list(state_dict.get("epochs_scored", []))
         self.history = [dict(row) for row in state_dict.get("history", [])]
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles callbacks through shared memory, which refuses empty tensors; the hook is rebuilt
         state = dict(self.__dict__)
-        for name in ("sums", "_epoch_sums", "labels"):
+        for name in ("sums", "_epoch_sums", "labels", "predictions", "_epoch_predictions", "_epoch_changes"):
             state[name] = state[name].cpu().numpy()
         state["state"] = {k: v.cpu().numpy() for k, v in self.state._asdict().items()}
         state["_hook"] = state["_module"] = None
@@ -214,7 +225,7 @@ class TrainingDynamics(PerSampleScores, Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        for name in ("sums", "_epoch_sums", "labels"):
+        for name in ("sums", "_epoch_sums", "labels", "predictions", "_epoch_predictions", "_epoch_changes"):
             state[name] = torch.from_numpy(state[name].copy())
         state["state"] = ForgettingState(**{k: torch.from_numpy(v.copy()) for k, v in state["state"].items()})
         self.__dict__.update(state)
@@ -254,6 +265,10 @@ class TrainingDynamics(PerSampleScores, Callback):
             self.sums = torch.cat([self.sums.to(dtype=dtype).cpu(), grow])
             self._epoch_sums = torch.cat([self._epoch_sums.to(dtype=dtype).cpu(), grow])
             self.labels = torch.cat([self.labels.cpu(), torch.full((extra,), -1, dtype=torch.int64)])
+            self.predictions = torch.cat([self.predictions.cpu(), torch.full((extra,), -1, dtype=torch.int64)])
+            self._epoch_predictions = torch.cat(
+                [self._epoch_predictions.cpu(), torch.full((extra,), -1, dtype=torch.int64)]
+            )
             fresh = new_forgetting_state(extra)
             self.state = ForgettingState(
                 *(torch.cat([old.cpu(), new]) for old, new in zip(self.state, fresh, strict=True))
@@ -261,6 +276,9 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.sums = self.sums.to(device=device, dtype=dtype)
         self._epoch_sums = self._epoch_sums.to(device=device, dtype=dtype)
         self.labels = self.labels.to(device)
+        self.predictions = self.predictions.to(device)
+        self._epoch_predictions = self._epoch_predictions.to(device)
+        self._epoch_changes = self._epoch_changes.to(device)
         self.state = ForgettingState(*(value.to(device) for value in self.state))
 
     def _make_hook(self) -> Callable[..., None]:
@@ -344,6 +362,10 @@ class TrainingDynamics(PerSampleScores, Callback):
             self._resize(max(self.sums.shape[0], int(index.max()) + 1), device)
         self._epoch_sums.index_add_(0, index, stats.to(self._epoch_sums.dtype))
         self.labels.scatter_(0, index, targets.long())
+        predicted = logits.argmax(dim=1)
+        previous = self.predictions[index]  # at the sample's last epoch (synchronised across processes)
+        self._epoch_changes += ((previous >= 0) & (previous != predicted)).sum().to(self._epoch_changes.dtype)
+        self._epoch_predictions.scatter_(0, index, predicted)
 
     def _remove_hook(self) -> None:
         for handle in getattr(self, "_handles", []):
@@ -356,8 +378,14 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._flush()
         epoch = trainer.current_epoch
         epoch_sums = sum_over_processes(trainer, self._epoch_sums)
+        changes = float(sum_over_processes(trainer, self._epoch_changes.reshape(1))[0])
+        epoch_predictions = self._epoch_predictions
         if trainer.world_size > 1:
             self.labels = trainer.strategy.reduce(self.labels.double(), reduce_op="max").long()
+            epoch_predictions = trainer.strategy.reduce(epoch_predictions.double(), reduce_op="max").long()
+        self.predictions = torch.where(epoch_predictions >= 0, epoch_predictions, self.predictions)
+        self._epoch_predictions = torch.full_like(self.predictions, -1)
+        self._epoch_changes.zero_()
         seen = epoch_sums[:, STATISTICS.index("presentations")]
         correct = epoch_sums[:, STATISTICS.index("correct")]
         before = self.state.events.sum()
@@ -374,11 +402,15 @@ class TrainingDynamics(PerSampleScores, Callback):
             join_key(self.prefix, "forgetting_events"): float(self.state.events.sum() - before),
             join_key(self.prefix, "learned_fraction"): float((self.state.last_correct == 1).sum())
             / max(1, int((self.state.last_correct >= 0).sum())),
+            join_key(self.prefix, "prediction_changes"): changes if len(self.epochs_scored) > 1 else math.nan,
         }
         self.history.append(row)
-        # one scalar through Lightning's log (about 0.5 ms a call on a CPU): the others are in `history`
-        key = join_key(self.prefix, "forgetting_events")
-        pl_module.log(key, torch.tensor(row[key], dtype=torch.float32), on_step=False, on_epoch=True, batch_size=1)
+        # two scalars through Lightning's log (about 0.5 ms a call on a CPU): the others are in `history`
+        for name in ("forgetting_events", "prediction_changes"):
+            key = join_key(self.prefix, name)
+            if math.isfinite(row[key]):
+                value = torch.tensor(row[key], dtype=torch.float32)
+                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
         self._log_scores(trainer, self._train_dataset, self.log_histograms)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
