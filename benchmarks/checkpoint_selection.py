@@ -98,6 +98,7 @@ def pooled_name(rule: str) -> str:
 
 def _job(task: tuple[str, str, float, int, dict[str, Any], int]) -> dict[str, Any]:
     family, setting, level, seed, config_kwargs, threads = task
+    print(f"  started: {family} {setting} level {level:.2f} seed {seed}", file=sys.stderr, flush=True)
     import torch
 
     torch.set_num_threads(threads)
