@@ -179,16 +179,6 @@ def add_disagreement(runs: list[dict[str, Any]]) -> None:
         run["curves"][-1]["peer/disagreement"] = value
 
 
-def label_wave_checkpoint(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch Label Wave keeps: the first local minimum of the moving average of prediction changes, or the
-    last epoch if the changes never rise again."""
-    from lightning_infomem.functional.peers import label_wave_stop
-
-    rows = [row for row in curves if "peer/label_wave" in row]
-    stop = label_wave_stop([row["peer/label_wave"] for row in rows], window=3) if rows else None
-    return rows[stop] if stop is not None else curves[-1]
-
-
 def _stat(values: list[float]) -> dict[str, Any]:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return {
@@ -220,7 +210,7 @@ def evidence(series: list[dict[str, Any]], setting: str) -> dict[str, Any]:
 
 
 def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
-    from lightning_infomem.demos.experiments import chosen_checkpoint, early_stopping, kendall_tau, rule_value
+    from lightning_infomem.demos.experiments import checkpoint_selection, early_stopping, model_selection
 
     add_disagreement(runs)
     report: dict[str, Any] = {
@@ -233,34 +223,18 @@ def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
                 continue
             cell_evidence = evidence(series, setting)
             report["evidence"].setdefault(family, {})[setting] = cell_evidence
-            seeds = sorted({r["seed"] for r in series})
+            tau_rules = [r for r in RULES if r not in ("last_epoch", "peer/label_wave:stop")]
+            selection = model_selection(series, tau_rules)
             taus: dict[str, Any] = {}
-            for rule in RULES:
-                if rule in ("last_epoch", "peer/label_wave:stop"):
-                    continue
-                per_seed = []
-                for seed in seeds:
-                    runs_of_seed = sorted((r for r in series if r["seed"] == seed), key=lambda r: r["level"])
-                    values = [rule_value(_last_with(r, rule), rule) for r in runs_of_seed]
-                    per_seed.append(kendall_tau(values, [r["final"]["truth_acc"] for r in runs_of_seed]))
+            for rule in tau_rules:
+                per_seed = selection["per_seed"][rule]
                 taus[rule] = _stat(per_seed)
                 if rule.rpartition(":")[0] in MEASURES and rule == paper_rule(rule.rpartition(":")[0], setting):
                     taus[rule]["paper_direction_seeds"] = sum(1 for t in per_seed if math.isfinite(t) and t > 0)
+            seeds = sorted({r["seed"] for r in series})
             report["model_selection"].setdefault(family, {})[setting] = {"kendall_tau": taus, "seeds": seeds}
-            regrets: dict[str, Any] = {}
-            for rule in RULES:
-                if rule == "peer/disagreement:min":
-                    continue
-                values = []
-                for run in series:
-                    chosen = (
-                        label_wave_checkpoint(run["curves"])
-                        if rule == "peer/label_wave:stop"
-                        else chosen_checkpoint(run["curves"], rule)
-                    )
-                    best = max(row["truth_acc"] for row in run["curves"])
-                    values.append(best - chosen["truth_acc"] if chosen is not None else math.nan)
-                regrets[rule] = _stat(values)
+            checkpoints = checkpoint_selection(series, [r for r in RULES if r != "peer/disagreement:min"])
+            regrets = {rule: _stat(values) for rule, values in checkpoints["regrets"].items()}
             report["checkpoint_selection"].setdefault(family, {})[setting] = {"mean_regret": regrets}
             report["early_stopping"].setdefault(family, {})[setting] = early_stopping(series, patience)
             report["fit"].setdefault(family, {})[setting] = {
@@ -286,14 +260,6 @@ def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
         }
     report["pooled"] = pooled(report)
     return report
-
-
-def _last_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
-    key = rule.rpartition(":")[0]
-    for row in reversed(run["curves"]):
-        if key in row:
-            return row
-    return run["final"]
 
 
 def pooled(report: dict[str, Any]) -> dict[str, Any]:

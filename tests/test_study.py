@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_infomem.demos.experiments import chosen_checkpoint
+
 _path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint_selection.py"
 _spec = importlib.util.spec_from_file_location("checkpoint_selection", _path)
 study = importlib.util.module_from_spec(_spec)
@@ -50,7 +52,7 @@ def test_evidence_requires_the_shortcut_to_be_taken_and_the_noise_fitted():
 def test_label_wave_keeps_the_first_local_minimum_and_disagreement_compares_seeds():
     run = _run(0, 0.5, [0.5, 0.7, 0.9, 0.8, 0.6, 0.5, 0.4], waves=[90, 60, 30, 20, 40, 50, 60])
     # trailing moving average of 3: 90, 75, 60, 36.7, 30, 36.7, 50: the first local minimum is epoch 4
-    assert study.label_wave_checkpoint(run["curves"])["epoch"] == 4
+    assert chosen_checkpoint(run["curves"], "peer/label_wave:stop")["epoch"] == 4
     runs = [
         _run(0, 0.5, [0.5], waves=[0], predictions=(0, 1, 1, 0)),
         _run(1, 0.5, [0.5], waves=[0], predictions=(0, 1, 0, 0)),

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.layers import (
+    DefaultLayers,
     LayerSpec,
     OutputTransform,
     SequenceReductionChoice,
@@ -468,25 +469,27 @@ class InformationMeasures(Callback):
 
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.layer_names = resolve_layers(pl_module, self.layers)
-        if self.layers is None and choose_default_layers(pl_module).family == "shared":
+        chosen = choose_default_layers(pl_module) if self.layers is None else None
+        self.layer_names = (
+            chosen.names if chosen is not None and chosen.names else resolve_layers(pl_module, self.layers)
+        )
+        if chosen is not None and chosen.family == "shared":
             self._shared = set(self.layer_names)
         bases = [name.partition(".application_")[0] for name in self.series_names]
         if list(dict.fromkeys(bases)) != self.layer_names:  # not fixed yet, or fixed for other layers
             self.series_names = list(self.layer_names)
-        self._announce(pl_module)
+        self._announce(pl_module, chosen)
         self._check_state_budget(pl_module)
         self._check_monitors(trainer)
         if stage == "fit":
             self._fit_measurements = 0
             self._fit_validations = []
 
-    def _announce(self, pl_module: LightningModule) -> None:
+    def _announce(self, pl_module: LightningModule, chosen: Optional[DefaultLayers]) -> None:
         """Print the monitored layers once, as ``ModelSummary`` prints the model."""
         if self._announced:
             return
         self._announced = True
-        chosen = choose_default_layers(pl_module) if self.layers is None else None
         how = chosen.description if chosen is not None else f"layers={self.layers!r}"
         shown = ", ".join(self.layer_names[:12]) + (", ..." if len(self.layer_names) > 12 else "")
         modules = dict(named_layers(pl_module))

@@ -54,7 +54,6 @@ SequenceReductionChoice = Literal["auto", "first", "mean", "last"]
 DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d)
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _COMPILED_PART = "_orig_mod"
 
 
@@ -134,6 +133,7 @@ class _Tree:
         self.head = owners[-1] if owners else None
         self._weights: dict[str, int] = {}
         self._inner: dict[str, int] = {}
+        self._blocks: dict[str, list[str]] = {}
 
     def _walk(self, name: str, module: nn.Module, seen: set[int]) -> None:
         seen.add(id(module))
@@ -181,12 +181,15 @@ class _Tree:
 
     def block_children(self, name: str) -> list[str]:
         """The children that are blocks: two or more weight-owning modules inside, and no head."""
+        if name in self._blocks:
+            return self._blocks[name]
         candidates = [
             child
             for child in self.children[name]
             if self.weights(child) >= 2 and not _is_flat_stack(self.modules[child])
         ]
-        return [child for child in candidates if not self.is_head_like(child, candidates)]
+        self._blocks[name] = [child for child in candidates if not self.is_head_like(child, candidates)]
+        return self._blocks[name]
 
     def inner_blocks(self, name: str) -> int:
         """The innermost blocks of a subtree (blocks with no block inside): how much of the network it holds."""

@@ -139,9 +139,7 @@ class PredictionPeers(Callback):
         if trainer.sanity_checking or not self.metrics:
             return
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
-        for loader, metric in sorted(self.metrics.items()):
-            if not bool(metric.count > 0):
-                continue
+        for loader, metric in sorted(self.metrics.items()):  # every process computes: the states are summed
             for name, value in metric.compute().items():
                 key = join_key(self.prefix, name)
                 if self._num_loaders > 1:

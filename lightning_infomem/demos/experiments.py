@@ -505,14 +505,15 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return math.nan if tau is None else float(tau)
 
 
-def model_selection(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def model_selection(runs: list[dict[str, Any]], rules: Optional[list[str]] = None) -> dict[str, Any]:
     """Kendall tau between each rule's ranking of the final models of a series and their ground-truth accuracy.
 
     Per seed (the levels of one seed form a series), then the mean and standard deviation over seeds.
+    ``rules``: the rules to score (default: every one the recorded keys allow, `rules_of`).
     """
     out: dict[str, Any] = {"kendall_tau": {}, "kendall_tau_sd": {}, "per_seed": {}}
     seeds = sorted({run["seed"] for run in runs})
-    for rule in rules_of(runs):
+    for rule in rules_of(runs) if rules is None else rules:
         if rule == "last_epoch":
             continue
         taus = []
@@ -537,9 +538,21 @@ def _final_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
 
 
 def chosen_checkpoint(curves: list[dict[str, Any]], rule: str) -> Optional[dict[str, Any]]:
-    """The recorded epoch a rule keeps: its best value (the earliest of ties), or the last epoch."""
+    """The recorded epoch a rule keeps: its best value (the earliest of ties), or the last epoch.
+
+    ``"key:stop"`` is Label Wave's rule on a key of prediction changes: the first local minimum of their
+    3-epoch moving average (`lightning_infomem.functional.label_wave_stop`), or the last epoch if they never
+    rise again.
+    """
     if rule == "last_epoch":
         return curves[-1]
+    key, _, direction = rule.rpartition(":")
+    if direction == "stop":
+        from lightning_infomem.functional.peers import label_wave_stop
+
+        rows = [row for row in curves if key in row]
+        stop = label_wave_stop([row[key] for row in rows], window=3) if rows else None
+        return rows[stop] if stop is not None else curves[-1]
     candidates = [(rule_value(row, rule), -i, row) for i, row in enumerate(curves)]
     candidates = [c for c in candidates if math.isfinite(c[0])]
     if not candidates:
@@ -547,14 +560,21 @@ def chosen_checkpoint(curves: list[dict[str, Any]], rule: str) -> Optional[dict[
     return max(candidates, key=lambda c: (c[0], c[1]))[2]  # ties: the earliest epoch, as ModelCheckpoint keeps
 
 
-def checkpoint_selection(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def checkpoint_selection(runs: list[dict[str, Any]], rules: Optional[list[str]] = None) -> dict[str, Any]:
     """For each rule, the ground-truth accuracy of the checkpoint it keeps and its regret against each run's best.
 
     A rule picks the recorded epoch where its value is best (the earliest of ties, as ``ModelCheckpoint``
-    keeps the first); the regret is the best ground-truth accuracy of the run minus the picked one's.
+    keeps the first; see `chosen_checkpoint`); the regret is the best ground-truth accuracy of the run minus
+    the picked one's (``regrets[rule]``: per run). ``rules``: as for `model_selection`.
     """
-    out: dict[str, Any] = {"mean_regret": {}, "regret_sd": {}, "mean_truth_acc": {}, "mean_chosen_epoch": {}}
-    for rule in rules_of(runs):
+    out: dict[str, Any] = {
+        "mean_regret": {},
+        "regret_sd": {},
+        "mean_truth_acc": {},
+        "mean_chosen_epoch": {},
+        "regrets": {},
+    }
+    for rule in rules_of(runs) if rules is None else rules:
         regrets, accs, epochs = [], [], []
         for run in runs:
             chosen = chosen_checkpoint(run["curves"], rule)
@@ -566,6 +586,7 @@ def checkpoint_selection(runs: list[dict[str, Any]]) -> dict[str, Any]:
             epochs.append(chosen["epoch"])
         if not regrets:
             continue
+        out["regrets"][rule] = regrets
         out["mean_regret"][rule] = float(np.mean(regrets))
         out["regret_sd"][rule] = float(np.std(regrets, ddof=1)) if len(regrets) > 1 else 0.0
         out["mean_truth_acc"][rule] = float(np.mean(accs))
