@@ -333,6 +333,58 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
     assert not list(out.glob(".lightning_infomem_tmp_*"))  # the name records are written under
 
 
+MID_WRITE_SCRIPT = """
+import multiprocessing, os, sys, time
+from lightning_infomem.subsampling import runner
+
+
+def slow_save(record, handle):  # a record that takes long to write, so the parent dies in the middle of it
+    open(os.path.join(sys.argv[1], "writing"), "w").close()
+    time.sleep(1.0)
+    handle.write(b"record")
+
+
+def worker(out):
+    runner._exit_with_parent()
+    open(os.path.join(out, "worker_pid"), "w").write(str(os.getpid()))
+    runner.torch.save = slow_save
+    runner._write_record({"index": 0}, out, 0)
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=worker, args=(sys.argv[1],))
+    process.start()
+    process.join()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_whose_parent_dies_mid_write_leaves_no_temp_file(tmp_path: Any) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(MID_WRITE_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "writing").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (out / "writing").exists(), "the worker did not start writing"
+        worker = int((out / "worker_pid").read_text())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    killed_at = time.monotonic()
+    while _alive(worker) and time.monotonic() < killed_at + 10:
+        time.sleep(0.05)
+    assert not _alive(worker), "the orphaned worker still runs 10 s after the parent died"
+    # the write was finished, then thrown away: neither a temp file nor a record written after the parent died
+    assert not list(out.glob(".lightning_infomem_tmp_*"))
+    assert not list(out.glob("model_*.pt"))
+
+
 def test_records_share_the_per_sample_result_api(tmp_path):
     from pathlib import Path
 

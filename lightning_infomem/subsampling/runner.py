@@ -177,6 +177,9 @@ def _correct(module: LightningModule, dataset: Dataset, predict: Optional[Predic
 
 # State of a worker process (set by `_init_worker`) or of the main process when training in-process.
 _JOB: dict[str, Any] = {}
+# Held while a record is written, so that a worker whose parent died exits between writes, never inside one
+# (an exit inside one would leave a temp file behind).
+_WRITING = threading.Lock()
 
 
 def _exit_with_parent() -> None:
@@ -190,6 +193,7 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
+        _WRITING.acquire()  # a record being written is finished or removed first; never released
         os._exit(1)
 
     threading.Thread(target=watch, name="lightning_infomem-parent-watch", daemon=True).start()
@@ -251,15 +255,16 @@ def _write_record(record: dict[str, Any], out_dir: str, index: int) -> None:
     """Write a record so that a crash leaves it complete or absent: temp file, flush, fsync, atomic rename."""
     path = record_path(out_dir, index)
     tmp = os.path.join(out_dir, f"{_TMP_PREFIX}{index:05d}_{os.getpid()}.pt")
-    with open(tmp, "wb") as handle:
-        torch.save(record, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if not _parent_alive():  # the run was killed: leave nothing for a rerun to race with
-        os.remove(tmp)
-        os._exit(1)
-    os.replace(tmp, path)
-    _fsync_directory(out_dir)
+    with _WRITING:
+        with open(tmp, "wb") as handle:
+            torch.save(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not _parent_alive():  # the run was killed: leave nothing for a rerun to race with
+            os.remove(tmp)
+            os._exit(1)
+        os.replace(tmp, path)
+        _fsync_directory(out_dir)
 
 
 def _fsync_directory(path: str) -> None:
