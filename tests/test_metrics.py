@@ -380,6 +380,21 @@ def test_all_nan_neurons_give_nan_and_constant_neurons_give_zero(metric_cls):
     assert (result > 0).sum() > 3
 
 
+@pytest.mark.parametrize("metric_cls", METRICS)
+def test_samples_counted_as_undefined_are_an_update(metric_cls):
+    # a caller that found no finite value counts the rows; compute() then gives NaN, and torchmetrics does
+    # not also warn that compute() came before any update
+    metric = metric_cls(3, num_bins=10)
+    metric.count_undefined(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = metric.compute()
+    assert bool(torch.isnan(result).all())
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "before the ``update``" in m], messages
+    assert [m for m in messages if "left out 12 non-finite" in m], messages
+
+
 def test_no_warning_without_nonfinite_values(data):
     metric = NeuronEntropy(NUM_MIXED, num_bins=10)
     metric.update(data)

@@ -329,7 +329,8 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers), "orphaned workers still run 10 s after the parent died"
     assert time.monotonic() - killed_at < 5
-    assert len(list(out.glob("model_*.pt"))) <= records_at_kill + 1
+    # a worker that saw its parent alive just before the kill may still rename the record it had written
+    assert len(list(out.glob("model_*.pt"))) <= records_at_kill + len(workers)
     assert not list(out.glob(".lightning_infomem_tmp_*"))  # the name records are written under
 
 

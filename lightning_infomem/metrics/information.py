@@ -318,6 +318,8 @@ class _ActivationHistogramMetric(Metric):
         """
         self.num_samples += num_rows
         self.num_nonfinite += num_rows * self.num_neurons
+        self._update_count += 1  # an update, as torchmetrics counts them: compute() then reads NaN without warning
+        self._computed = None
 
     def set_value_range(self, low: Union[float, Tensor], high: Union[float, Tensor]) -> None:
         """Fix the binning range until the next ``reset()`` and count any held-back samples.
