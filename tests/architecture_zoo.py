@@ -304,6 +304,15 @@ ARCHITECTURES: list[Architecture] = [
         _blocks("roberta.encoder.layer", range(4)),
         "first",
     ),
+    Architecture(  # its classifier is registered before the encoder: the head is found all the same
+        "XLM-RoBERTa",
+        "transformers",
+        _hf("XLMRobertaForSequenceClassification", "XLMRobertaConfig", **_SMALL_TEXT),
+        "tokens",
+        "blocks",
+        _blocks("roberta.encoder.layer", range(4)),
+        "first",
+    ),
     Architecture(
         "DistilBERT",
         "transformers",

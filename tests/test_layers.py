@@ -245,6 +245,80 @@ def test_defaults_on_a_vit_are_its_blocks():
         assert choose_default_layers(real).names == chosen.names
 
 
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+def test_two_stages_of_a_cnn_are_stages_not_an_encoder_and_a_decoder():
+    model = nn.Sequential(
+        OrderedDict(
+            stem=nn.Conv2d(3, 8, 3),
+            stage1=nn.Sequential(_ResidualBlock(8), _ResidualBlock(8)),
+            stage2=nn.Sequential(_ResidualBlock(8), _ResidualBlock(8)),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            head=nn.Linear(8, 2),
+        )
+    )
+    chosen = choose_default_layers(model)
+    assert chosen.family == "stages" and chosen.names == ["stage1", "stage2"], chosen
+
+
+def test_an_nn_transformer_is_an_encoder_and_a_decoder():
+    model = nn.Transformer(
+        d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=32, batch_first=True
+    )
+    chosen = choose_default_layers(model)
+    assert chosen.family == "encoder-decoder", chosen
+    assert chosen.names == [
+        "encoder.layers.0",
+        "encoder.layers.1",
+        "decoder.layers.0",
+        "decoder.layers.1",
+        "decoder.layers.2",
+    ]
+
+
+class _HeadFirstClassifier(nn.Module):
+    """A classifier registered before the encoder it reads (as XLM-RoBERTa's ``classifier`` before ``roberta``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x)[:, 0])
+
+
+def test_a_head_registered_before_the_encoder_is_still_the_head():
+    from lightning.pytorch import LightningModule
+
+    from lightning_infomem.callbacks.layers import output_head
+    from lightning_infomem.callbacks.logits import logits_candidates
+
+    model = _HeadFirstClassifier()
+    assert output_head(model) == "classifier.2"  # not the encoder's last linear layer, registered last
+    chosen = choose_default_layers(model)
+    assert chosen.family == "blocks" and chosen.names == ["encoder.layers.0", "encoder.layers.1"], chosen
+
+    class Module(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _HeadFirstClassifier()
+
+    assert logits_candidates(Module(), None, "TrainingDynamics")[0][0] == "model.classifier.2"
+    # a bare stack has no head: its last layer is a block's, not a classifier
+    assert output_head(nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), 2)) is None
+
+
 def test_defaults_on_mlps_are_the_hidden_linear_layers():
     mlp = nn.Sequential(
         nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)

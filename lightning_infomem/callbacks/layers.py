@@ -55,6 +55,7 @@ DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d)
 _COMPILED_PART = "_orig_mod"
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -129,11 +130,53 @@ class _Tree:
         self.children: dict[str, list[str]] = {}
         self._walk("", _unwrap(model), set())
         self.order = list(self.modules)
-        owners = [name for name in self.order if _owns_weights(self.modules[name])]
-        self.head = owners[-1] if owners else None
         self._weights: dict[str, int] = {}
         self._inner: dict[str, int] = {}
         self._blocks: dict[str, list[str]] = {}
+        self._repeated: Optional[set[str]] = None
+        self.head = self.find_head()
+
+    def find_head(self, layer_type: Optional[type[nn.Module]] = None) -> Optional[str]:
+        """The output head: the last layer with a weight matrix (an instance of ``layer_type``, if given) that
+        is not inside a repeated block (one of two or more sibling blocks of one class), in registration order;
+        ``None`` when every one is inside repeated blocks (a bare encoder or ``nn.Transformer``: no head).
+
+        A classifier registered before the network (XLM-RoBERTa's ``classifier`` before its ``roberta``) is
+        still the head, not the encoder's last linear layer.
+        """
+        owners = [
+            name
+            for name in self.order
+            if name
+            and _owns_weights(self.modules[name])
+            and (layer_type is None or isinstance(self.modules[name], layer_type))
+        ]
+        repeated = self.repeated_blocks()
+        outside = [
+            name
+            for name in owners
+            if not any(".".join(name.split(".")[:k]) in repeated for k in range(1, name.count(".") + 2))
+        ]
+        return outside[-1] if outside else None
+
+    def repeated_blocks(self) -> set[str]:
+        """Modules that are one of two or more sibling blocks (two or more weight layers each) of one class: the
+        layers of a stack, the blocks of a stage. Generic containers (``nn.Sequential``, ``nn.ModuleList``) count
+        only with the same parameter shapes, so that a model's ``features`` and ``classifier`` are not a run."""
+        if self._repeated is None:
+            self._repeated = set()
+            for kids in self.children.values():
+                groups: dict[Any, list[str]] = {}
+                for kid in kids:
+                    module = self.modules[kid]
+                    if self.weights(kid) < 2:
+                        continue
+                    key: Any = type(module)
+                    if isinstance(module, _CONTAINERS):
+                        key = (key, tuple(tuple(p.shape) for p in module.parameters()))
+                    groups.setdefault(key, []).append(kid)
+                self._repeated.update(kid for group in groups.values() if len(group) >= 2 for kid in group)
+        return self._repeated
 
     def _walk(self, name: str, module: nn.Module, seen: set[int]) -> None:
         seen.add(id(module))
@@ -302,6 +345,13 @@ def _after_activation(tree: _Tree, name: str) -> str:
     return name
 
 
+def _is_decoder_block(module: nn.Module) -> bool:
+    """A decoder's block: causal (`is_causal_block`: T5, BART) or attending twice, to itself and to the encoder
+    (two ``nn.MultiheadAttention``: ``nn.TransformerDecoderLayer``). Two stages of a CNN or Swin are not an
+    encoder and a decoder."""
+    return is_causal_block(module) or sum(isinstance(sub, nn.MultiheadAttention) for sub in module.modules()) >= 2
+
+
 def _stack_of(tree: _Tree, name: str) -> list[str]:
     """The blocks of one stack (an encoder or a decoder): its trunk's block children."""
     trunk = tree.trunk(name)
@@ -312,16 +362,17 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
     """The layers monitored when none are named, found from the module tree (no list of model names).
 
     A *block* is a module with two or more weight-owning modules inside (linear or convolution layers;
-    embeddings do not count) that neither is nor holds the output head (the last weight-owning module) and
-    is not a side head (an auxiliary classifier). The *trunk* is the module whose block children hold the
-    most innermost blocks (the deepest such module on a tie, so a model's wrapper gives way to its
-    ``encoder.layer`` list). The choice, in this order:
+    embeddings do not count) that neither is nor holds the output head (`output_head`: the last weight-owning
+    module outside repeated blocks) and is not a side head (an auxiliary classifier). The *trunk* is the
+    module whose block children hold the most innermost blocks (the deepest such module on a tie, so a
+    model's wrapper gives way to its ``encoder.layer`` list). The choice, in this order:
 
     - **stages** / **blocks**: the trunk's block children; their outputs are what the paper measures. They
       are stages (``layer1`` .. ``layer4`` of a ResNet, the stages of Swin, EfficientNet, DenseNet, RegNet,
       ConvNeXt, MobileViT) where they hold blocks themselves, else blocks (the layers of BERT, GPT-2,
       Llama and ViT, the blocks of MobileNet, GoogLeNet and Inception).
-    - **encoder-decoder**: a trunk of two stacks of blocks (T5, BART): the blocks of both, encoder first.
+    - **encoder-decoder**: a trunk of two stacks of blocks, the second a decoder (causal blocks, or blocks with
+      self- and cross-attention: T5, BART, ``nn.Transformer``): the blocks of both, encoder first.
     - **shared**: no trunk, but a block that is the only item of a list (ALBERT's one layer, applied N
       times in a forward pass): that block; the callback measures each application as its own layer.
     - **conv**: convolutions without blocks (VGG, AlexNet, a plain ``nn.Sequential`` CNN): each convolution's
@@ -350,7 +401,11 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
         children = tree.block_children(trunk)
         where = repr(trunk) if trunk else "the model"
         stacks = [_stack_of(tree, child) for child in children]
-        if len(children) == 2 and all(len(stack) >= 2 for stack in stacks):
+        if (
+            len(children) == 2
+            and all(len(stack) >= 2 for stack in stacks)
+            and any(_is_decoder_block(tree.modules[name]) for name in stacks[1])
+        ):
             blocks = [tree.hooked(name) for name in stacks[0] + stacks[1]]
             names = _evenly_spaced(blocks, max_layers)
             description = (
@@ -409,6 +464,19 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
         "head, is left out)"
     )
     return DefaultLayers(names, "mlp", description)
+
+
+def output_head(model: nn.Module, layer_type: Optional[type[nn.Module]] = None) -> Optional[str]:
+    """The name of a model's output head: its last layer with a weight matrix (of ``layer_type``, if given) outside
+    repeated blocks, in registration order, so a classifier registered before the network it reads (XLM-RoBERTa)
+    is found too; ``None`` where every such layer is inside repeated blocks (a bare encoder: no head).
+
+    Example:
+        >>> from torch import nn
+        >>> output_head(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        '2'
+    """
+    return _Tree(model).find_head(layer_type)
 
 
 def default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from lightning_infomem.callbacks.layers import first_tensor, named_layers
+from lightning_infomem.callbacks.layers import first_tensor, named_layers, output_head
 
 __all__ = ["choose_logits_module", "logits_candidates", "logits_of"]
 
@@ -19,8 +19,9 @@ def logits_candidates(
 ) -> list[tuple[str, nn.Module]]:
     """The module(s) whose output may be the logits, the likeliest first.
 
-    ``logits_module`` given: that one (``""``: the ``LightningModule`` itself). ``None``: the last ``nn.Linear``
-    (of two heads of the same shape side by side, as a distilled ViT's ``head`` and ``head_dist``, the first),
+    ``logits_module`` given: that one (``""``: the ``LightningModule`` itself). ``None``: the head, the last
+    ``nn.Linear`` outside repeated blocks (`output_head`; the last ``nn.Linear`` where none is outside them; of
+    two heads of the same shape side by side, as a distilled ViT's ``head`` and ``head_dist``, the first),
     then each module that contains it, up to the ``LightningModule``: a head applied to every token (a Hugging
     Face ``score`` giving ``[batch, tokens, classes]``) is passed over for the model around it, whose output
     holds the logits pooled by the model's own rule. `choose_logits_module` decides on the first batch.
@@ -46,7 +47,7 @@ def logits_candidates(
             f"{who}: {type(pl_module).__name__} has no nn.Linear to take the logits from; pass "
             "logits_module='<name>' (the module whose output is the logits) or '' for the LightningModule"
         )
-    last = list(linear)[-1]
+    last = output_head(pl_module, nn.Linear) or list(linear)[-1]
     parent = last.rpartition(".")[0]
     shape = (linear[last].in_features, linear[last].out_features)
     twins = [
