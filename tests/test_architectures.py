@@ -190,3 +190,26 @@ def test_decoder_only_models_are_read_where_the_whole_sequence_is_seen(name):
         assert values.shape == (8, 32)
         assert not torch.allclose(values, after[layer]), layer  # the middle token reaches the measured state
         assert values.std(dim=0).max() > 0, layer  # samples differ
+
+
+def test_the_layer_survey_runs_beyond_the_table(monkeypatch, capsys):
+    """benchmarks/default_layers_survey.py on models outside the table: Hugging Face Swin with two stages of two
+    blocks is two stages (not an encoder and a decoder), and XLM-RoBERTa, whose classifier is registered before
+    its encoder, has its encoder layers chosen."""
+    pytest.importorskip("transformers")
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "default_layers_survey.py"
+    spec = importlib.util.spec_from_file_location("default_layers_survey", path)
+    assert spec is not None and spec.loader is not None
+    survey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(survey)
+    monkeypatch.setattr(sys, "argv", ["default_layers_survey.py", "hf swin", "xlm"])
+    survey.main()
+    out = capsys.readouterr().out
+    assert "hf Swin (two stages of two blocks): stages ['swin.encoder.layers.0', 'swin.encoder.layers.1']" in out
+    assert "hf Swin (stages of one block): blocks ['swin.encoder.layers.0', 'swin.encoder.layers.1']" in out
+    expected = [f"roberta.encoder.layer.{i}" for i in (0, 2, 4, 7, 9, 11)]
+    assert f"hf XLM-RoBERTa (12 layers): blocks {expected}" in out
+    assert "encoder-decoder" not in out and "not built" not in out
