@@ -5,74 +5,49 @@ survey prints the choice on other torchvision, timm and Hugging Face models, sma
 the library takes one, to check the rules on models they were not written from. It only builds models
 (nothing is trained or downloaded) and needs the real libraries (torchvision, timm, transformers):
 
-    python benchmarks/default_layers_survey.py            # every model, about a minute on 2 cores
+    python benchmarks/default_layers_survey.py            # every model, about 20 s on 2 cores
     python benchmarks/default_layers_survey.py swin hf    # the models whose name contains a word given
 
 Each line: the model, the family found, the layers and the sequence reading, and the start line's
 description. A model the rules do not fit is named in docs/recipes.md under "Where the rules fall short".
+The models are built by ``tests/architecture_zoo.py``'s builders, so run it from the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 from torch import nn
 
-from lightning_infomem.callbacks.layers import choose_default_layers, resolved_sequence_reduction
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-NUM_CLASSES = 4
-_TEXT = dict(
-    vocab_size=100,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    intermediate_size=64,
-    num_labels=NUM_CLASSES,
-    pad_token_id=0,
-)
+from architecture_zoo import SMALL_TEXT, hf_builder, timm_builder, torchvision_builder  # noqa: E402
+
+from lightning_infomem.callbacks.layers import choose_default_layers, resolved_sequence_reduction  # noqa: E402
 
 
-def _torchvision(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import torchvision
-
-        return getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
-
-    return build
-
-
-def _timm(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import timm
-
-        return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES)
-
-    return build
+def _hf_swin(depths: list[int]) -> Callable[[], nn.Module]:
+    return hf_builder(
+        "SwinForImageClassification",
+        "SwinConfig",
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=depths,
+        num_heads=[2] * len(depths),
+        window_size=4,
+    )
 
 
-def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import transformers
-
-        return getattr(transformers, model_class)(getattr(transformers, config_class)(**{**_TEXT, **config}))
-
-    return build
-
-
-def _hf_vision(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import transformers
-
-        return getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
-
-    return build
-
+_CONV_STAGES = dict(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1])
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     **{
-        f"torchvision {name}": _torchvision(name)
+        f"torchvision {name}": torchvision_builder(name)
         for name in (
             "resnet50",
             "wide_resnet50_2",
@@ -87,7 +62,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
         )
     },
     **{
-        f"timm {name}": _timm(name)
+        f"timm {name}": timm_builder(name)
         for name in (
             "resnet18d",
             "vit_tiny_patch16_224",
@@ -109,19 +84,21 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
             "coat_tiny",
         )
     },
-    "hf ELECTRA": _hf("ElectraForSequenceClassification", "ElectraConfig", embedding_size=16),
-    "hf XLM-RoBERTa (12 layers)": _hf("XLMRobertaForSequenceClassification", "XLMRobertaConfig", num_hidden_layers=12),
-    "hf BERT masked LM": _hf("BertForMaskedLM", "BertConfig"),
-    "hf BERT token classification": _hf("BertForTokenClassification", "BertConfig"),
-    "hf OPT": _hf("OPTForSequenceClassification", "OPTConfig", ffn_dim=64, word_embed_proj_dim=32),
-    "hf GPT-NeoX": _hf("GPTNeoXForSequenceClassification", "GPTNeoXConfig"),
-    "hf Mistral": _hf("MistralForSequenceClassification", "MistralConfig", num_key_value_heads=2),
-    "hf Phi": _hf("PhiForSequenceClassification", "PhiConfig"),
-    "hf Qwen2": _hf("Qwen2ForSequenceClassification", "Qwen2Config", num_key_value_heads=2),
-    "hf GPT-2 LM head": _hf_vision(
+    "hf ELECTRA": hf_builder("ElectraForSequenceClassification", "ElectraConfig", **SMALL_TEXT, embedding_size=16),
+    "hf XLM-RoBERTa (12 layers)": hf_builder(
+        "XLMRobertaForSequenceClassification", "XLMRobertaConfig", **{**SMALL_TEXT, "num_hidden_layers": 12}
+    ),
+    "hf BERT masked LM": hf_builder("BertForMaskedLM", "BertConfig", **SMALL_TEXT),
+    "hf BERT token classification": hf_builder("BertForTokenClassification", "BertConfig", **SMALL_TEXT),
+    "hf OPT": hf_builder("OPTForSequenceClassification", "OPTConfig", **SMALL_TEXT, ffn_dim=64, word_embed_proj_dim=32),
+    "hf GPT-NeoX": hf_builder("GPTNeoXForSequenceClassification", "GPTNeoXConfig", **SMALL_TEXT),
+    "hf Mistral": hf_builder("MistralForSequenceClassification", "MistralConfig", **SMALL_TEXT, num_key_value_heads=2),
+    "hf Phi": hf_builder("PhiForSequenceClassification", "PhiConfig", **SMALL_TEXT),
+    "hf Qwen2": hf_builder("Qwen2ForSequenceClassification", "Qwen2Config", **SMALL_TEXT, num_key_value_heads=2),
+    "hf GPT-2 LM head": hf_builder(
         "GPT2LMHeadModel", "GPT2Config", vocab_size=100, n_embd=32, n_layer=4, n_head=2, bos_token_id=0, eos_token_id=0
     ),
-    "hf mT5": _hf_vision(
+    "hf mT5": hf_builder(
         "MT5ForSequenceClassification",
         "MT5Config",
         vocab_size=100,
@@ -130,11 +107,9 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
         d_ff=64,
         num_layers=3,
         num_heads=2,
-        num_labels=NUM_CLASSES,
-        pad_token_id=0,
         decoder_start_token_id=0,
     ),
-    "hf Pegasus": _hf_vision(
+    "hf Pegasus": hf_builder(
         "PegasusForConditionalGeneration",
         "PegasusConfig",
         vocab_size=100,
@@ -146,16 +121,17 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
     ),
-    "hf wav2vec2": _hf(
+    "hf wav2vec2": hf_builder(
         "Wav2Vec2ForSequenceClassification",
         "Wav2Vec2Config",
+        **SMALL_TEXT,
         conv_dim=(16, 16),
         conv_stride=(5, 2),
         conv_kernel=(10, 3),
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=2,
     ),
-    "hf CLIP vision": _hf_vision(
+    "hf CLIP vision": hf_builder(
         "CLIPVisionModel",
         "CLIPVisionConfig",
         hidden_size=32,
@@ -165,50 +141,14 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
         image_size=32,
         patch_size=8,
     ),
-    "hf Swin (stages of one block)": _hf_vision(
-        "SwinForImageClassification",
-        "SwinConfig",
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=4,
-        num_labels=NUM_CLASSES,
+    "hf Swin (stages of one block)": _hf_swin([1, 1]),
+    "hf Swin (two stages of two blocks)": _hf_swin([2, 2]),
+    "hf ConvNeXt": hf_builder(
+        "ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 2, 1]
     ),
-    "hf Swin (two stages of two blocks)": _hf_vision(
-        "SwinForImageClassification",
-        "SwinConfig",
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[2, 2],
-        num_heads=[2, 2],
-        window_size=4,
-        num_labels=NUM_CLASSES,
-    ),
-    "hf ConvNeXt": _hf_vision(
-        "ConvNextForImageClassification",
-        "ConvNextConfig",
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 2, 1],
-        num_labels=NUM_CLASSES,
-    ),
-    "hf ResNet": _hf_vision(
-        "ResNetForImageClassification",
-        "ResNetConfig",
-        embedding_size=8,
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        num_labels=NUM_CLASSES,
-    ),
-    "hf SegFormer": _hf_vision(
-        "SegformerForImageClassification",
-        "SegformerConfig",
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        decoder_hidden_size=32,
-        num_labels=NUM_CLASSES,
+    "hf ResNet": hf_builder("ResNetForImageClassification", "ResNetConfig", embedding_size=8, **_CONV_STAGES),
+    "hf SegFormer": hf_builder(
+        "SegformerForImageClassification", "SegformerConfig", decoder_hidden_size=32, **_CONV_STAGES
     ),
 }
 

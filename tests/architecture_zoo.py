@@ -32,7 +32,7 @@ class Architecture:
     channels_last: bool = False  # outputs with spatial axes put the channels last ([B, H, W, C])
 
 
-def _tv(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+def torchvision_builder(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
 
@@ -41,7 +41,7 @@ def _tv(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     return build
 
 
-def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+def timm_builder(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
 
@@ -50,10 +50,10 @@ def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     return build
 
 
-_SMALL_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+SMALL_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
 
 
-def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.Module]:
+def hf_builder(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import transformers
 
@@ -66,7 +66,7 @@ def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.M
 def _lora_bert() -> nn.Module:
     import peft
 
-    model = _hf("BertForSequenceClassification", "BertConfig", **_SMALL_TEXT)()
+    model = hf_builder("BertForSequenceClassification", "BertConfig", **SMALL_TEXT)()
     config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
     return peft.get_peft_model(model, config)
 
@@ -83,7 +83,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ResNet-18",
         "torchvision",
-        _tv("resnet18"),
+        torchvision_builder("resnet18"),
         "image:64",
         "stages",
         ["layer1", "layer2", "layer3", "layer4"],
@@ -92,7 +92,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "MobileNetV3-Small",
         "torchvision",
-        _tv("mobilenet_v3_small"),
+        torchvision_builder("mobilenet_v3_small"),
         "image:64",
         "blocks",
         _blocks("features", (1, 3, 5, 7, 9, 11)),
@@ -101,7 +101,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "EfficientNet-B0",
         "torchvision",
-        _tv("efficientnet_b0"),
+        torchvision_builder("efficientnet_b0"),
         "image:64",
         "stages",
         _blocks("features", (1, 2, 3, 5, 6, 7)),
@@ -110,7 +110,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "GoogLeNet",
         "torchvision",
-        _tv("googlenet", aux_logits=False, init_weights=False),
+        torchvision_builder("googlenet", aux_logits=False, init_weights=False),
         "image:64",
         "blocks",
         ["inception3a", "inception4a", "inception4b", "inception4d", "inception4e", "inception5b"],
@@ -119,7 +119,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "Inception-v3",
         "torchvision",
-        _tv("inception_v3", aux_logits=True, init_weights=False),
+        torchvision_builder("inception_v3", aux_logits=True, init_weights=False),
         "image:299",
         "blocks",
         ["Mixed_5b", "Mixed_5d", "Mixed_6b", "Mixed_6d", "Mixed_7a", "Mixed_7c"],
@@ -128,7 +128,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "DenseNet-121",
         "torchvision",
-        _tv("densenet121"),
+        torchvision_builder("densenet121"),
         "image:64",
         "stages",
         [f"features.denseblock{i}" for i in range(1, 5)],
@@ -137,7 +137,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "VGG-11-BN",
         "torchvision",
-        _tv("vgg11_bn"),
+        torchvision_builder("vgg11_bn"),
         "image:64",
         "conv",
         _blocks("features", (2, 6, 13, 17, 24, 27)),
@@ -146,7 +146,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "RegNetY-400MF",
         "torchvision",
-        _tv("regnet_y_400mf"),
+        torchvision_builder("regnet_y_400mf"),
         "image:64",
         "stages",
         [f"trunk_output.block{i}" for i in range(1, 5)],
@@ -155,7 +155,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ShuffleNetV2",
         "torchvision",
-        _tv("shufflenet_v2_x0_5"),
+        torchvision_builder("shufflenet_v2_x0_5"),
         "image:64",
         "stages",
         ["stage2", "stage3", "stage4"],
@@ -164,7 +164,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ConvNeXt-T",
         "torchvision",
-        _tv("convnext_tiny"),
+        torchvision_builder("convnext_tiny"),
         "image:64",
         "stages",
         _blocks("features", (1, 3, 5, 7)),
@@ -173,7 +173,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "Swin-T",
         "torchvision",
-        _tv("swin_t"),
+        torchvision_builder("swin_t"),
         "image:64",
         "stages",
         _blocks("features", (1, 3, 5, 7)),
@@ -183,20 +183,26 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ViT-B/16",
         "torchvision",
-        _tv("vit_b_16", image_size=32),
+        torchvision_builder("vit_b_16", image_size=32),
         "image:32",
         "blocks",
         [f"encoder.layers.encoder_layer_{i}" for i in (0, 2, 4, 7, 9, 11)],
         "first",
     ),
     Architecture(
-        "MaxViT-T", "torchvision", _tv("maxvit_t"), "image:224", "stages", _blocks("blocks", range(4)), "space"
+        "MaxViT-T",
+        "torchvision",
+        torchvision_builder("maxvit_t"),
+        "image:224",
+        "stages",
+        _blocks("blocks", range(4)),
+        "space",
     ),
     # ------------------------------------------------------------------ timm
     Architecture(
         "EfficientNet-B0",
         "timm",
-        _timm("efficientnet_b0"),
+        timm_builder("efficientnet_b0"),
         "image:64",
         "stages",
         _blocks("blocks", (0, 1, 2, 4, 5, 6)),
@@ -205,20 +211,28 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "MobileNetV3-Small",
         "timm",
-        _timm("mobilenetv3_small_050"),
+        timm_builder("mobilenetv3_small_050"),
         "image:64",
         "stages",
         _blocks("blocks", range(5)),
         "space",
     ),
-    Architecture("RegNetX-002", "timm", _timm("regnetx_002"), "image:64", "stages", ["s1", "s2", "s3", "s4"], "space"),
     Architecture(
-        "ConvNeXt-Atto", "timm", _timm("convnext_atto"), "image:64", "stages", _blocks("stages", range(4)), "space"
+        "RegNetX-002", "timm", timm_builder("regnetx_002"), "image:64", "stages", ["s1", "s2", "s3", "s4"], "space"
+    ),
+    Architecture(
+        "ConvNeXt-Atto",
+        "timm",
+        timm_builder("convnext_atto"),
+        "image:64",
+        "stages",
+        _blocks("stages", range(4)),
+        "space",
     ),
     Architecture(
         "MaxViT-Nano",
         "timm",
-        _timm("maxvit_nano_rw_256", img_size=64),
+        timm_builder("maxvit_nano_rw_256", img_size=64),
         "image:64",
         "stages",
         _blocks("stages", range(4)),
@@ -227,7 +241,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "Swin-T",
         "timm",
-        _timm("swin_tiny_patch4_window7_224"),
+        timm_builder("swin_tiny_patch4_window7_224"),
         "image:224",
         "stages",
         _blocks("layers", range(4)),
@@ -237,7 +251,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "DeiT-Ti distilled",
         "timm",
-        _timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8),
+        timm_builder("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8),
         "image:32",
         "blocks",
         _blocks("blocks", (0, 2, 4, 7, 9, 11)),
@@ -246,7 +260,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "CaiT-XXS24",
         "timm",
-        _timm("cait_xxs24_224", img_size=32, patch_size=8),
+        timm_builder("cait_xxs24_224", img_size=32, patch_size=8),
         "image:32",
         "blocks",
         _blocks("blocks", (0, 5, 9, 14, 18, 23)),
@@ -255,7 +269,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "MLP-Mixer-S/32",
         "timm",
-        _timm("mixer_s32_224", img_size=64),
+        timm_builder("mixer_s32_224", img_size=64),
         "image:64",
         "blocks",
         _blocks("blocks", (0, 1, 3, 4, 6, 7)),
@@ -264,7 +278,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ResMLP-12",
         "timm",
-        _timm("resmlp_12_224", img_size=64),
+        timm_builder("resmlp_12_224", img_size=64),
         "image:64",
         "blocks",
         _blocks("blocks", (0, 2, 4, 7, 9, 11)),
@@ -273,23 +287,35 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "LeViT-128S",
         "timm",
-        _timm("levit_128s", img_size=64),
+        timm_builder("levit_128s", img_size=64),
         "image:64",
         "stages",
         _blocks("stages", range(3)),
         "mean",
     ),
     Architecture(
-        "MobileViT-XXS", "timm", _timm("mobilevit_xxs"), "image:64", "stages", _blocks("stages", range(5)), "space"
+        "MobileViT-XXS",
+        "timm",
+        timm_builder("mobilevit_xxs"),
+        "image:64",
+        "stages",
+        _blocks("stages", range(5)),
+        "space",
     ),
     Architecture(
-        "PoolFormer-S12", "timm", _timm("poolformer_s12"), "image:64", "stages", _blocks("stages", range(4)), "space"
+        "PoolFormer-S12",
+        "timm",
+        timm_builder("poolformer_s12"),
+        "image:64",
+        "stages",
+        _blocks("stages", range(4)),
+        "space",
     ),
     # ------------------------------------------------------------------ Hugging Face
     Architecture(
         "BERT",
         "transformers",
-        _hf("BertForSequenceClassification", "BertConfig", **_SMALL_TEXT),
+        hf_builder("BertForSequenceClassification", "BertConfig", **SMALL_TEXT),
         "tokens",
         "blocks",
         _blocks("bert.encoder.layer", range(4)),
@@ -298,7 +324,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "RoBERTa",
         "transformers",
-        _hf("RobertaForSequenceClassification", "RobertaConfig", **_SMALL_TEXT),
+        hf_builder("RobertaForSequenceClassification", "RobertaConfig", **SMALL_TEXT),
         "tokens",
         "blocks",
         _blocks("roberta.encoder.layer", range(4)),
@@ -307,7 +333,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(  # its classifier is registered before the encoder: the head is found all the same
         "XLM-RoBERTa",
         "transformers",
-        _hf("XLMRobertaForSequenceClassification", "XLMRobertaConfig", **_SMALL_TEXT),
+        hf_builder("XLMRobertaForSequenceClassification", "XLMRobertaConfig", **SMALL_TEXT),
         "tokens",
         "blocks",
         _blocks("roberta.encoder.layer", range(4)),
@@ -316,7 +342,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "DistilBERT",
         "transformers",
-        _hf(
+        hf_builder(
             "DistilBertForSequenceClassification",
             "DistilBertConfig",
             vocab_size=VOCAB,
@@ -333,7 +359,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ALBERT",
         "transformers",
-        _hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=16, **_SMALL_TEXT),
+        hf_builder("AlbertForSequenceClassification", "AlbertConfig", embedding_size=16, **SMALL_TEXT),
         "tokens",
         "shared",
         ["albert.encoder.albert_layer_groups.0.albert_layers.0"],
@@ -342,7 +368,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "DeBERTa-v2",
         "transformers",
-        _hf("DebertaV2ForSequenceClassification", "DebertaV2Config", **_SMALL_TEXT),
+        hf_builder("DebertaV2ForSequenceClassification", "DebertaV2Config", **SMALL_TEXT),
         "tokens",
         "blocks",
         _blocks("deberta.encoder.layer", range(4)),
@@ -351,7 +377,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "GPT-2",
         "transformers",
-        _hf("GPT2ForSequenceClassification", "GPT2Config", vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=2),
+        hf_builder("GPT2ForSequenceClassification", "GPT2Config", vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=2),
         "tokens",
         "blocks",
         _blocks("transformer.h", range(4)),
@@ -360,7 +386,9 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "Llama",
         "transformers",
-        _hf("LlamaForSequenceClassification", "LlamaConfig", num_key_value_heads=2, bos_token_id=1, **_SMALL_TEXT),
+        hf_builder(
+            "LlamaForSequenceClassification", "LlamaConfig", num_key_value_heads=2, bos_token_id=1, **SMALL_TEXT
+        ),
         "tokens",
         "blocks",
         _blocks("model.layers", range(4)),
@@ -369,7 +397,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "T5",
         "transformers",
-        _hf(
+        hf_builder(
             "T5ForSequenceClassification",
             "T5Config",
             d_model=32,
@@ -389,7 +417,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "BART",
         "transformers",
-        _hf("BartForSequenceClassification", "BartConfig", **_ENC_DEC, **_ENC_DEC_FFN),
+        hf_builder("BartForSequenceClassification", "BartConfig", **_ENC_DEC, **_ENC_DEC_FFN),
         "tokens+eos",
         "encoder-decoder",
         [*_blocks("model.encoder.layers", range(3)), *_blocks("model.decoder.layers", range(3))],
@@ -398,7 +426,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "ViT",
         "transformers",
-        _hf(
+        hf_builder(
             "ViTForImageClassification",
             "ViTConfig",
             hidden_size=32,
@@ -416,7 +444,7 @@ ARCHITECTURES: list[Architecture] = [
     Architecture(
         "Whisper (audio classification)",
         "transformers",
-        _hf(
+        hf_builder(
             "WhisperForAudioClassification",
             "WhisperConfig",
             d_model=32,

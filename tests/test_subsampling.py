@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,27 +308,39 @@ def _alive(pid: int) -> bool:
         return handle.read().split(")")[-1].split()[0] != "Z"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
+def _kill_the_parent_once(tmp_path: Any, script_text: str, ready: str) -> tuple[Path, float]:
+    """Run ``script_text`` as the parent of a run writing under ``out``; SIGKILL it as soon as a file matching
+    ``ready`` is there. Returns ``out`` and the time of the kill."""
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT)
+    script.write_text(script_text)
     out = tmp_path / "out"
+    out.mkdir()
     parent = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("model_*.pt")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        workers = [int(p.name) for p in (out / "pids").iterdir()]
-        assert list(out.glob("model_*.pt")) and len(workers) == 2, "the run did not start"
+        while not list(out.glob(ready)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(out.glob(ready)), f"the run never wrote {ready}"
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-    killed_at = time.monotonic()
-    records_at_kill = len(list(out.glob("model_*.pt")))
-    while any(_alive(pid) for pid in workers) and time.monotonic() < killed_at + 10:
+    return out, time.monotonic()
+
+
+def _wait_until_exited(pids: list[int], killed_at: float) -> None:
+    while any(_alive(pid) for pid in pids) and time.monotonic() < killed_at + 10:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "orphaned workers still run 10 s after the parent died"
+    assert not any(_alive(pid) for pid in pids), "orphaned workers still run 10 s after the parent died"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
+    out, killed_at = _kill_the_parent_once(tmp_path, KILL_SCRIPT, "model_*.pt")
+    records_at_kill = len(list(out.glob("model_*.pt")))
+    workers = [int(p.name) for p in (out / "pids").iterdir()]
+    assert len(workers) == 2
+    _wait_until_exited(workers, killed_at)
     assert time.monotonic() - killed_at < 5
     # a worker that saw its parent alive just before the kill may still rename the record it had written
     assert len(list(out.glob("model_*.pt"))) <= records_at_kill + len(workers)
@@ -363,32 +376,14 @@ if __name__ == "__main__":
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_worker_whose_parent_dies_mid_write_leaves_no_temp_file(tmp_path: Any) -> None:
-    script = tmp_path / "run.py"
-    script.write_text(MID_WRITE_SCRIPT)
-    out = tmp_path / "out"
-    out.mkdir()
-    parent = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "writing").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert (out / "writing").exists(), "the worker did not start writing"
-        worker = int((out / "worker_pid").read_text())
-    finally:
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-    killed_at = time.monotonic()
-    while _alive(worker) and time.monotonic() < killed_at + 10:
-        time.sleep(0.05)
-    assert not _alive(worker), "the orphaned worker still runs 10 s after the parent died"
+    out, killed_at = _kill_the_parent_once(tmp_path, MID_WRITE_SCRIPT, "writing")
+    _wait_until_exited([int((out / "worker_pid").read_text())], killed_at)
     # the write was finished, then thrown away: neither a temp file nor a record written after the parent died
     assert not list(out.glob(".lightning_infomem_tmp_*"))
     assert not list(out.glob("model_*.pt"))
 
 
 def test_records_share_the_per_sample_result_api(tmp_path):
-    from pathlib import Path
-
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
