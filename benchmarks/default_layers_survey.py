@@ -8,8 +8,9 @@ the library takes one, to check the rules on models they were not written from. 
     python benchmarks/default_layers_survey.py            # every model, about 20 s on 2 cores
     python benchmarks/default_layers_survey.py swin hf    # the models whose name contains a word given
 
-Each line: the model, the family found, the layers and the sequence reading, and the start line's
-description. A model the rules do not fit is named in docs/recipes.md under "Where the rules fall short".
+Each line: the model, the family found, the layers, and the start line's description (how each layer is
+read is observed when the model runs: `lightning_infomem.introspection.probe`). A model the rules do not fit
+is named in docs/recipes.md under "Where the rules fall short".
 The models are built by ``tests/architecture_zoo.py``'s builders, so run it from the repository.
 """
 
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from architecture_zoo import SMALL_TEXT, hf_builder, timm_builder, torchvision_builder  # noqa: E402
 
-from lightning_infomem.callbacks.layers import choose_default_layers, resolved_sequence_reduction  # noqa: E402
+from lightning_infomem.introspection.layers import choose_default_layers  # noqa: E402
 
 
 def _hf_swin(depths: list[int]) -> Callable[[], nn.Module]:
@@ -167,10 +168,7 @@ def main() -> None:
             print(f"{name}: not built ({type(error).__name__}: {str(error)[:120]})")
             continue
         chosen = choose_default_layers(model)
-        modules = dict(model.named_modules())
-        readings = sorted({resolved_sequence_reduction("auto", modules[layer], model) for layer in chosen.names})
-        reading = "/".join(readings)
-        print(f"{name}: {chosen.family} {chosen.names} (a sequence output read: {reading})\n    {chosen.description}")
+        print(f"{name}: {chosen.family} {chosen.names}\n    {chosen.description}")
 
 
 if __name__ == "__main__":

@@ -512,7 +512,7 @@ def build(architecture: Architecture) -> nn.Module:
 
 def markdown_table() -> str:
     """The table of docs/recipes.md, from the default choice on each real architecture."""
-    from lightning_infomem.callbacks.layers import choose_default_layers
+    from lightning_infomem.introspection.layers import choose_default_layers
 
     readings = {
         "space": "averaged over space",

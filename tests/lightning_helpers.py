@@ -246,3 +246,35 @@ def tiny_gpt2_classifier(num_labels: int) -> nn.Module:
     )
     config.bos_token_id = config.eos_token_id = 1
     return transformers.GPT2ForSequenceClassification(config)
+
+
+def observed_readings(model: nn.Module, names: list[str], *inputs: Any, **kwargs: Any) -> dict:
+    """The readings `ReadingProbe` observes for the named modules on one call ``model(*inputs, **kwargs)`` (eval mode,
+    no gradient), as the callback observes them on its first measured batch."""
+    from lightning_infomem.introspection import ReadingProbe, batch_masks, named_layers
+
+    modules = dict(named_layers(model))
+    probe = ReadingProbe(model, {name: modules[name] for name in names})
+    model.eval()
+    first = next(v for v in (*inputs, *kwargs.values()) if isinstance(v, Tensor))
+    with torch.no_grad():
+        probe.start()
+        try:
+            model(*inputs, **kwargs)
+        finally:
+            probe.stop()
+        return probe.observe(batch_size=first.shape[0], masks=batch_masks(kwargs)).readings
+
+
+def expected_row(acts: dict[str, Tensor]) -> dict[str, float]:
+    """Per-layer values the callback logs, from the functional core: the entropy on one range over all layers,
+    the MI on each layer's own min-max range (the defaults)."""
+    from lightning_infomem.functional import mean_off_diagonal, neuron_entropy, pairwise_mutual_information
+
+    row = {}
+    everything = (min(float(x.min()) for x in acts.values()), max(float(x.max()) for x in acts.values()))
+    for name, x in acts.items():
+        value_range = (float(x.min()), float(x.max()))
+        row[f"infomem/{name}/entropy"] = float(neuron_entropy(x, 100, everything).mean())
+        row[f"infomem/{name}/mutual_info"] = float(mean_off_diagonal(pairwise_mutual_information(x, 16, value_range)))
+    return row

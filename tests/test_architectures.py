@@ -12,20 +12,12 @@ import pytest
 import torch
 from architecture_zoo import ARCHITECTURES, Architecture, build, make_inputs, markdown_table, run
 from lightning.pytorch import LightningModule
-from lightning_helpers import fast_trainer
+from lightning_helpers import fast_trainer, observed_readings
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem import InformationMeasures
-from lightning_infomem.callbacks.layers import (
-    choose_default_layers,
-    class_tokens,
-    first_tensor,
-    is_causal_block,
-    named_layers,
-    resolved_sequence_reduction,
-    to_neuron_activations,
-)
+from lightning_infomem.introspection import Reading, choose_default_layers, first_tensor, named_layers, read
 
 LIBRARIES = {"torchvision": "torchvision.models", "timm": "timm", "transformers": "transformers", "peft": "peft"}
 
@@ -81,7 +73,6 @@ def test_defaults_on_real_architectures(tmp_path, architecture):
     trainer = fast_trainer(tmp_path, callbacks=[callback], max_epochs=1, limit_train_batches=2)
     trainer.fit(module, _loader(architecture, 16, 0, 8), _loader(architecture, 48, 1, 16))
     assert callback.layer_names == [f"model.{name}" for name in architecture.layers]
-    modules = dict(named_layers(module))
     shapes = _output_shapes(module, callback.layer_names, make_inputs(architecture, 4, 2))
     row = callback.history[-1]
     for series in callback.series_names:
@@ -96,14 +87,14 @@ def test_defaults_on_real_architectures(tmp_path, architecture):
             assert width == (shape[-1] if architecture.channels_last else shape[1]), (series, shape, width)
         else:  # a sequence [batch, tokens, hidden]: the hidden size
             assert width == shape[-1], (series, shape, width)
-        reading = _reading(architecture, modules[name], module, shape)
-        assert (
-            reading is None
-            or reading == resolved_sequence_reduction("auto", modules[name], module)
-            or (
-                reading == "mean" and class_tokens(module) and len(shape) == 3 and math.isqrt(shape[1]) ** 2 == shape[1]
+        reading = callback.readings[name]
+        if len(shape) >= 4:
+            assert reading.layout == ("channels_last" if architecture.channels_last else "channels_first"), series
+        else:
+            assert reading.layout == "sequence" and reading.token == _promised(architecture, reading, shape), (
+                series,
+                reading,
             )
-        ), (series, reading)
 
 
 def _output_shapes(model: nn.Module, names: list[str], inputs: Tensor) -> dict[str, tuple[int, ...]]:
@@ -125,12 +116,13 @@ def _output_shapes(model: nn.Module, names: list[str], inputs: Tensor) -> dict[s
     return shapes
 
 
-def _reading(architecture: Architecture, layer: nn.Module, model: nn.Module, shape: tuple) -> Any:
-    """The token the table promises for a sequence output (``None`` for outputs with spatial axes)."""
-    if len(shape) != 3:
-        return None
+def _promised(architecture: Architecture, reading: Reading, shape: tuple) -> str:
+    """The token the table promises for a sequence output: an encoder-decoder's decoder (observed causal) at its last
+    real token; a block before the class token joins (CaiT's patch blocks, a square grid of tokens) averaged."""
     if architecture.reading == "mean+last":
-        return "last" if is_causal_block(layer) else "mean"
+        return "last" if reading.causal else "mean"
+    if architecture.reading == "first" and math.isqrt(shape[1]) ** 2 == shape[1] and reading.token == "mean":
+        return "mean"
     return architecture.reading
 
 
@@ -171,21 +163,22 @@ def test_decoder_only_models_are_read_where_the_whole_sequence_is_seen(name):
     later = ids.clone()
     later[:, 5] = (later[:, 5] + 7) % 90 + 3  # a token in the middle
 
-    def read(token_ids: Tensor) -> dict[str, Tensor]:
+    layers = [f"model.{n}" for n in architecture.layers]
+    readings = observed_readings(module, layers, ids)
+    assert all(readings[layer].causal and readings[layer].token == "last" for layer in layers)
+
+    def activations(token_ids: Tensor) -> dict[str, Tensor]:
         out = {}
-        for layer in (f"model.{n}" for n in architecture.layers):
-            reduction = resolved_sequence_reduction("auto", modules[layer], module)
+        for layer in layers:
             handle = modules[layer].register_forward_hook(
-                lambda m, a, o, layer=layer, reduction=reduction: out.__setitem__(
-                    layer, to_neuron_activations(o, m, sequence_reduction=reduction)
-                )
+                lambda m, a, o, layer=layer: out.__setitem__(layer, read(o, readings[layer]))
             )
             with torch.no_grad():
                 module(token_ids)
             handle.remove()
         return out
 
-    before, after = read(ids), read(later)
+    before, after = activations(ids), activations(later)
     for layer, values in before.items():
         assert values.shape == (8, 32)
         assert not torch.allclose(values, after[layer]), layer  # the middle token reaches the measured state

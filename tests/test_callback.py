@@ -664,9 +664,10 @@ def test_conv_layers_are_pooled_over_space(tmp_path):
     assert_row_matches_functional(callback.history[-1], acts, ranges)
 
 
-@pytest.mark.parametrize("reduction", ["first", "mean"])
-def test_sequence_tuple_and_dict_outputs(tmp_path, reduction):
-    callback = InformationMeasures(layers=["encoder", "block"], sequence_reduction=reduction)
+def test_tuple_and_dict_outputs_are_read_on_the_stream_the_model_consumes(tmp_path):
+    """The encoder returns ``(hidden [B, 8, 16], {"pooled": [B, 16]})`` and the model feeds ``pooled`` to the next
+    block: that is the main stream the probe reads (not the first tensor); the block's dict gives its one tensor."""
+    callback = InformationMeasures(layers=["encoder", "block"], sequence_reduction="mean")
     transformed = InformationMeasures(
         layers=["encoder"], output_transform=lambda output: output[1]["pooled"] * 2.0, prefix="transformed"
     )
@@ -676,9 +677,9 @@ def test_sequence_tuple_and_dict_outputs(tmp_path, reduction):
     x, _ = digits_tensors("val")
     with torch.no_grad():
         hidden, pooled = model.encoder(x)  # tuple: ([B, 8, 16], {"pooled": [B, 16]})
-        block = model.block(pooled["pooled"])["hidden"]  # the dict's first tensor
-    sequence = hidden[:, 0] if reduction == "first" else hidden.mean(dim=1)
-    acts = {"encoder": sequence, "block": block}
+        block = model.block(pooled["pooled"])["hidden"]  # the dict's tensor
+    assert callback.readings["encoder"].path == (1, "pooled")
+    acts = {"encoder": pooled["pooled"], "block": block}
     assert callback.layer_widths == {"encoder": 16, "block": 16}
     assert_row_matches_functional(callback.history[-1], acts, {name: min_max(a) for name, a in acts.items()})
     # output_transform picks the pooled tensor (scaled by 2: same bins, same values)

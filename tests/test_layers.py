@@ -7,10 +7,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from lightning_helpers import DigitsCNN, DigitsMLP, DigitsSequenceModel
+from lightning_helpers import DigitsCNN, DigitsMLP, DigitsSequenceModel, observed_readings
 from torch import nn
 
-from lightning_infomem.callbacks.layers import DEFAULT_MAX_LAYERS, default_layers, resolve_layers, to_neuron_activations
+from lightning_infomem.introspection.layers import DEFAULT_MAX_LAYERS, default_layers, resolve_layers
+from lightning_infomem.introspection.readings import to_neuron_activations
 
 
 class Encoder(nn.Module):
@@ -125,18 +126,16 @@ def test_vectors_and_matrices():
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3, 2, 3, 4), (4, 3, 1, 1)])
 def test_convolution_outputs_are_averaged_over_space(shape):
     x = torch.randn(*shape)
-    out = to_neuron_activations(x, nn.Conv2d(1, 3, 1))
+    out = to_neuron_activations(x)
     assert out.shape == (4, 3)
     torch.testing.assert_close(out, x.flatten(2).mean(2))
-    # the module is not needed for 4 or more dimensions
-    torch.testing.assert_close(to_neuron_activations(x), out)
 
 
 def test_conv2d_module_output_on_digits():
     model = DigitsCNN()
     x = torch.rand(6, 1, 8, 8)
     conv = model.net[0]
-    out = to_neuron_activations(conv(x), conv)
+    out = to_neuron_activations(conv(x))
     assert out.shape == (6, 8)
     torch.testing.assert_close(out, conv(x).mean(dim=(2, 3)))
 
@@ -144,16 +143,19 @@ def test_conv2d_module_output_on_digits():
 @pytest.mark.parametrize("module", [nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3), nn.MaxPool1d(1), nn.AvgPool1d(1)])
 def test_channels_first_1d_modules_are_pooled_not_read_as_sequences(module):
     x = torch.randn(4, 3, 10)
-    out = to_neuron_activations(x, module, sequence_reduction="first")
-    torch.testing.assert_close(out, x.mean(dim=2))
+    model = nn.Sequential(module).eval()
+    reading = observed_readings(model, ["0"], x)["0"]
+    assert reading.layout == "channels_first"
+    out = to_neuron_activations(model(x), reading, sequence_reduction="first")
+    torch.testing.assert_close(out, model(x).mean(dim=2))
 
 
 def test_sequences_first_mean_or_last_token():
     x = torch.randn(4, 10, 6)
     torch.testing.assert_close(to_neuron_activations(x), x[:, 0])
-    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="first"), x[:, 0])
-    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="mean"), x.mean(1))
-    torch.testing.assert_close(to_neuron_activations(x, nn.Linear(6, 6), sequence_reduction="last"), x[:, -1])
+    torch.testing.assert_close(to_neuron_activations(x, sequence_reduction="first"), x[:, 0])
+    torch.testing.assert_close(to_neuron_activations(x, sequence_reduction="mean"), x.mean(1))
+    torch.testing.assert_close(to_neuron_activations(x, sequence_reduction="last"), x[:, -1])
     with pytest.raises(ValueError, match="sequence_reduction"):
         to_neuron_activations(x, sequence_reduction="max")
 
@@ -177,12 +179,13 @@ def test_the_digits_sequence_model_outputs():
     x = torch.rand(6, 64)
     output = model.encoder(x)
     assert isinstance(output, tuple)
-    torch.testing.assert_close(to_neuron_activations(output, model.encoder), output[0][:, 0])
-    torch.testing.assert_close(
-        to_neuron_activations(output, model.encoder, sequence_reduction="mean"), output[0].mean(1)
-    )
+    torch.testing.assert_close(to_neuron_activations(output), output[0][:, 0])  # without a reading: the first
+    torch.testing.assert_close(to_neuron_activations(output, sequence_reduction="mean"), output[0].mean(1))
+    readings = observed_readings(model.eval(), ["encoder", "block"], x)
+    assert readings["encoder"].path == (1, "pooled")  # observed: the tensor the next block consumes
+    assert to_neuron_activations(output, readings["encoder"]) is output[1]["pooled"]
     block = model.block(output[1]["pooled"])
-    assert to_neuron_activations(block, model.block) is block["hidden"]
+    assert to_neuron_activations(block, readings["block"]) is block["hidden"]
 
 
 def test_output_transform_is_applied_first():
@@ -216,7 +219,7 @@ def test_a_dotted_class_path_selects_by_type_as_config_files_give_it():
 # ------------------------------------------------------------------------------- real module trees
 from model_zoo import ResNet18, VisionTransformer, hf_model, real_timm_vit, real_torchvision_resnet18  # noqa: E402
 
-from lightning_infomem.callbacks.layers import choose_default_layers, named_layers  # noqa: E402
+from lightning_infomem.introspection.layers import choose_default_layers, named_layers  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["distilbert", "bert", "gpt2"])
@@ -301,8 +304,8 @@ class _HeadFirstClassifier(nn.Module):
 def test_a_head_registered_before_the_encoder_is_still_the_head():
     from lightning.pytorch import LightningModule
 
-    from lightning_infomem.callbacks.layers import output_head
-    from lightning_infomem.callbacks.logits import logits_candidates
+    from lightning_infomem.introspection.layers import output_head
+    from lightning_infomem.introspection.logits import logits_candidates
 
     model = _HeadFirstClassifier()
     assert output_head(model) == "classifier.2"  # not the encoder's last linear layer, registered last
@@ -376,7 +379,7 @@ def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reducti
     from lightning.pytorch import LightningModule
 
     from lightning_infomem import InformationMeasures
-    from lightning_infomem.callbacks.layers import to_neuron_activations
+    from lightning_infomem.introspection.readings import to_neuron_activations
     from tests.lightning_helpers import fast_trainer
 
     torch.manual_seed(0)
@@ -412,31 +415,43 @@ def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reducti
     assert math.isfinite(callback.history[-1]["infomem/encoder.layers.0/entropy"])
 
 
-def test_channels_last_outputs_are_read_on_the_modules_channel_axis():
-    """Swin and timm ConvNeXt stages give [B, H, W, C]: the neurons are the C channels, found by the module's width."""
+class _SwinLikeBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
 
-    class SwinLikeBlock(nn.Module):
-        def __init__(self, channels):
-            super().__init__()
-            self.norm = nn.LayerNorm(channels)
-            self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
 
-        def forward(self, x):
-            return x + self.mlp(self.norm(x))
 
-    stage = nn.Sequential(SwinLikeBlock(96), SwinLikeBlock(96))
-    out = stage(torch.randn(2, 7, 7, 96))
-    torch.testing.assert_close(to_neuron_activations(out, stage), out.mean(dim=(1, 2)))
-    conv_stage = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
-    out = conv_stage(torch.randn(2, 3, 9, 9))
-    torch.testing.assert_close(to_neuron_activations(out, conv_stage), out.mean(dim=(2, 3)))
-    with pytest.raises(ValueError, match=r"no axis of the module's 16 channels"):
-        to_neuron_activations(torch.randn(2, 5, 9, 9), conv_stage[0])
-    # a container of convolutions that concatenates its branches (DenseNet, Inception): channels first
-    concatenated = torch.randn(2, 24, 9, 9)
-    torch.testing.assert_close(to_neuron_activations(concatenated, conv_stage), concatenated.mean(dim=(2, 3)))
-    swin_stage_of_other_width = torch.randn(2, 5, 9, 9)
-    with pytest.raises(ValueError, match=r"no axis of the module's 96 channels"):
-        to_neuron_activations(swin_stage_of_other_width, stage)  # ends in a Linear: no layout to assume
-    with pytest.warns(UserWarning, match=r"width is not known from the module tree: dimension 1 is read"):
-        to_neuron_activations(torch.randn(2, 5, 9, 9), nn.Identity())
+class _ConvNeXtLikeBlock(nn.Module):
+    """A depthwise convolution, then a channels-last MLP, permuted back: channels first out."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, channels))
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(self.conv(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+def test_channels_first_or_last_from_the_layers_that_ran_not_from_a_width_that_matches():
+    """Swin-like stages give [B, H, W, C] (only linear layers and norms ran in them): channels last. A block with a
+    convolution is channels first even where its channels equal the feature map's height and width (16 x 16 x 16),
+    where a rule from widths cannot tell the axes apart."""
+    swin = nn.Sequential(_SwinLikeBlock(96), _SwinLikeBlock(96)).eval()
+    x = torch.randn(3, 7, 7, 96)
+    reading = observed_readings(swin, ["1"], x)["1"]
+    assert reading.layout == "channels_last"
+    torch.testing.assert_close(to_neuron_activations(swin(x), reading), swin(x).mean(dim=(1, 2)))
+    convnext = nn.Sequential(_ConvNeXtLikeBlock(16), _ConvNeXtLikeBlock(16)).eval()
+    x = torch.randn(3, 16, 16, 16)
+    reading = observed_readings(convnext, ["1"], x)["1"]
+    assert reading.layout == "channels_first"
+    torch.testing.assert_close(to_neuron_activations(convnext(x), reading), convnext(x).mean(dim=(2, 3)))
+    # an activation module is read as the layer that ran before it: a convolution's channels
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU()).eval()
+    assert observed_readings(cnn, ["1"], torch.randn(3, 3, 18, 18))["1"].layout == "channels_first"

@@ -76,7 +76,9 @@ def test_patch_and_token_shortcuts_agree_with_the_label_as_specified():
 
 
 def test_the_study_models_run_and_have_default_layers():
-    from lightning_infomem.callbacks.layers import choose_default_layers, resolved_sequence_reduction
+    from lightning_helpers import observed_readings
+
+    from lightning_infomem.introspection.layers import choose_default_layers
 
     cnn = StagedCNN(1, 10)
     assert cnn(torch.rand(4, 64)).shape == (4, 10)
@@ -84,7 +86,8 @@ def test_the_study_models_run_and_have_default_layers():
     transformer = TokenTransformer(4)
     ids, _, _ = token_task(4, torch.Generator().manual_seed(0), binary=False)
     assert transformer(ids).shape == (4, 4)
-    assert resolved_sequence_reduction("auto", transformer.encoder.layers[0], transformer) == "first"  # [CLS]
+    reading = observed_readings(transformer, ["encoder.layers.0"], ids)["encoder.layers.0"]
+    assert (reading.causal, reading.token) == (False, "first")  # token ids, not causal: the [CLS] token
 
 
 # ----------------------------------------------------------------------- the metric and the callback

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import LightningModule
-from lightning_helpers import _Classifier, digits_loaders, fast_trainer, tiny_gpt2_classifier
+from lightning_helpers import (
+    _Classifier,
+    digits_loaders,
+    expected_row,
+    fast_trainer,
+    observed_readings,
+    tiny_gpt2_classifier,
+)
 from model_zoo import (
     ImageClassifier,
     ResNet18,
@@ -24,8 +31,8 @@ from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
 from lightning_infomem import InformationMeasures
-from lightning_infomem.callbacks.layers import named_layers, to_neuron_activations
-from lightning_infomem.functional import mean_off_diagonal, neuron_entropy, pairwise_mutual_information
+from lightning_infomem.introspection.layers import named_layers
+from lightning_infomem.introspection.readings import to_neuron_activations
 
 
 def captured(model: nn.Module, names: list[str], batches: list[Any], reduction: str = "first") -> dict[str, Tensor]:
@@ -34,7 +41,7 @@ def captured(model: nn.Module, names: list[str], batches: list[Any], reduction: 
     modules = dict(named_layers(model))
     handles = [
         modules[name].register_forward_hook(
-            lambda m, a, out, name=name: store[name].append(to_neuron_activations(out, m, None, reduction))
+            lambda m, a, out, name=name: store[name].append(to_neuron_activations(out, sequence_reduction=reduction))
         )
         for name in names
     ]
@@ -47,18 +54,6 @@ def captured(model: nn.Module, names: list[str], batches: list[Any], reduction: 
         for handle in handles:
             handle.remove()
     return {name: torch.cat(values) for name, values in store.items()}
-
-
-def expected_row(acts: dict[str, Tensor]) -> dict[str, float]:
-    """Per-layer values the callback logs, from the functional core: the entropy on one range over all layers,
-    the MI on each layer's own min-max range (the defaults)."""
-    row = {}
-    everything = (min(float(x.min()) for x in acts.values()), max(float(x.max()) for x in acts.values()))
-    for name, x in acts.items():
-        value_range = (float(x.min()), float(x.max()))
-        row[f"infomem/{name}/entropy"] = float(neuron_entropy(x, 100, everything).mean())
-        row[f"infomem/{name}/mutual_info"] = float(mean_off_diagonal(pairwise_mutual_information(x, 16, value_range)))
-    return row
 
 
 # ------------------------------------------------------------------------------------ transformers
@@ -146,7 +141,9 @@ def test_the_chosen_layers_are_printed_once(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "InformationMeasures: monitoring" in r.getMessage()]
     assert len(lines) == 1
     assert "blocks: " in lines[0] and "model.bert.encoder.layer.0, model.bert.encoder.layer.1" in lines[0]
-    assert "sequence outputs, if any, read at the first token of" in lines[0]
+    read = [r.getMessage() for r in caplog.records if "InformationMeasures: read as observed" in r.getMessage()]
+    assert len(read) == 2  # observed again in each validate()
+    assert "model.bert.encoder.layer.0, model.bert.encoder.layer.1: the first token (not causal: observed)" in read[0]
 
 
 # ---------------------------------------------------------------------------------- torch.compile
@@ -265,20 +262,18 @@ def _token_batches(ids: torch.Tensor, mask: torch.Tensor) -> torch.utils.data.Da
 
 
 def test_decoder_only_blocks_are_read_at_the_last_real_token(tmp_path):
-    from lightning_infomem.callbacks.layers import is_causal_block
-
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(2, 50, (128, 10), generator=generator)
     lengths = torch.randint(5, 11, (128,), generator=generator)
     mask = (torch.arange(10)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # right padding with the pad id 0
     model = CausalClassifier().eval()
-    assert is_causal_block(model.model.transformer.h[0])
 
     def measure(token_ids: torch.Tensor) -> dict:
         callback = InformationMeasures(layers="model.transformer.h.*", calibration_samples=64)
         trainer = fast_trainer(tmp_path, callbacks=[callback])
         trainer.validate(model, _token_batches(token_ids, mask), verbose=False)
+        assert all(reading.causal and reading.token == "last" for reading in callback.readings.values())
         return callback.history[-1]
 
     reference = measure(ids)
@@ -296,13 +291,15 @@ def test_decoder_only_blocks_are_read_at_the_last_real_token(tmp_path):
 def test_swin_stage_outputs_are_read_on_their_channels():
     """torchvision's Swin stages give channels-last [B, H, W, C]: the neurons are the C channels, not image rows."""
     models = pytest.importorskip("torchvision.models")
-    from lightning_infomem.callbacks.layers import to_neuron_activations
+    from lightning_infomem.introspection.readings import to_neuron_activations
 
     model = models.swin_t().eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         stage = model.features[:2](x)
     assert list(stage.shape) == [2, 56, 56, 96]  # channels last
-    activations = to_neuron_activations(stage, model.features[1])
+    reading = observed_readings(model, ["features.1"], x)["features.1"]
+    assert reading.layout == "channels_last"  # only linear layers and norms ran in the stage
+    activations = to_neuron_activations(stage, reading)
     assert list(activations.shape) == [2, 96]
     torch.testing.assert_close(activations, stage.mean(dim=(1, 2)))

@@ -812,11 +812,6 @@ class _DataclassBlock(torch.nn.Module):
 @pytest.mark.parametrize(
     "wrap, expected",
     [
-        (
-            lambda t: __import__("dataclasses").make_dataclass("Out", ["hidden"])(t),
-            r"a Out \(a dataclass with the tensor fields \['hidden'\]\), which holds no tensor .*; "
-            r"pass output_transform=lambda out: out.hidden",
-        ),
         (_Hidden, r"a _Hidden with the tensor attributes \['hidden'\]"),
         (lambda t: "a string", r"a str \('a string'\)"),
     ],

@@ -11,10 +11,11 @@ quota and the range calibration; at the end of the epoch the callback logs the r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -24,24 +25,20 @@ from torch import Tensor, nn
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
-from lightning_infomem.callbacks.layers import (
-    DefaultLayers,
-    LayerSpec,
-    OutputTransform,
-    SequenceReductionChoice,
-    channel_width,
-    check_layer_spec,
-    choose_default_layers,
-    class_tokens,
-    module_output_width,
-    named_layers,
-    resolve_layers,
-    resolved_sequence_reduction,
-    to_neuron_activations,
-)
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
 from lightning_infomem.functional._kernels.threads import limited_threads
+from lightning_infomem.introspection.layers import (
+    DefaultLayers,
+    LayerSpec,
+    check_layer_spec,
+    choose_default_layers,
+    module_output_width,
+    named_layers,
+    resolve_layers,
+)
+from lightning_infomem.introspection.probe import ReadingProbe
+from lightning_infomem.introspection.readings import OutputTransform, Reading, batch_masks, read
 from lightning_infomem.metrics.calibration import Binning
 from lightning_infomem.metrics.information import (
     DEFAULT_MAX_STATE_BYTES,
@@ -67,6 +64,7 @@ from lightning_infomem.reporting import (
 
 __all__ = ["InformationMeasures"]
 
+SequenceReductionChoice = Literal["auto", "first", "mean", "last"]
 _LOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
 _APPLICATION = re.compile(r"^(?P<prefix>.*?)(?P<layer>[^/]+)\.application_\d+/(?P<stat>[a-z_]+)$")
 # MI heatmaps are enlarged (by pixel repetition) to at least this many pixels a side: 2 pixels a neuron
@@ -142,18 +140,15 @@ class InformationMeasures(Callback):
         range_quantile: calibrate with the ``q`` / ``1 - q`` quantiles instead of min / max.
         calibration_samples: samples used to fix the range; later outliers go to the edge bins.
         miller_madow: Miller-Madow bias correction of entropy and MI.
-        sequence_reduction: for ``[batch, tokens, features]`` outputs: ``"first"`` token (a [CLS] vector),
-            ``"mean"`` over tokens, or ``"last"`` token. ``"auto"`` (the default, `resolved_sequence_reduction`):
-            ``"last"`` for a block that attends causally (a module with ``is_causal`` or ``is_decoder`` set, as
-            GPT-2's, Llama's and the T5 and BART decoders' attention: their first token sees only itself),
-            ``"mean"`` for an encoder beside such a decoder, ``"first"`` in a model with class tokens or token
-            ids, ``"mean"`` otherwise (patch sequences without a class token); printed at the start. When a
-            validation batch is a mapping with an ``"attention_mask"`` of the outputs' ``[batch, tokens]``
-            (as a Hugging Face tokenizer's batch), the reductions use the real tokens only (the first or
-            last real token, the mean over them); nested-tensor outputs are reduced over each sample's own
-            tokens.
-        output_transform: function from a module's output to the activation tensor (for outputs
-            that are not tensors, tuples or dicts with the tensor first).
+        sequence_reduction: the token that stands for a ``[batch, tokens, features]`` output: ``"first"`` (a
+            [CLS] vector), ``"mean"`` over tokens, or ``"last"`` token, over the real tokens of the batch's masks
+            (``attention_mask``, ``decoder_attention_mask``, the labels' padding). ``"auto"`` (the default): as
+            observed on the first measured batch (`ReadingProbe`): a causal stack (a changed token changes no
+            earlier position: GPT-2, BLOOM, Mamba, an LSTM, a decoder) at its last real token; otherwise the
+            first token in a model with class tokens or token-id inputs, the mean over tokens for the rest.
+            How each layer is read is printed after that batch and kept in ``readings``.
+        output_transform: function from a module's output to the activation tensor, applied before the
+            reading is observed (for outputs whose main tensor the probe cannot find).
         log_histograms: log histograms of per-neuron H and of pairwise I per layer (TensorBoard, W&B; see
             `lightning_infomem.reporting` for what each logger gets).
         heatmap_every_n_measurements: log an MI-matrix heatmap image per layer, with its colour scale, every
@@ -277,8 +272,10 @@ class InformationMeasures(Callback):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stash: dict[str, list[Tensor]] = {}
         self._called: set[str] = set()  # layers whose hook fired in this validation (with rows or not)
-        self._attention_mask: list[Optional[Tensor]] = [None]  # the validation batch's attention mask, if any
-        self._hooks: dict[str, Callable[..., None]] = {}
+        self._masks: list[dict[str, Tensor]] = [{}]  # the validation batch's [batch, tokens] masks, if any
+        self.readings: dict[str, Reading] = {}  # how each layer is read, observed on the first measured batch
+        self._probe: Optional[ReadingProbe] = None  # recording the first measured batch, until it is observed
+        self._hook_for_cache: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
         self._distributed = False
@@ -475,6 +472,7 @@ class InformationMeasures(Callback):
         )
         if chosen is not None and chosen.family == "shared":
             self._shared = set(self.layer_names)
+        self.readings.clear()  # observed again on this stage's first measured batch (the hooks hold this dict)
         bases = [name.partition(".application_")[0] for name in self.series_names]
         if list(dict.fromkeys(bases)) != self.layer_names:  # not fixed yet, or fixed for other layers
             self.series_names = list(self.layer_names)
@@ -492,20 +490,6 @@ class InformationMeasures(Callback):
         self._announced = True
         how = chosen.description if chosen is not None else f"layers={self.layers!r}"
         shown = ", ".join(self.layer_names[:12]) + (", ..." if len(self.layer_names) > 12 else "")
-        modules = dict(named_layers(pl_module))
-        reductions: dict[str, int] = {}
-        for name in self.layer_names:
-            reduction = resolved_sequence_reduction(self.sequence_reduction, modules[name], pl_module)
-            reductions[reduction] = reductions.get(reduction, 0) + 1
-        tokens = {"first": "the first token", "last": "the last (non-pad) token", "mean": "the mean over tokens"}
-        read = ", ".join(f"{tokens[r]} of {n} layer(s)" for r, n in reductions.items())
-        why = (
-            " (sequence_reduction='auto': causal blocks at the last token, models with a class token or token ids "
-            "at the first, others averaged)"
-            if self.sequence_reduction == "auto"
-            else ""
-        )
-        shown += f"; outputs with spatial axes averaged over space; sequence outputs, if any, read at {read}{why}"
         if chosen is not None and chosen.family == "conv" and "before" in chosen.description:
             self._warn_once(
                 "pre-activation",
@@ -513,6 +497,19 @@ class InformationMeasures(Callback):
                 "are the activations to measure (or output_transform=torch.relu)",
             )
         rank_zero_info(f"InformationMeasures: monitoring {len(self.layer_names)} layer(s), {how}: {shown}")
+
+    def _announce_readings(self) -> None:
+        """Print how each layer is read, as observed on the first measured batch, and what had to be assumed."""
+        groups: dict[str, list[str]] = {}
+        for name in self.layer_names:
+            reading = self.readings.get(name)
+            if reading is not None:
+                groups.setdefault(reading.describe(), []).append(name)
+        said = "; ".join(f"{', '.join(names)}: {how}" for how, names in groups.items())
+        rank_zero_info(f"InformationMeasures: read as observed on the first measured batch: {said}")
+        for reading in self.readings.values():
+            for note in reading.notes:
+                self._warn_once(f"reading:{note}", f"InformationMeasures: {note}")
 
     def _check_state_budget(self, pl_module: LightningModule) -> None:
         """Refuse, before any epoch runs, a layer whose entropy or MI state would exceed ``max_state_bytes``.
@@ -606,8 +603,11 @@ class InformationMeasures(Callback):
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-        self._attention_mask[0] = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+        self._masks[0] = batch_masks(batch)
+        if self._measuring and not self.readings and self._probe is None:
+            modules = dict(named_layers(pl_module))
+            self._probe = ReadingProbe(pl_module, {n: modules[n] for n in self.layer_names}, self.output_transform)
+            self._probe.start()
 
     def on_validation_batch_end(
         self,
@@ -618,8 +618,34 @@ class InformationMeasures(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if self._probe is not None:
+            self._observe_readings(batch)
         with limited_threads(self.threads):
             self._drain(dataloader_idx)
+
+    def _observe_readings(self, batch: Any) -> None:
+        """Observe how to read each layer on the recorded batch (`ReadingProbe`), then read that batch's outputs."""
+        probe, self._probe = self._probe, None
+        assert probe is not None
+        probe.stop()
+        if not probe.calls:
+            return  # the monitored modules did not run in this batch: the next one is observed
+        batch_size = _batch_size(batch)
+        result = probe.observe(batch_size, self._masks[0]) if batch_size else None
+        readings = result.readings if result is not None else {}
+        for name in self.layer_names:
+            reading = readings.get(name, Reading())
+            if self.sequence_reduction != "auto" and reading.layout == "sequence":
+                reading = dataclasses.replace(reading, token=self.sequence_reduction)
+            self.readings[name] = reading
+        if result is not None and result.bypassed:
+            self._warn_once(
+                "bypassed",
+                f"InformationMeasures: the forward hooks of {result.bypassed} never fire: their submodules ran, so the "
+                "model calls their forward directly (module.forward(x) instead of module(x)), which skips hooks. Call "
+                "the module itself, or monitor submodules that are called (layers=[...])",
+            )
+        self._announce_readings()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         try:
@@ -652,6 +678,9 @@ class InformationMeasures(Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def _remove_hooks(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -662,24 +691,18 @@ class InformationMeasures(Callback):
     def _hook_for(self, name: str, module: nn.Module, model: nn.Module) -> Callable[..., None]:
         """The forward hook of a layer, one function object per layer for the whole run.
 
-        It only turns the output into ``[batch, neurons]`` activations and keeps them: tensor operations
-        that torch.compile traces into the model's graph (no graph break, no guard on callback state, so
-        no recompilation when measuring starts or stops). Everything else happens after the batch; the
-        layer's channel width (for outputs with spatial axes) is read from the module tree here, once.
+        It only keeps the output: one list append, which torch.compile traces into the model's graph (no graph
+        break, no guard on callback state, so no recompilation when measuring starts or stops, or once the readings
+        are observed). After the batch, each output is read as the layer's `Reading` says.
         """
-        hook = self._hooks.get(name)
+        hook = self._hook_for_cache.get(name)
         if hook is None:
             store = self._stash.setdefault(name, [])
-            transform, width = self.output_transform, channel_width(module)
-            reduction = resolved_sequence_reduction(self.sequence_reduction, module, model)
-            tokens = class_tokens(model) if self.sequence_reduction == "auto" else 0
-            mask = self._attention_mask  # the current validation batch's mask, set before the batch
 
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                activations = to_neuron_activations(output, module, transform, reduction, width, mask[0], tokens)
-                store.append(activations.detach())
+                store.append(output)
 
-            self._hooks[name] = hook
+            self._hook_for_cache[name] = hook
         return hook
 
     def _drain(self, loader: int) -> None:
@@ -693,6 +716,9 @@ class InformationMeasures(Callback):
                 store.clear()
         if not measuring or not outputs:
             return
+        for name, kept in outputs.items():
+            reading = self.readings.get(name)
+            outputs[name] = [read(out, reading, self._masks[0], self.output_transform).detach() for out in kept]
         self._called.update(outputs)
         measurement = self.measurements.get(loader)
         if measurement is None or (measurement.world_size, measurement.distributed) != (
@@ -953,3 +979,17 @@ def _is_compiled(module: nn.Module) -> bool:
 
 def _to_cpu(value: Any) -> Any:
     return value.cpu() if isinstance(value, Tensor) else value
+
+
+def _batch_size(batch: Any) -> Optional[int]:
+    """The number of samples in a batch: the first axis of its first tensor, as the dataloader collates it."""
+    for value in (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
+    ):
+        if isinstance(value, Tensor) and value.ndim:
+            return int(value.shape[0])
+        if isinstance(value, (Mapping, tuple, list)):
+            found = _batch_size(value)
+            if found:
+                return found
+    return None

@@ -9,10 +9,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_infomem.callbacks.layers import first_tensor
-from lightning_infomem.callbacks.logits import choose_logits_module, logits_candidates, logits_of
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_prefix, join_key
+from lightning_infomem.introspection.logits import choose_logits_module, logits_candidates, logits_of
+from lightning_infomem.introspection.readings import first_tensor
 from lightning_infomem.metrics.predictions import SoftmaxPeers
 
 __all__ = ["PredictionPeers"]

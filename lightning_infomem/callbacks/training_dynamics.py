@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
-from lightning_infomem.callbacks.logits import choose_logits_module, logits_candidates, logits_of
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key
@@ -40,6 +39,7 @@ from lightning_infomem.functional.training_dynamics import (
     presentation_statistics,
     update_forgetting,
 )
+from lightning_infomem.introspection.logits import choose_logits_module, logits_candidates, logits_of
 from lightning_infomem.pooling import RowPool
 
 __all__ = ["TrainingDynamics"]

@@ -200,27 +200,25 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
 
 
 def capture_activations(model: nn.Module, layers: list[str], x: Tensor) -> dict[str, Tensor]:
-    """Activations ``[S, N]`` of the named modules on ``x`` (eval mode, no gradient), reduced as the callback
-    reduces them (spatial average, the ``sequence_reduction="auto"`` token)."""
-    from lightning_infomem.callbacks.layers import named_layers, resolved_sequence_reduction, to_neuron_activations
+    """Activations ``[S, N]`` of the named modules on ``x`` (eval mode, no gradient), read as the callback reads
+    them (observed by `ReadingProbe`: spatial average, the token of a sequence)."""
+    from lightning_infomem.introspection import ReadingProbe, named_layers, read
 
     modules = dict(named_layers(model))
-    captured: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            reduction = resolved_sequence_reduction("auto", module, model)
-            captured[name] = to_neuron_activations(out, module, None, reduction).detach()
-
-        return hook
-
-    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
+    probe = ReadingProbe(model, {name: modules[name] for name in layers})
+    was_training = model.training
+    model.eval()
     try:
-        _eval(model, x)
+        with torch.no_grad():
+            probe.start()
+            try:
+                model(x)
+            finally:
+                probe.stop()
+            result = probe.observe(batch_size=len(x), masks={})
     finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+        model.train(was_training)
+    return {name: read(result.outputs[name][0], result.readings.get(name)).detach() for name in layers}
 
 
 class EpochRecorder(Callback):

@@ -144,7 +144,7 @@ class StagedCNN(_Classifier):
     halving the resolution), global average pooling, a linear head. The default layers are its stages.
 
     Example:
-        >>> from lightning_infomem.callbacks.layers import choose_default_layers
+        >>> from lightning_infomem.introspection.layers import choose_default_layers
         >>> choose_default_layers(StagedCNN(1, 10)).names
         ['stage1', 'stage2', 'stage3']
     """
@@ -177,7 +177,7 @@ class TokenTransformer(_Classifier):
     on the [CLS] token (position 0). The default layers are its encoder layers, read at the first token.
 
     Example:
-        >>> from lightning_infomem.callbacks.layers import choose_default_layers
+        >>> from lightning_infomem.introspection.layers import choose_default_layers
         >>> choose_default_layers(TokenTransformer(2)).names
         ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2', 'encoder.layers.3']
     """

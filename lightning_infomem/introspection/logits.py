@@ -6,17 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from lightning_infomem.callbacks.layers import first_tensor, named_layers, output_head
+from lightning_infomem.introspection.layers import named_layers, output_head
+from lightning_infomem.introspection.readings import first_tensor
 
 __all__ = ["choose_logits_module", "logits_candidates", "logits_of"]
 
 
-def logits_candidates(
-    pl_module: LightningModule, logits_module: Optional[str], who: str
-) -> list[tuple[str, nn.Module]]:
+def logits_candidates(pl_module: nn.Module, logits_module: Optional[str], who: str) -> list[tuple[str, nn.Module]]:
     """The module(s) whose output may be the logits, the likeliest first.
 
     ``logits_module`` given: that one (``""``: the ``LightningModule`` itself). ``None``: the head, the last

@@ -1,4 +1,4 @@
-"""Choosing the monitored modules and turning their outputs into ``[batch, neurons]`` activations.
+"""Choosing the monitored modules: by name, path pattern or type, or by default from the module tree.
 
 Module names are the dotted names of ``model.named_modules()`` with the ``_orig_mod`` parts that
 ``torch.compile`` inserts left out, so a layer has the same name whether or not (and however) the
@@ -8,52 +8,41 @@ Patterns have path semantics: a name is a dotted path of parts, ``*`` matches wi
 dot), ``**`` as a whole part matches any number of parts (none included), ``?`` one character and
 ``[...]`` one of a set, all within a part. ``"blocks.*"`` selects the items of ``blocks`` and
 nothing below them; ``"**.output"`` selects every module named ``output`` at any depth.
+
+How a chosen module's output is read (its batch axis, main tensor, neurons, token) is observed on the first
+measured batch: `lightning_infomem.introspection.probe`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import importlib
-import math
 import warnings
-import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal, NamedTuple, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, Optional, Union
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_infomem.checks import check_int
 
 __all__ = [
-    "channel_width",
-    "class_tokens",
-    "is_causal_block",
-    "resolved_sequence_reduction",
     "check_layer_spec",
     "DEFAULT_MAX_LAYERS",
     "DefaultLayers",
     "LayerSpec",
-    "OutputTransform",
     "choose_default_layers",
     "default_layers",
-    "first_tensor",
     "match_layer_pattern",
     "module_output_width",
     "named_layers",
+    "output_head",
     "resolve_layers",
-    "to_neuron_activations",
 ]
 
 LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
-OutputTransform = Callable[[Any], Tensor]
-SequenceReduction = Literal["first", "mean", "last"]
-SequenceReductionChoice = Literal["auto", "first", "mean", "last"]
 
 DEFAULT_MAX_LAYERS = 6
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d)
 _COMPILED_PART = "_orig_mod"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -115,10 +104,11 @@ class DefaultLayers(NamedTuple):
     ``family``: ``"blocks"`` (a run of repeated blocks: transformer layers, MobileNet blocks), ``"stages"``
     (containers of blocks: ResNet, Swin, EfficientNet, DenseNet stages), ``"encoder-decoder"`` (the blocks of
     two stacks: T5, BART), ``"shared"`` (one block applied several times: ALBERT), ``"conv"`` (convolutions
-    without blocks: VGG, a plain ``nn.Sequential`` CNN), ``"mlp"``, or ``"none"``."""
+    without blocks: VGG, a plain ``nn.Sequential`` CNN), ``"recurrent"`` (an LSTM or GRU classifier), ``"mlp"``, or
+    ``"none"``."""
 
     names: list[str]
-    family: Literal["blocks", "stages", "encoder-decoder", "shared", "conv", "mlp", "none"]
+    family: Literal["blocks", "stages", "encoder-decoder", "shared", "conv", "recurrent", "mlp", "none"]
     description: str
 
 
@@ -272,11 +262,13 @@ class _Tree:
                 same.append(shapes)
         return False
 
-    def hooked(self, name: str) -> str:
-        """``name``, or, for a list without a forward of its own (a ``ModuleList`` stage), its last item."""
-        while not _has_forward(self.modules[name]) and self.children[name]:
-            name = self.children[name][-1]
-        return name
+    def called(self, name: str) -> list[str]:
+        """``[name]``, or, for a list without a forward of its own (a ``ModuleList`` of stages that the model calls
+        in a loop, as a U-Net's encoder), the stages in it: its blocks, else its items with weights."""
+        if _has_forward(self.modules[name]) or not self.children[name]:
+            return [name]
+        items = self.block_children(name) or [child for child in self.children[name] if self.weights(child)]
+        return [called for item in items for called in self.called(item)] or [name]
 
 
 _DOMINANT_SHARE = 0.85
@@ -298,10 +290,12 @@ def _evenly_spaced(names: list[str], max_layers: int) -> list[str]:
 
 
 def _owns_weights(module: nn.Module) -> bool:
-    """A layer with a weight matrix (linear, convolution, Hugging Face ``Conv1D``); embeddings and token or
-    position parameters do not count."""
+    """A layer with a weight matrix (linear, convolution, Hugging Face ``Conv1D``) or a recurrent layer
+    (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``); embeddings and token or position parameters do not count."""
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return False
+    if isinstance(module, nn.RNNBase):
+        return True  # weight_ih_l0, weight_hh_l0, ...: one recurrent layer
     weight = module._parameters.get("weight")
     return weight is not None and weight.ndim >= 2
 
@@ -346,10 +340,10 @@ def _after_activation(tree: _Tree, name: str) -> str:
 
 
 def _is_decoder_block(module: nn.Module) -> bool:
-    """A decoder's block: causal (`is_causal_block`: T5, BART) or attending twice, to itself and to the encoder
-    (two ``nn.MultiheadAttention``: ``nn.TransformerDecoderLayer``). Two stages of a CNN or Swin are not an
-    encoder and a decoder."""
-    return is_causal_block(module) or sum(isinstance(sub, nn.MultiheadAttention) for sub in module.modules()) >= 2
+    """A decoder's block: causal (a submodule with ``is_causal`` or ``is_decoder`` set: T5, BART) or attending
+    twice, to itself and to the encoder (two ``nn.MultiheadAttention``: ``nn.TransformerDecoderLayer``). Two stages
+    of a CNN or Swin are not an encoder and a decoder."""
+    return _is_causal_block(module) or sum(isinstance(sub, nn.MultiheadAttention) for sub in module.modules()) >= 2
 
 
 def _stack_of(tree: _Tree, name: str) -> list[str]:
@@ -377,7 +371,8 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
       times in a forward pass): that block; the callback measures each application as its own layer.
     - **conv**: convolutions without blocks (VGG, AlexNet, a plain ``nn.Sequential`` CNN): each convolution's
       output after its activation (the activation module that follows it in its ``nn.Sequential``).
-    - **mlp**: every ``nn.Linear`` but the last (the output head): the pre-activation outputs.
+    - **recurrent** / **mlp**: every recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) and ``nn.Linear`` but the
+      last (the output head): the recurrent layers' outputs and the linear layers' pre-activation outputs.
 
     Where there are more than ``max_layers`` candidates, that many evenly spaced ones, always including
     the first and the deepest. How outputs become ``[batch, neurons]`` (spatial average, a token) is
@@ -406,14 +401,14 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
             and all(len(stack) >= 2 for stack in stacks)
             and any(_is_decoder_block(tree.modules[name]) for name in stacks[1])
         ):
-            blocks = [tree.hooked(name) for name in stacks[0] + stacks[1]]
+            blocks = [called for name in stacks[0] + stacks[1] for called in tree.called(name)]
             names = _evenly_spaced(blocks, max_layers)
             description = (
                 f"encoder-decoder: {len(blocks)} blocks in two stacks ({children[0]!r}: {len(stacks[0])}, "
                 f"{children[1]!r}: {len(stacks[1])}): {len(names)} block outputs"
             )
             return DefaultLayers(names, "encoder-decoder", description)
-        names = [tree.hooked(name) for name in _evenly_spaced(children, max_layers)]
+        names = _evenly_spaced([called for child in children for called in tree.called(child)], max_layers)
         kinds = sorted(
             {type(tree.modules[c]).__name__ for c in children},
             key=lambda k: -[type(tree.modules[c]).__name__ for c in children].count(k),
@@ -454,11 +449,17 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
                 "nn.Sequential after them)"
             )
         return DefaultLayers(names, "conv", description)
-    linear = [name for name, module in layers if isinstance(module, nn.Linear)]
+    linear = [name for name, module in layers if isinstance(module, (nn.Linear, nn.RNNBase))]
     if not linear:
-        return DefaultLayers([], "none", "no nn.Linear, convolution or repeated block to monitor")
+        return DefaultLayers([], "none", "no nn.Linear, recurrent layer, convolution or repeated block to monitor")
     hidden = linear[:-1] if len(linear) > 1 else linear
     names = _evenly_spaced(hidden, max_layers)
+    if any(isinstance(tree.modules[name], nn.RNNBase) for name in hidden):
+        description = (
+            f"recurrent: {len(names)} of {len(hidden)} hidden recurrent and linear layers (the last layer, the output "
+            "head, is left out)"
+        )
+        return DefaultLayers(names, "recurrent", description)
     description = (
         f"mlp: {len(names)} of {len(hidden)} hidden linear layers (pre-activation outputs; the last one, the output "
         "head, is left out)"
@@ -661,291 +662,10 @@ def _name_list(named: Sequence[tuple[str, nn.Module]], limit: int = 60) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def first_tensor(output: Any) -> Optional[Tensor]:
-    """The first tensor of a module output: the output itself, or the first one found (depth first) in a
-    tuple, list, dict or dict-like model output; ``None`` if there is none.
-
-    Example:
-        >>> import torch
-        >>> first_tensor((None, {"hidden": torch.ones(2)})).tolist()
-        [1.0, 1.0]
-    """
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping):
-        values: Sequence[Any] = list(output.values())
-    elif isinstance(output, (tuple, list)):
-        values = output
-    else:
-        return None
-    for value in values:
-        found = first_tensor(value)
-        if found is not None:
-            return found
-    return None
-
-
-def _describe_output(output: Any) -> tuple[str, str]:
-    """What a module output is, and the fix: the ``output_transform`` that would pick a tensor out of it."""
-    name = type(output).__name__
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        fields = [f.name for f in dataclasses.fields(output) if isinstance(getattr(output, f.name, None), Tensor)]
-        if fields:
-            return (
-                f"a {name} (a dataclass with the tensor fields {fields})",
-                f"pass output_transform=lambda out: out.{fields[0]} (or the field you want to measure)",
-            )
-    tensors = [k for k, v in vars(output).items() if isinstance(v, Tensor)] if hasattr(output, "__dict__") else []
-    if tensors:
-        return f"a {name} with the tensor attributes {tensors}", f"pass output_transform=lambda out: out.{tensors[0]}"
-    what = f"a {name} ({str(output)[:60]!r})" if isinstance(output, (str, bytes)) else f"a {name}"
-    return what, "monitor a module whose output is a tensor, or pass output_transform=... that returns one"
-
-
-def to_neuron_activations(
-    output: Any,
-    module: Optional[nn.Module] = None,
-    output_transform: Optional[OutputTransform] = None,
-    sequence_reduction: SequenceReduction = "first",
-    channels: Union[int, None, Literal["auto"]] = "auto",
-    attention_mask: Optional[Tensor] = None,
-    class_tokens: int = 0,
-) -> Tensor:
-    """A module's output as ``[batch, neurons]`` activations.
-
-    - ``output_transform`` (if given) is applied first and must return a tensor.
-    - Tuples, lists, dicts and dict-like model outputs: the first tensor found.
-    - ``[B]`` becomes ``[B, 1]``; ``[B, N]`` is used as is.
-    - ``[B, C, *spatial]`` with 4 or more dimensions, or 3 dimensions from a 1-d convolution,
-      normalisation or pooling module: channels are neurons, spatial positions are averaged. The
-      channel axis is the one of the module's width (`channel_width`): ``[B, *spatial, C]``
-      (channels last: Swin, timm ConvNeXt stages) is averaged over its spatial axes the same way.
-    - Other ``[B, T, H]`` outputs are sequences: ``sequence_reduction="first"`` takes the first
-      token (as for a [CLS] vector), ``"mean"`` averages over tokens, ``"last"`` takes the last one
-      (a causal model's summary of the sequence).
-    - ``attention_mask`` (``[B, T]``, 1 = a real token), when given and of the output's ``[B, T]``: the
-      reductions use the real tokens only (the first or last real token, the mean over them).
-    - ``channels``: the module's channel width for that choice; ``"auto"`` reads it from the module tree
-      (`channel_width`), ``None`` when it is not known (dimension 1 is taken, with a warning).
-    - ``class_tokens``: how many class tokens the model prepends (`class_tokens`). With ``"first"``, a ``[B, T, H]``
-      output whose ``T`` is a square grid of patches while ``T - class_tokens`` is not (a block before the class
-      token joins, as CaiT's patch blocks) has no class token to read: it is averaged over tokens.
-    - Nested tensors (padded sequences packed by ``nn.TransformerEncoder`` with a padding mask): the
-      same reductions over each sample's own tokens, padding excluded.
-
-    Example:
-        >>> import torch
-        >>> to_neuron_activations(torch.ones(8, 16, 5, 5)).shape
-        torch.Size([8, 16])
-        >>> to_neuron_activations((torch.ones(8, 10, 32), None), sequence_reduction="mean").shape
-        torch.Size([8, 32])
-    """
-    value = output_transform(output) if output_transform is not None else first_tensor(output)
-    if not isinstance(value, Tensor):
-        if output_transform is not None:
-            raise TypeError(
-                f"output_transform returned {type(value).__name__}, not a tensor; it must return the activation "
-                "tensor of the module's output"
-            )
-        what, fix = _describe_output(output)
-        raise TypeError(f"the module returned {what}, which holds no tensor the callback can find; {fix}")
-
-    if value.is_nested:  # padded sequences packed as a nested tensor (nn.TransformerEncoder with a padding mask)
-        return _reduce_nested(value, module, sequence_reduction)
-    if value.ndim == 0:
-        raise ValueError("a module output of shape [] has no batch dimension; use output_transform to pick a tensor")
-    if value.ndim == 1:
-        return value.unsqueeze(1)
-    if value.ndim == 2:
-        return value
-    if value.ndim >= 4:
-        width = (channel_width(module) if module is not None else None) if channels == "auto" else channels
-        return _average_over_space(value, module, width)
-    if isinstance(module, _CHANNELS_FIRST_1D):
-        return value.flatten(2).mean(dim=2)
-    if attention_mask is not None and tuple(attention_mask.shape) == tuple(value.shape[:2]):
-        return _masked_reduction(value, attention_mask, sequence_reduction)
-    if sequence_reduction == "first" and class_tokens and _is_patch_grid(value.shape[1], class_tokens):
-        return value.mean(dim=1)
-    if sequence_reduction == "first":
-        return value[:, 0]
-    if sequence_reduction == "mean":
-        return value.mean(dim=1)
-    if sequence_reduction == "last":
-        return value[:, -1]
-    raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
-
-
-def _is_patch_grid(tokens: int, class_tokens: int) -> bool:
-    """Whether ``tokens`` is a square grid of patches and ``tokens - class_tokens`` is not."""
-    return math.isqrt(tokens) ** 2 == tokens and math.isqrt(tokens - class_tokens) ** 2 != tokens - class_tokens
-
-
-def _masked_reduction(value: Tensor, mask: Tensor, sequence_reduction: SequenceReduction) -> Tensor:
-    """``[B, T, H]`` -> ``[B, H]`` over the tokens where ``mask`` (``[B, T]``, 1 = a real token) is set: the first
-    or last real token (left or right padding alike), or their mean."""
-    real = mask.to(device=value.device) != 0
-    if sequence_reduction == "mean":
-        weights = real.to(value.dtype).unsqueeze(-1)
-        return (value * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
-    positions = torch.arange(value.shape[1], device=value.device)
-    if sequence_reduction == "first":
-        index = torch.where(real, positions, value.shape[1]).amin(dim=1).clamp_max(value.shape[1] - 1)
-    elif sequence_reduction == "last":
-        index = torch.where(real, positions, -1).amax(dim=1).clamp_min(0)
-    else:
-        raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")
-    return value[torch.arange(value.shape[0], device=value.device), index]
-
-
-def is_causal_block(module: nn.Module) -> bool:
-    """Whether a block attends causally (each token to the earlier ones only), from the module tree: a submodule
-    with ``is_causal`` or ``is_decoder`` set, as Hugging Face's decoder attention (GPT-2, Llama, the decoders of
-    T5 and BART) has.
-
-    Example:
-        >>> from torch import nn
-        >>> is_causal_block(nn.Linear(2, 2))
-        False
-    """
+def _is_causal_block(module: nn.Module) -> bool:
+    """A submodule with ``is_causal`` or ``is_decoder`` set (Hugging Face's decoder attention): used only to tell a
+    decoder stack beside an encoder when choosing layers; how a layer is read is observed (`ReadingProbe`)."""
     return any(
         getattr(sub, "is_causal", False) is True or getattr(sub, "is_decoder", False) is True
         for sub in module.modules()
     )
-
-
-_CLASS_TOKEN_NAMES = ("cls_token", "class_token", "dist_token")
-
-
-def class_tokens(model: nn.Module) -> int:
-    """How many class tokens a model prepends to its sequences: its parameters named ``cls_token``,
-    ``class_token`` or ``dist_token`` (timm, torchvision and Hugging Face ViTs, DeiT's distillation token).
-
-    Example:
-        >>> from torch import nn
-        >>> class_tokens(nn.Linear(2, 2))
-        0
-    """
-    return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2] in _CLASS_TOKEN_NAMES)
-
-
-def _reads_token_ids(model: nn.Module) -> bool:
-    """Whether a model embeds token ids (an ``nn.Embedding`` that is not a position table): text models, whose
-    encoders put a summary token ([CLS], ``<s>``) first."""
-    return any(
-        isinstance(module, nn.Embedding) and "pos" not in name.rpartition(".")[2].lower()
-        for name, module in model.named_modules()
-    )
-
-
-def resolved_sequence_reduction(
-    choice: SequenceReductionChoice, module: nn.Module, model: Optional[nn.Module] = None
-) -> SequenceReduction:
-    """The token (or mean) that stands for a sequence, for ``sequence_reduction="auto"``; any other choice as given.
-
-    - a causal block (`is_causal_block`: GPT-2, Llama, a T5 or BART decoder): ``"last"``, the token that has
-      seen the whole sequence (the first has seen only itself);
-    - in a model with causal blocks elsewhere (the encoder of an encoder-decoder, which has no summary token):
-      ``"mean"``;
-    - in a model with class tokens (`class_tokens`: ViT, DeiT) or one that embeds token ids (BERT, RoBERTa,
-      DistilBERT, ELECTRA, DeBERTa: a [CLS] token first): ``"first"``; `to_neuron_activations` averages a
-      layer whose token count is a square grid of patches without the class tokens (CaiT's patch blocks);
-    - otherwise (patch or frame sequences without a class token: MLP-Mixer, ResMLP, LeViT, audio encoders):
-      ``"mean"``.
-
-    Without ``model``, ``"last"`` for a causal block and ``"first"`` otherwise.
-
-    Example:
-        >>> from torch import nn
-        >>> resolved_sequence_reduction("auto", nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
-        'mean'
-    """
-    if choice != "auto":
-        return choice
-    if is_causal_block(module):
-        return "last"
-    if model is None:
-        return "first"
-    if any(is_causal_block(sub) for sub in model.children()):
-        return "mean"
-    if class_tokens(model) or _reads_token_ids(model):
-        return "first"
-    return "mean"
-
-
-_WIDTHS: weakref.WeakKeyDictionary[nn.Module, Optional[int]] = weakref.WeakKeyDictionary()
-_UNKNOWN_LAYOUT_WARNED: set[int] = set()
-
-
-def channel_width(module: nn.Module) -> Optional[int]:
-    """The channels of a module's output where the module tree says it: its own width (`module_output_width`),
-    or, for a container (a ResNet stage, a Swin block), that of its last submodule of known width. Cached.
-
-    Example:
-        >>> from torch import nn
-        >>> channel_width(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU()))
-        16
-    """
-    if module in _WIDTHS:
-        return _WIDTHS[module]
-    width = module_output_width(module)
-    if width is None:
-        for sub in reversed(list(_unwrap(module).modules())):
-            width = module_output_width(sub) if sub is not module else None
-            if width is not None:
-                break
-    _WIDTHS[module] = width
-    return width
-
-
-def _average_over_space(value: Tensor, module: Optional[nn.Module], width: Optional[int]) -> Tensor:
-    """``[B, C, *spatial]`` (channels first, as convolutions give) or ``[B, *spatial, C]`` (channels last, as Swin
-    and ConvNeXt stages give) averaged over space to ``[B, C]``; the channel axis is the one of the module's width.
-
-    A container's width is that of its last layer of known width, which a block that concatenates its branches
-    (DenseNet, Inception, SqueezeNet's Fire) does not have: when neither axis has it, a container whose last such
-    layer is a convolution or a norm over channels is read channels first, as that layer gives."""
-    if width is not None and value.shape[1] != width and value.shape[-1] == width:
-        return value.flatten(1, -2).mean(dim=1)  # channels last
-    if width is not None and value.shape[1] != width:
-        if module is not None and module_output_width(module) is None and _last_layer_is_channels_first(module):
-            return value.flatten(2).mean(dim=2)  # a concatenating container of convolutions
-        raise ValueError(
-            f"a module output of shape {list(value.shape)} has no axis of the module's {width} channels (neither "
-            "dimension 1 nor the last); pass output_transform=... that returns [batch, neurons]"
-        )
-    if width is None and module is not None and not _is_activation(module) and id(module) not in _UNKNOWN_LAYOUT_WARNED:
-        _UNKNOWN_LAYOUT_WARNED.add(id(module))
-        warnings.warn(
-            f"{type(module).__name__} gives {list(value.shape)} outputs and its width is not known from the module "
-            "tree: dimension 1 is read as the channels (channels first). If its outputs are channels last "
-            "([batch, ..., channels]), pass output_transform=lambda out: out.movedim(-1, 1)",
-            UserWarning,
-            stacklevel=3,
-        )
-    return value.flatten(2).mean(dim=2)
-
-
-def _last_layer_is_channels_first(module: nn.Module) -> bool:
-    for sub in reversed(list(_unwrap(module).modules())):
-        if module_output_width(sub) is not None:
-            return isinstance(sub, (*_CONV_TYPES, nn.modules.batchnorm._NormBase, nn.GroupNorm))
-    return False
-
-
-def _reduce_nested(value: Tensor, module: Optional[nn.Module], sequence_reduction: SequenceReduction) -> Tensor:
-    """``[batch, neurons]`` from a nested tensor of ``[T_i, ...]`` sequences: each sample's own tokens only, so
-    the reduction never sees padding (the first, mean or last real token)."""
-    parts = value.unbind()
-    if not parts or parts[0].ndim != 2:
-        raise ValueError(
-            f"a nested-tensor output of {len(parts)} samples whose parts are not [tokens, features]; pass an "
-            "output_transform that returns a [batch, neurons] tensor"
-        )
-    if sequence_reduction == "first":
-        return torch.stack([part[0] for part in parts])
-    if sequence_reduction == "mean":
-        return torch.stack([part.mean(dim=0) for part in parts])
-    if sequence_reduction == "last":
-        return torch.stack([part[-1] for part in parts])
-    raise ValueError(f"sequence_reduction must be 'first', 'mean' or 'last', received {sequence_reduction!r}")

@@ -1,0 +1,570 @@
+"""Observing how to read each monitored module, on the first measured batch.
+
+Names and attributes do not say which axis of an output is the batch (XLNet's layers give
+``[tokens, batch, hidden]``), which tensor of a tuple is the stream the next block consumes, whether a stack
+is causal (BLOOM's attention has no ``is_causal``; Mamba has no attention at all) or whether a module's forward
+hooks ever fire (a model that calls ``block.forward(x)``). The model can tell: `ReadingProbe` records the
+call that ran the monitored modules during one batch and then runs it again, without gradients and with the
+random state restored:
+
+- as recorded, with a hook on every module: which modules ran (a monitored module whose submodules ran but
+  whose own hooks did not was bypassed), which output tensors a later module consumed, and which layer types
+  produced the output (convolutions and channel norms put channels first, linear layers and layer norms last);
+- with one sample fewer: the axis whose size follows the batch is the batch axis;
+- for each sequence output, with the module's input changed at each sample's last real token: when no earlier
+  position changes, the module is causal and is read at its last real token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_infomem.introspection.readings import (
+    MASK_KEYS,
+    OutputTransform,
+    Reading,
+    is_patch_grid,
+    output_leaves,
+    select,
+)
+
+__all__ = ["ProbeResult", "ReadingProbe", "class_tokens", "layout_of"]
+
+_CLASS_TOKEN_NAMES = ("cls_token", "class_token", "dist_token")
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+_HOOK_FIELDS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+)
+_TOLERANCE = 1e-5  # a position "changed" when it moved by more than this, relative to the output's scale
+
+
+def class_tokens(model: nn.Module) -> int:
+    """How many class tokens a model prepends to its sequences: its parameters named ``cls_token``,
+    ``class_token`` or ``dist_token`` (timm, torchvision and Hugging Face ViTs, DeiT's distillation token).
+
+    Example:
+        >>> from torch import nn
+        >>> class_tokens(nn.Linear(2, 2))
+        0
+    """
+    return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2] in _CLASS_TOKEN_NAMES)
+
+
+def layout_of(module: nn.Module) -> Optional[str]:
+    """Where a layer type puts its features: ``"first"`` (convolutions, batch / instance / group norms, pooling:
+    ``[batch, channels, ...]``), ``"last"`` (a layer with a weight matrix of two axes, as ``nn.Linear`` or Hugging
+    Face's ``Conv1D``; layer and RMS norms; recurrent layers; attention: ``[..., features]``), ``None`` otherwise.
+
+    Example:
+        >>> from torch import nn
+        >>> layout_of(nn.Conv2d(3, 8, 3)), layout_of(nn.Linear(3, 8)), layout_of(nn.ReLU())
+        ('first', 'last', None)
+    """
+    if isinstance(module, _CHANNELS_FIRST):
+        return "first"
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention, nn.LayerNorm)) or type(module).__name__.endswith(
+        "RMSNorm"
+    ):
+        return "last"
+    weight = module._parameters.get("weight")
+    if weight is not None and weight.ndim == 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "last"
+    return None
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """What the probe saw: a `Reading` per monitored module it could observe, the modules that were bypassed (their
+    submodules ran, their own forward hooks never fired), and the first batch's outputs of each monitored module,
+    one per application, as the model gave them (to be read with the readings)."""
+
+    readings: dict[str, Reading]
+    bypassed: list[str]
+    outputs: dict[str, list[Any]]
+
+
+@dataclasses.dataclass
+class _Call:
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+
+
+class ReadingProbe:
+    """Records the calls that run the monitored modules during one batch (`start`, `stop`), then observes how to
+    read each (`observe`).
+
+    Args:
+        model: the model (a ``LightningModule``) whose modules are monitored.
+        modules: the monitored modules by name.
+        output_transform: applied to each output before it is observed (as the callback reads it).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> lstm = nn.LSTM(4, 8)  # [tokens, batch, features]
+        >>> model = nn.Sequential()
+        >>> model.add_module("rnn", lstm)
+        >>> probe = ReadingProbe(model, {"rnn": lstm})
+        >>> probe.start()
+        >>> _ = model(torch.randn(7, 5, 4))
+        >>> probe.stop()
+        >>> reading = probe.observe(batch_size=5, masks={}).readings["rnn"]
+        >>> reading.path, reading.batch_axis, reading.token, reading.causal
+        ((0,), 1, 'last', True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Mapping[str, nn.Module],
+        output_transform: Optional[OutputTransform] = None,
+    ) -> None:
+        self.model = model
+        self.modules = dict(modules)
+        self.output_transform = output_transform
+        self.calls: list[_Call] = []
+        self._handles: list[Any] = []
+        self._depth = 0
+        self._seen: dict[str, list[Any]] = {}
+
+    # ---------------------------------------------------------------------------------- recording
+    def start(self) -> None:
+        """Record, from now on, the outermost calls of the model's modules that hold a monitored module."""
+        self.stop()
+        self.calls, self._depth, self._seen = [], 0, {}
+        targets = set(map(id, self.modules.values()))
+        compiled = _compiled_region(self.model)  # a hook added there would make torch.compile trace it again
+        for module in self.model.modules():
+            inner = getattr(module, "_orig_mod", module)
+            if id(module) in compiled:
+                continue
+            if id(inner) in targets or any(id(sub) in targets for sub in inner.modules()):
+                self._handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+                self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        for name, module in self.modules.items():
+            if id(module) not in compiled:
+                self._handles.append(
+                    module.register_forward_hook(
+                        lambda m, a, out, name=name: self._seen.setdefault(name, []).append(out)
+                    )
+                )
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._depth == 0 and len(self.calls) < 8:
+            self.calls.append(_Call(module, args, dict(kwargs)))
+        self._depth += 1
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._depth = max(0, self._depth - 1)
+
+    def stop(self) -> None:
+        """Stop recording (the recorded calls are kept)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # -------------------------------------------------------------------------------- observing
+    def observe(self, batch_size: int, masks: Mapping[str, Tensor]) -> ProbeResult:
+        """Observe each monitored module on the recorded calls; ``batch_size`` is the batch's number of samples
+        (its first axis as the dataloader collates it), ``masks`` the batch's masks (`batch_masks`)."""
+        readings: dict[str, Reading] = {}
+        bypassed: list[str] = []
+        outputs: dict[str, list[Any]] = {name: list(seen) for name, seen in self._seen.items()}
+        state = torch.random.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        try:
+            with torch.no_grad():
+                for call in self.calls:
+                    found, skipped = self._observe_call(call, batch_size, masks)
+                    for name, reading in found.items():
+                        readings.setdefault(name, reading)
+                    bypassed += [name for name in skipped if name not in bypassed]
+        finally:
+            torch.random.set_rng_state(state)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+        bypassed = [name for name in bypassed if name not in readings and name not in outputs]
+        causal = any(reading.causal for reading in readings.values())
+        if causal:  # an encoder beside a causal decoder has no summary token: its mean
+            readings = {
+                name: dataclasses.replace(reading, token="mean")
+                if reading.layout == "sequence" and reading.causal is False and reading.token == "first"
+                else reading
+                for name, reading in readings.items()
+            }
+        return ProbeResult(readings, bypassed, outputs)
+
+    def _run(self, call: _Call, args: tuple, kwargs: dict, hooks: Sequence[tuple[nn.Module, str, Callable]]) -> None:
+        """Run a recorded call again, eagerly, with only the probe's ``hooks``: every other forward hook of the
+        modules (the user's, other callbacks', the measurement's) is set aside, so the probe leaves no trace."""
+        root = getattr(call.module, "_orig_mod", call.module)  # eager: no compilation for a probe
+        modules = list(dict.fromkeys([call.module, *root.modules()]))
+        saved = [(m, {field: getattr(m, field) for field in _HOOK_FIELDS if hasattr(m, field)}) for m in modules]
+        handles = []
+        try:
+            for module, fields in saved:
+                for field, value in fields.items():
+                    setattr(module, field, type(value)())
+            for module, kind, hook in hooks:
+                if kind == "pre":
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(hook))
+            with _eager():
+                root._call_impl(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, fields in saved:
+                for field, value in fields.items():
+                    setattr(module, field, value)
+
+    def _observe_call(
+        self, call: _Call, batch_size: int, masks: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Reading], list[str]]:
+        inside = {id(m) for m in getattr(call.module, "_orig_mod", call.module).modules()}
+        names = [name for name, module in self.modules.items() if id(module) in inside]
+        if not names:
+            return {}, []
+        by_module = {id(self.modules[name]): name for name in names}
+
+        # 1. as recorded: every module's completion (its layout), inputs (what is consumed), the monitored outputs
+        order: list[tuple[int, nn.Module, tuple]] = []  # completed modules and their output shapes, in order
+        consumed: list[tuple[int, nn.Module, set[tuple[int, tuple]]]] = []  # (step, module, input tensors)
+        completed: dict[str, int] = {}
+        full: dict[str, list[Any]] = {}
+        ran: set[int] = set()
+        step = [0]
+
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            step[0] += 1
+            ran.add(id(module))
+            seen = {_identity(t) for _, t in output_leaves((args, kwargs))}
+            consumed.append((step[0], module, seen))
+
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            step[0] += 1
+            leaves = output_leaves(output)
+            order.append((step[0], module, tuple(leaves[0][1].shape) if leaves and not leaves[0][1].is_nested else ()))
+            name = by_module.get(id(module))
+            if name is not None:
+                completed.setdefault(name, step[0])
+                full.setdefault(name, []).append(output)
+
+        every = [(m, "pre", pre) for m in call.module.modules()] + [(m, "post", post) for m in call.module.modules()]
+        self._run(call, call.args, call.kwargs, every)
+        bypassed = [
+            name
+            for name in names
+            if name not in full
+            and any(id(sub) in ran for sub in self.modules[name].modules() if sub is not self.modules[name])
+        ]
+
+        # 2. one sample fewer: the batch axis
+        smaller = batch_size - 1 if batch_size >= 2 else None
+        sliced: dict[str, list[Any]] = {}
+        sliced_args: Optional[tuple[tuple, dict]] = None
+        if smaller is not None:
+            sliced_args = _slice_batch((call.args, call.kwargs), batch_size, smaller)
+            if sliced_args is not None:
+                try:
+                    self._run(call, *sliced_args, [(self.modules[n], "post", _collect(sliced, n)) for n in full])
+                except Exception:  # noqa: BLE001 - a model that cannot take a smaller batch: assumed, and said
+                    sliced, sliced_args = {}, None
+
+        readings: dict[str, Reading] = {}
+        for name, outs in full.items():
+            readings[name] = self._reading(
+                name, outs[0], (sliced.get(name) or [None])[0], batch_size, smaller, completed[name], order, consumed
+            )
+
+        # 3. causality: each sequence module's input changed at the last real token
+        sliced_masks = {k: v[:smaller] for k, v in masks.items()} if sliced_args is not None else dict(masks)
+        runs = (sliced_args, smaller) if sliced_args is not None else ((call.args, call.kwargs), batch_size)
+        reference = sliced if sliced_args is not None else full
+        for name, reading in list(readings.items()):
+            if reading.layout != "sequence":
+                continue
+            readings[name] = self._with_token(call, name, reading, runs, reference, sliced_masks)
+        return readings, bypassed
+
+    def _reading(
+        self,
+        name: str,
+        output: Any,
+        smaller_output: Any,
+        batch_size: int,
+        smaller: Optional[int],
+        completed: int,
+        order: list[tuple[int, nn.Module, tuple]],
+        consumed: list[tuple[int, nn.Module, set[tuple[int, tuple]]]],
+    ) -> Reading:
+        module = self.modules[name]
+        notes: list[str] = []
+        if self.output_transform is not None:
+            leaves = [((), self.output_transform(output))]
+            small = [((), self.output_transform(smaller_output))] if smaller_output is not None else []
+        else:
+            leaves = [(p, t) for p, t in output_leaves(output) if t.is_floating_point() and t.ndim >= 1]
+            small = output_leaves(smaller_output) if smaller_output is not None else []
+        small_shapes = {path: tuple(t.shape) for path, t in small if isinstance(t, Tensor) and not t.is_nested}
+        candidates: list[tuple[Any, Tensor, int]] = []
+        for path, tensor in leaves:
+            if not isinstance(tensor, Tensor) or tensor.ndim == 0:
+                continue
+            if tensor.is_nested:  # one sample per component: padded sequences packed by nn.TransformerEncoder
+                candidates.append((path, tensor, 0))
+                continue
+            axes = [a for a, size in enumerate(tensor.shape) if size == batch_size]
+            if smaller is not None and path in small_shapes and len(small_shapes[path]) == tensor.ndim:
+                axes = [a for a in axes if small_shapes[path][a] == smaller]
+            elif len(axes) > 1:
+                notes.append(
+                    f"{name}: axes {axes} of {list(tensor.shape)} both have the batch's size and the model could not "
+                    f"run a smaller batch; axis {axes[0]} is assumed to be the batch"
+                )
+            if axes:
+                candidates.append((path, tensor, axes[0]))
+        if not candidates:
+            shapes = [f"{list(t.shape)} {t.dtype}" for _, t in output_leaves(output) if isinstance(t, Tensor)]
+            notes.append(
+                f"{name}: no floating-point output tensor has an axis of the batch's {batch_size} samples (outputs: "
+                f"{', '.join(shapes) or 'none'}); read as given; pass output_transform=... returning [batch, neurons]"
+            )
+            return Reading(notes=tuple(notes))
+        path, tensor, batch_axis = candidates[0]
+        if len(candidates) > 1:
+            later = [(s, m, seen) for s, m, seen in consumed if s > completed and m not in set(module.modules())]
+            used = [c for c in candidates if any(_identity(c[1]) in seen for _, _, seen in later)]
+            same_type = [
+                c for c in used if any(type(m) is type(module) and _identity(c[1]) in seen for _, m, seen in later)
+            ]
+            if same_type or used:
+                path, tensor, batch_axis = (same_type or used)[0]
+            else:
+                notes.append(
+                    f"{name}: {len(candidates)} output tensors have a batch axis and no later module consumes one; "
+                    f"output{''.join(f'[{p!r}]' for p in path)} is read (pass output_transform=... to choose another)"
+                )
+        ndim = tensor.ndim
+        if ndim <= 2:
+            layout = "flat"
+        else:
+            inside = set(module.modules())
+            ran = [(layout_of(m), shape) for s, m, shape in order if s <= completed and m in inside]
+            known = [kind for kind, _ in ran if kind is not None]
+            if not known:  # an activation, a pooling-free container: the layer type that ran just before it
+                ran = [(layout_of(m), shape) for s, m, shape in order if s <= completed and layout_of(m)][-1:]
+                known = [kind for kind, _ in ran if kind is not None]
+            own = () if tensor.is_nested else tuple(tensor.shape)
+            same = [kind for kind, shape in ran if kind is not None and own and shape == own]
+            if ndim >= 4:
+                # convolutions give channels first; a module that ran none (Swin's linear blocks) keeps channels last
+                layout = "channels_first" if "first" in known or not known else "channels_last"
+                if not known:
+                    notes.append(f"{name}: no convolution, norm or linear layer ran in it; channels assumed first")
+            else:  # [batch, channels, length] from a 1-d convolution or norm, else a sequence [batch, tokens, features]
+                decisive = same or known
+                layout = "channels_first" if decisive and decisive[-1] == "first" else "sequence"
+        return Reading(path=path, batch_axis=batch_axis, layout=layout, notes=tuple(notes))
+
+    def _with_token(
+        self,
+        call: _Call,
+        name: str,
+        reading: Reading,
+        runs: tuple[tuple[tuple, dict], int],
+        reference: dict[str, list[Any]],
+        masks: Mapping[str, Tensor],
+    ) -> Reading:
+        (args, kwargs), size = runs
+        module = self.modules[name]
+        before = [self._tokens_of(out, reading) for out in reference.get(name, [])]
+        if not before or before[0].is_nested:  # nested sequences: each sample's own tokens, no position to change
+            return reading
+        tokens = before[0].shape[1]
+        real = _real_tokens(masks, tokens, size)
+        last = torch.where(real, torch.arange(tokens), -1).amax(dim=1) if real is not None else None
+        last = last if last is not None else torch.full((size,), tokens - 1)
+        middle = (last // 2).clamp_min(1).minimum(last.clamp_min(0))  # a real token with tokens before and after
+
+        def perturb(m: nn.Module, a: tuple, kw: dict) -> Optional[tuple[tuple, dict]]:
+            changed, done = _perturb_token((a, kw), size, tokens, middle)
+            return changed if done else None
+
+        after: dict[str, list[Any]] = {}
+        try:
+            self._run(call, args, kwargs, [(module, "pre", perturb), (module, "post", _collect(after, name))])
+        except Exception:  # noqa: BLE001 - observed nothing; said below
+            after = {}
+        causal = None
+        if after.get(name):
+            new = self._tokens_of(after[name][0], reading)
+            if new.shape == before[0].shape:
+                causal = _is_causal(before[0], new, middle)
+        notes = list(reading.notes)
+        if causal:
+            token, keys = (
+                "last",
+                ("decoder_attention_mask",) if "decoder_attention_mask" in masks else ("attention_mask", "labels"),
+            )
+        else:
+            reads_ids = any(not t.is_floating_point() for _, t in output_leaves((call.args, call.kwargs))[:1])
+            recurrent = isinstance(module, nn.RNNBase)
+            token = "first" if (class_tokens(self.model) or reads_ids) and not recurrent else "mean"
+            if token == "first" and is_patch_grid(tokens, class_tokens(self.model)):
+                token = "mean"  # a block before the class tokens join (CaiT's patch blocks)
+            keys = ("attention_mask",) if "attention_mask" in masks else ("decoder_attention_mask", "labels")
+            if causal is None:
+                notes.append(
+                    f"{name}: changing one token's input changed no other position (a layer applied to each token on "
+                    f"its own, or too short a sequence): read at the {token} token as the model's non-causal layers; "
+                    "pass sequence_reduction=... to read another"
+                )
+        keys = tuple(k for k in keys if k in masks and masks[k].shape[1] == tokens)
+        unused = [k for k in MASK_KEYS if k in masks and masks[k].shape[1] != tokens]
+        if not keys and unused:
+            notes.append(
+                f"{name}: the batch's {', '.join(unused)} ({[list(masks[k].shape) for k in unused]}) do not match its "
+                f"{tokens} tokens; read without a mask"
+            )
+        return dataclasses.replace(reading, token=token, masks=keys, causal=causal, notes=tuple(notes))
+
+    def _tokens_of(self, output: Any, reading: Reading) -> Tensor:
+        value = self.output_transform(output) if self.output_transform is not None else select(output, reading.path)
+        value = value.movedim(reading.batch_axis, 0) if reading.batch_axis else value
+        return value.flatten(1, -2) if value.ndim > 3 else value
+
+
+def _compiled_region(model: nn.Module) -> set[int]:
+    """The ids of the modules that run inside torch.compile's graphs: those compiled in place
+    (``module.compile()``) and everything inside them or inside an ``OptimizedModule`` (whose own hooks run
+    eagerly, outside its graph)."""
+    region: set[int] = set()
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            region.update(map(id, module.modules()))
+        inner = getattr(module, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            region.update(map(id, inner.modules()))
+    return region
+
+
+def _eager() -> Any:
+    """A context in which compiled modules run eagerly, without compiling anything (``torch.compiler.set_stance``)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _collect(into: dict[str, list[Any]], name: str) -> Callable[..., None]:
+    return lambda module, args, output: into.setdefault(name, []).append(output)
+
+
+def _identity(tensor: Tensor) -> tuple[int, tuple]:
+    """A tensor's storage and shape: the same for a tensor passed on unchanged (or as a view of the same shape)."""
+    if tensor.is_nested or tensor.layout != torch.strided:
+        return (id(tensor), ())
+    return (tensor.data_ptr(), tuple(tensor.shape))
+
+
+def _slice_batch(value: Any, size: int, smaller: int) -> Any:
+    """``value`` with every tensor's first axis of ``size`` cut to ``smaller`` (tuples, lists, dicts); ``None``
+    when no tensor has such an axis."""
+    found = [False]
+
+    def cut(item: Any) -> Any:
+        if isinstance(item, Tensor):
+            axes = [a for a, s in enumerate(item.shape) if s == size]
+            if axes:
+                found[0] = True
+                return item.narrow(axes[0], 0, smaller)
+            return item
+        if isinstance(item, tuple) and not hasattr(item, "_fields"):
+            return tuple(cut(i) for i in item)
+        if isinstance(item, list):
+            return [cut(i) for i in item]
+        if isinstance(item, dict):
+            return {k: cut(v) for k, v in item.items()}
+        return item
+
+    result = cut(value)
+    return result if found[0] else None
+
+
+def _perturb_token(value: tuple[tuple, dict], size: int, tokens: int, where: Tensor) -> tuple[tuple[tuple, dict], bool]:
+    """The module's input with its first floating ``[..., tokens, ..., features]`` tensor (a batch axis of
+    ``size`` and a token axis of ``tokens``) changed at each sample's token ``where``."""
+    args, kwargs = value
+    leaves = output_leaves((args, kwargs))
+    for path, tensor in leaves:
+        if not tensor.is_floating_point() or tensor.ndim < 3:
+            continue
+        batch_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == size]
+        token_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == tokens and a not in batch_axes[:1]]
+        if not batch_axes or not token_axes:
+            continue
+        batch_axis, token_axis = batch_axes[0], token_axes[0]
+        moved = tensor.movedim((batch_axis, token_axis), (0, 1)).clone()
+        rows = torch.arange(size, device=moved.device)
+        scale = float(moved.abs().amax()) + 1.0
+        # a +-1 pattern over the features, not a constant (a layer norm would remove a shift of every feature)
+        pattern = torch.randint(0, 2, moved.shape[2:], generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
+        moved[rows, where.clamp(0, tokens - 1).to(moved.device)] += scale * pattern.to(moved.device, moved.dtype)
+        changed = moved.movedim((0, 1), (batch_axis, token_axis))
+        return _replace(value, path, changed), True
+    return value, False
+
+
+def _replace(value: Any, path: tuple, new: Tensor) -> Any:
+    if not path:
+        return new
+    key, rest = path[0], path[1:]
+    if isinstance(value, tuple):
+        return tuple(_replace(v, rest, new) if i == key else v for i, v in enumerate(value))
+    if isinstance(value, list):
+        return [_replace(v, rest, new) if i == key else v for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: (_replace(v, rest, new) if k == key else v) for k, v in value.items()}
+    return value
+
+
+def _real_tokens(masks: Mapping[str, Tensor], tokens: int, size: int) -> Optional[Tensor]:
+    for key in MASK_KEYS:
+        mask = masks.get(key)
+        if mask is not None and tuple(mask.shape) == (size, tokens):
+            return mask.cpu()
+    return None
+
+
+def _is_causal(before: Tensor, after: Tensor, where: Tensor) -> Optional[bool]:
+    """From a change at each sample's token ``where``: causal (``True``) when later positions changed and no earlier
+    one did, not causal (``False``) when an earlier one changed; ``None`` when only ``where`` itself changed (a
+    layer applied to each token on its own) or nothing did."""
+    delta = (after.float() - before.float()).abs().amax(dim=-1).cpu()  # [batch, tokens]
+    tolerance = _TOLERANCE * (1.0 + float(before.float().abs().amax()))
+    positions = torch.arange(delta.shape[1]).unsqueeze(0)
+    moved = delta > tolerance
+    if bool(moved[positions < where.unsqueeze(1)].any()):
+        return False
+    if bool(moved[positions > where.unsqueeze(1)].any()):
+        return True
+    return None

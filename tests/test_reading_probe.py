@@ -1,0 +1,390 @@
+"""Reading what the model does: each cause of a silent wrong reading, on models users write and on real Hugging Face
+models, checked against the raw outputs of the monitored modules (the values logged equal the functional core's on
+the activations taken by hand)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule
+from lightning_helpers import expected_row, fast_trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_infomem import InformationMeasures
+from lightning_infomem.introspection import choose_default_layers, named_layers
+
+
+class _Validated(LightningModule):
+    """``validation_step`` runs ``self.model`` on the batch (a tensor, or a dict of keyword arguments)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, dict):
+            self.model(**batch)
+        else:
+            self.model(batch[0])
+
+
+def _raw_outputs(module: nn.Module, names: list[str], batches: list[Any]) -> dict[str, list[Any]]:
+    """Each named module's outputs on the batches (eval, no gradient), as the model gave them."""
+    modules, outputs = dict(named_layers(module)), {name: [] for name in names}
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: outputs[n].append(o)) for n in names]
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                module.model(**batch) if isinstance(batch, dict) else module.model(batch[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def _measure(module: LightningModule, loader: DataLoader, tmp_path: Any, **options: Any) -> InformationMeasures:
+    callback = InformationMeasures(log_histograms=False, heatmap_every_n_measurements=0, **options)
+    fast_trainer(tmp_path, callbacks=[callback]).validate(module, loader, verbose=False)
+    return callback
+
+
+def _assert_measures(callback: InformationMeasures, acts: dict[str, Tensor]) -> None:
+    row = callback.history[-1]
+    for key, value in expected_row(acts).items():
+        assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def _main(output: Any) -> Tensor:
+    """A Hugging Face layer's hidden states: the output, or its first item (the layers of some versions give tuples)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _at(values: Tensor, positions: Tensor) -> Tensor:
+    """``values[b, positions[b]]`` for ``[batch, tokens, hidden]``."""
+    return values[torch.arange(values.shape[0]), positions]
+
+
+# ------------------------------------------------------------------------------------ models users write
+class LSTMClassifier(nn.Module):
+    """Token ids -> embedding -> an LSTM over [tokens, batch, features] (batch_first=False) -> a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.lstm = nn.LSTM(16, 24)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(ids).transpose(0, 1))
+        return self.head(out[-1])
+
+
+def test_an_lstm_classifier_is_read_at_its_recurrent_layer_and_last_token(tmp_path):
+    """nn.LSTM owns weight_ih_l0, not weight: it is the hidden layer (not the head), its output is a tuple whose
+    first tensor is [tokens, batch, hidden], and it is causal: read at the last token of each sequence."""
+    torch.manual_seed(0)
+    module = _Validated(LSTMClassifier())
+    assert choose_default_layers(module).names == ["model.lstm"]
+    ids = torch.randint(0, 50, (96, 9), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(ids), batch_size=32)
+    callback = _measure(module, loader, tmp_path)
+    reading = callback.readings["model.lstm"]
+    assert (reading.path, reading.batch_axis, reading.token, reading.causal) == ((0,), 1, "last", True)
+    outputs = _raw_outputs(module, ["model.lstm"], list(loader))["model.lstm"]
+    _assert_measures(callback, {"model.lstm": torch.cat([out[0][-1] for out in outputs])})
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """A U-Net whose encoder and decoder stages are ModuleLists called in a loop (no forward of their own), the
+    decoder's upsampling transposed convolutions in the same list as its stages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.ModuleList([_DoubleConv(3, 8), _DoubleConv(8, 16), _DoubleConv(16, 32)])
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _DoubleConv(32, 32)
+        self.up = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(32, 32, 2, 2),
+                _DoubleConv(48, 16),
+                nn.ConvTranspose2d(16, 16, 2, 2),
+                _DoubleConv(24, 8),
+            ]
+        )
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = []
+        for i, stage in enumerate(self.down):
+            x = stage(x)
+            if i < len(self.down) - 1:
+                skips.append(x)
+                x = self.pool(x)
+        x = self.bottleneck(x)
+        for upsample, stage in zip(self.up[::2], self.up[1::2], strict=True):
+            x = stage(torch.cat([upsample(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def test_a_unet_gives_every_stage_of_its_module_lists(tmp_path):
+    """Not the last item of each list: the three encoder stages, the bottleneck and the two decoder stages (no raw
+    transposed convolution), each read on its channels."""
+    module = _Validated(UNet())
+    chosen = choose_default_layers(module)
+    stages = ["model.down.0", "model.down.1", "model.down.2", "model.bottleneck", "model.up.1", "model.up.3"]
+    assert chosen.names == stages, chosen.description
+    images = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images), batch_size=32)
+    callback = _measure(module, loader, tmp_path)
+    outputs = _raw_outputs(module, stages, list(loader))
+    _assert_measures(callback, {name: torch.cat([o.mean(dim=(2, 3)) for o in outs]) for name, outs in outputs.items()})
+
+
+class _Bypassing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.block.forward(x))  # forward called directly: the block's hooks never fire
+
+
+def test_a_module_whose_forward_is_called_directly_is_reported_as_bypassed(tmp_path):
+    module = _Validated(_Bypassing())
+    loader = DataLoader(TensorDataset(torch.randn(64, 8)), batch_size=32)
+    with pytest.warns(UserWarning, match=r"\['model.block'\] never fire.*module.forward\(x\) instead of module\(x\)"):
+        _measure(module, loader, tmp_path, layers=["model.block"])
+
+
+class _GatedBlock(nn.Module):
+    """Returns ``(gate, x)``: an inner stream of another width first, the main stream the next block reads second."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, 3 * width)
+        self.mix = nn.Linear(3 * width, width)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        gate = torch.sigmoid(self.gate(x))
+        return gate, x + self.mix(gate)
+
+
+class GatedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 12)
+        self.blocks = nn.ModuleList([_GatedBlock(12) for _ in range(3)])
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            _, x = block(x)
+        return self.head(x)
+
+
+def test_a_block_returning_an_inner_stream_first_is_read_on_the_stream_the_next_block_consumes(tmp_path):
+    module = _Validated(GatedNet())
+    loader = DataLoader(TensorDataset(torch.randn(64, 6, generator=torch.Generator().manual_seed(0))), batch_size=32)
+    callback = _measure(module, loader, tmp_path)
+    names = [f"model.blocks.{i}" for i in range(3)]
+    assert callback.layer_names == names
+    assert {name: callback.layer_widths[name] for name in names} == dict.fromkeys(names, 12)  # not the gate's 36
+    assert all(callback.readings[name].path == (1,) for name in names)
+    outputs = _raw_outputs(module, names, list(loader))
+    _assert_measures(callback, {name: torch.cat([o[1] for o in outs]) for name, outs in outputs.items()})
+
+
+class _ConcatBlock(nn.Module):
+    """Two convolution branches of 8 channels, concatenated: 16 channels, on an 8 x 8 map (a width of 8 matches
+    the map's last axis, not its channels)."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.left = nn.Conv2d(cin, 8, 3, padding=1)
+        self.right = nn.Conv2d(cin, 8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(torch.cat([self.left(x), self.right(x)], dim=1))
+
+
+class ConcatCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(_ConcatBlock(4), _ConcatBlock(16), _ConcatBlock(16))
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_a_width_that_coincides_with_the_map_size_does_not_make_a_cnn_channels_last(tmp_path):
+    module = _Validated(ConcatCNN())
+    images = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images), batch_size=32)
+    callback = _measure(module, loader, tmp_path)
+    names = callback.layer_names
+    assert names == ["model.blocks.0", "model.blocks.1", "model.blocks.2"]
+    assert all(callback.layer_widths[name] == 16 for name in names)  # the channels, not 8 image columns
+    outputs = _raw_outputs(module, names, list(loader))
+    _assert_measures(callback, {name: torch.cat([o.mean(dim=(2, 3)) for o in outs]) for name, outs in outputs.items()})
+
+
+# ----------------------------------------------------------------------------------- real Hugging Face models
+def _transformers() -> Any:
+    transformers = pytest.importorskip("transformers")
+    warnings.filterwarnings("ignore", module="transformers")
+    return transformers
+
+
+def _padded_ids(num: int, length: int, seed: int, vocab: int = 100) -> tuple[Tensor, Tensor]:
+    """Right-padded token ids (pad id 0) of lengths 3 to ``length``, and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (num, length), generator=generator)
+    lengths = torch.randint(3, length + 1, (num,), generator=generator)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def _dict_loader(**tensors: Tensor) -> DataLoader:
+    items = [{key: value[i] for key, value in tensors.items()} for i in range(len(next(iter(tensors.values()))))]
+    return DataLoader(items, batch_size=32)
+
+
+@pytest.mark.parametrize("name", ["bloom", "mamba"])
+def test_causal_models_without_causal_attributes_are_read_at_the_last_real_token(tmp_path, name):
+    """BLOOM's attention has no is_causal / is_decoder; Mamba has no attention at all. Both are causal, observed:
+    read at each sequence's last real token (right padding), which has seen the whole sequence."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    if name == "bloom":
+        config = transformers.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=2, pad_token_id=0)
+        model, layers = transformers.BloomModel(config), ["model.h.0", "model.h.1"]
+    else:
+        config = transformers.MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=4)
+        model, layers = transformers.MambaModel(config), ["model.layers.0", "model.layers.1"]
+    module = _Validated(model)
+    ids, mask = _padded_ids(64, 10, seed=1)
+    batch = {"input_ids": ids, "attention_mask": mask} if name == "bloom" else {"input_ids": ids}
+    loader = _dict_loader(**batch)
+    callback = _measure(module, loader, tmp_path)
+    assert callback.layer_names == layers
+    assert all(callback.readings[layer].causal and callback.readings[layer].token == "last" for layer in layers)
+    outputs = _raw_outputs(module, layers, list(loader))
+    last = [m.sum(dim=1) - 1 for (m,) in DataLoader(TensorDataset(mask), batch_size=32)]
+    acts = {
+        layer: torch.cat([_at(_main(o), p) for o, p in zip(outs, last, strict=True)]) for layer, outs in outputs.items()
+    }
+    if name == "mamba":  # no attention mask: the real tokens are not known; read at the last position
+        acts = {layer: torch.cat([_main(o)[:, -1] for o in outs]) for layer, outs in outputs.items()}
+    _assert_measures(callback, acts)
+
+
+def test_a_model_whose_layers_give_tokens_batch_hidden_is_read_per_sequence(tmp_path):
+    """XLNet's layers output [tokens, batch, hidden]: the batch axis is observed (a smaller batch changes axis 1), so
+    each sequence is one sample, not each position of one sequence."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    config = transformers.XLNetConfig(vocab_size=100, d_model=32, n_layer=2, n_head=2, d_inner=64)
+    module = _Validated(transformers.XLNetModel(config))
+    ids = torch.randint(3, 100, (64, 12), generator=torch.Generator().manual_seed(1))
+    loader = _dict_loader(input_ids=ids)
+    callback = _measure(module, loader, tmp_path)
+    layers = ["model.layer.0", "model.layer.1"]
+    assert callback.layer_names == layers
+    assert all(callback.readings[layer].batch_axis == 1 for layer in layers)
+    outputs = _raw_outputs(module, layers, list(loader))
+    token = callback.readings[layers[0]].token
+    pick = {"first": lambda v: v[:, 0], "mean": lambda v: v.mean(dim=1)}[token]
+    acts = {layer: torch.cat([pick(_main(o).transpose(0, 1)) for o in outs]) for layer, outs in outputs.items()}
+    assert all(a.shape == (64, 32) for a in acts.values())
+    _assert_measures(callback, acts)
+
+
+def test_a_translation_models_decoder_is_read_at_its_own_last_real_token(tmp_path):
+    """MarianMT with targets shorter than the sources: the decoder (observed causal) is read with the labels' padding
+    at its last real target token, the encoder with the source's attention mask at the mean over real tokens."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    config = transformers.MarianConfig(
+        vocab_size=100,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        pad_token_id=0,
+        decoder_start_token_id=0,
+        max_position_embeddings=64,
+    )
+    module = _Validated(transformers.MarianMTModel(config))
+    ids, mask = _padded_ids(64, 12, seed=1)
+    targets, target_mask = _padded_ids(64, 5, seed=2)
+    labels = targets.masked_fill(target_mask == 0, -100)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask, labels=labels)
+    callback = _measure(module, loader, tmp_path)
+    encoder = ["model.model.encoder.layers.0", "model.model.encoder.layers.1"]
+    decoder = ["model.model.decoder.layers.0", "model.model.decoder.layers.1"]
+    assert callback.layer_names == encoder + decoder
+    assert all(callback.readings[layer].token == "last" and callback.readings[layer].causal for layer in decoder)
+    assert all(callback.readings[layer].masks == ("labels",) for layer in decoder)
+    assert all(callback.readings[layer].token == "mean" for layer in encoder)
+    outputs = _raw_outputs(module, encoder + decoder, list(loader))
+    batches = list(DataLoader(TensorDataset(mask, target_mask), batch_size=32))
+    acts = {}
+    for layer in encoder:
+        acts[layer] = torch.cat(
+            [
+                (_main(o) * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+                for o, (m, _) in zip(outputs[layer], batches, strict=True)
+            ]
+        )
+    for layer in decoder:
+        acts[layer] = torch.cat(
+            [_at(_main(o), t.sum(1) - 1) for o, (_, t) in zip(outputs[layer], batches, strict=True)]
+        )
+    _assert_measures(callback, acts)
+
+
+class _Noisy(nn.Module):
+    """Draws from torch's random generator at every call, even in eval mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.01 * torch.randn_like(x)
+
+
+def test_the_probe_leaves_no_trace():
+    """The probe's extra forward passes run without the user's own hooks, draw nothing from the random state the
+    run goes on with, and leave buffers (BatchNorm statistics) as they were."""
+    from lightning_infomem.introspection import ReadingProbe
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), _Noisy(), nn.Linear(8, 2)).eval()
+    calls = []
+    model[0].register_forward_hook(lambda m, a, o: calls.append(1))
+    probe = ReadingProbe(model, {"0": model[0], "2": model[2]})
+    with torch.no_grad():
+        probe.start()
+        model(torch.randn(16, 4))
+        probe.stop()
+        buffers = {k: v.clone() for k, v in model.state_dict().items()}
+        state = torch.random.get_rng_state()
+        result = probe.observe(batch_size=16, masks={})
+    assert set(result.readings) == {"0", "2"}
+    assert len(calls) == 1  # the recorded call itself, not the probe's reruns
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, buffers[key]), key
