@@ -382,3 +382,35 @@ def test_token_ids_are_refused_on_the_first_batch_naming_the_embeddings_route(tm
         with pytest.raises(ValueError, match=r"inputs are torch.int64 \(token ids\?\).*batch_unpack.*inputs_embeds"):
             trainer.fit(IndexedMLP(), DataLoader(data, batch_size=20))
         assert trainer.global_step == 0 and callback.epochs_scored == []
+
+
+@pytest.mark.slow
+def test_the_token_recipe_scores_do_not_depend_on_the_padding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/curvature.md's recipe for token models, run as written (it fits a tiny GPT-2), then scored on the same
+    sequences padded with another id: the logits and the curvature are the same (the mask reaches the model and
+    the pooling; without it a model given inputs_embeds pools the last position, a pad)."""
+    pytest.importorskip("transformers")
+    import re
+
+    from lightning_infomem.functional import input_loss_curvature
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "curvature.md").read_text()
+    section = text[text.index("## Token models") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/curvature.md", "exec"), namespace)  # noqa: S102 - the documented recipe, as written
+    module, embeddings_of, logits_of = namespace["module"], namespace["embeddings_of"], namespace["logits_of"]
+    ids, mask, labels = namespace["ids"], namespace["mask"], namespace["labels"]
+    assert bool((mask == 0).any())  # the recipe's batches are padded
+    index = torch.arange(len(ids))
+    module.eval()
+    inputs, _, _ = embeddings_of((ids, mask, labels, index))
+    repadded, _, _ = embeddings_of((ids.masked_fill(mask == 0, 7), mask, labels, index))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(module, inputs), logits_of(module, repadded))
+    scores = [
+        input_loss_curvature(lambda x: logits_of(module, x), x, labels, 2, generator=torch.Generator().manual_seed(0))
+        for x in (inputs, repadded)
+    ]
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-4, atol=1e-6)

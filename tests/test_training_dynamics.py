@@ -411,7 +411,10 @@ def test_per_token_logits_are_refused_on_the_first_batch(tmp_path):
     assert trainer.global_step <= 1 and dynamics.epochs_scored == []
 
 
-def test_a_distillation_head_beside_the_head_is_not_taken(tmp_path):
+def test_a_distilled_model_is_scored_on_the_average_it_returns_not_on_one_head(tmp_path):
+    """A distilled ViT (timm's DeiT) returns the mean of its head and its distillation head: the logits scored are
+    the model's output, not the head's, and not the distillation head's (registered last)."""
+
     class Distilled(IndexedMLP):
         def __init__(self):
             super().__init__()
@@ -420,12 +423,13 @@ def test_a_distillation_head_beside_the_head_is_not_taken(tmp_path):
 
         def forward(self, x):
             features = super().forward(x)
-            return (self.head(features) + self.head_dist(features)) / 2 if not self.training else self.head(features)
+            return (self.head(features) + self.head_dist(features)) / 2
 
     dynamics = TrainingDynamics()
     trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[dynamics])
-    trainer.fit(Distilled(), DataLoader(indexed_digits(64), batch_size=32))
-    assert dynamics._module_name == "head"
+    model = Distilled()
+    trainer.fit(model, DataLoader(indexed_digits(64), batch_size=32))
+    assert dynamics._module_name == ""  # the LightningModule's output: the average
 
 
 class CheckpointedMLP(IndexedMLP):

@@ -275,6 +275,7 @@ class InformationMeasures(Callback):
         self._masks: list[dict[str, Tensor]] = [{}]  # the validation batch's [batch, tokens] masks, if any
         self.readings: dict[str, Reading] = {}  # how each layer is read, observed on the first measured batch
         self._probe: Optional[ReadingProbe] = None  # recording the first measured batch, until it is observed
+        self._bypassed: set[str] = set()  # monitored modules whose forward is called directly (hooks never fire)
         self._hook_for_cache: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
@@ -639,6 +640,7 @@ class InformationMeasures(Callback):
                 reading = dataclasses.replace(reading, token=self.sequence_reduction)
             self.readings[name] = reading
         if result is not None and result.bypassed:
+            self._bypassed = set(result.bypassed)
             self._warn_once(
                 "bypassed",
                 f"InformationMeasures: the forward hooks of {result.bypassed} never fire: their submodules ran, so the "
@@ -808,6 +810,8 @@ class InformationMeasures(Callback):
                     f"the modules {sorted(self._called)} were called, but every output had 0 rows (empty batches, or "
                     "an output whose first dimension is not the batch: pass an output_transform that puts it first)"
                 )
+            elif self._bypassed:
+                why = f"the forward of {sorted(self._bypassed)} is called directly, which skips hooks (see above)"
             else:
                 why = f"the modules {self.layer_names} were not called in validation_step"
             self._warn_once(

@@ -338,7 +338,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         return logits_of(output, self.output_transform)
 
     def _choose_logits_module(self, captured: list[tuple[nn.Module, Any]], batch_size: int) -> None:
-        """On the first training batch: the deepest candidate whose output is ``[batch, classes]`` logits."""
+        """On the first training batch: the logits the model returns (`choose_logits_module`)."""
         name, module = choose_logits_module(
             self._candidates, captured, batch_size, "TrainingDynamics", self.output_transform
         )

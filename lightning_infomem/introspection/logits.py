@@ -79,15 +79,25 @@ def choose_logits_module(
     who: str,
     output_transform: Optional[Callable[[Any], Tensor]] = None,
 ) -> tuple[str, nn.Module]:
-    """Of the candidates, the deepest whose output in the first batch (``captured``: ``(module, output)`` pairs)
-    is ``[batch, classes]`` logits; a ``ValueError`` listing every candidate's output shape otherwise."""
-    shapes = []
+    """Of the candidates (the head first, then each module around it), the one whose output in the first batch
+    (``captured``: ``(module, output)`` pairs) holds the logits the model returns: the outermost ``[batch, classes]``
+    output with the head's number of classes (a distilled model that averages two heads is scored on the average,
+    a ``LightningModule`` returning the logits on what it returns); where the head's own output is not
+    ``[batch, classes]`` (a head applied to every token), the innermost ``[batch, classes]`` output. A
+    ``ValueError`` listing every candidate's output shape where none is."""
+    shapes, found = [], []
     for name, module in candidates:
         values = [logits_of(output, output_transform) for seen, output in captured if seen is module]
         value = next((v for v in values if isinstance(v, Tensor)), None)
         shapes.append(f"{name or 'the LightningModule'!r} {list(value.shape) if value is not None else 'none'}")
         if value is not None and value.ndim == 2 and value.shape[0] == batch_size:
-            return name, module
+            found.append((name, module, int(value.shape[1])))
+    if found:
+        head = found[0] if found[0][0] == candidates[0][0] else None
+        if head is not None:
+            same = [(name, module) for name, module, classes in found if classes == head[2]]
+            return same[-1]
+        return found[0][0], found[0][1]
     raise ValueError(
         f"{who}: no module gave [batch, classes] logits in the first batch (outputs: {', '.join(shapes)}); pass "
         "logits_module=... naming the module whose output is the logits, or output_transform=... that returns them"

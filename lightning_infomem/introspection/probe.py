@@ -249,7 +249,7 @@ class ReadingProbe:
 
         # 1. as recorded: every module's completion (its layout), inputs (what is consumed), the monitored outputs
         order: list[tuple[int, nn.Module, tuple]] = []  # completed modules and their output shapes, in order
-        consumed: list[tuple[int, nn.Module, set[tuple[int, tuple]]]] = []  # (step, module, input tensors)
+        consumed: list[tuple[int, nn.Module, set[int]]] = []  # (step, module, storages of its inputs)
         completed: dict[str, int] = {}
         full: dict[str, list[Any]] = {}
         ran: set[int] = set()
@@ -316,7 +316,7 @@ class ReadingProbe:
         smaller: Optional[int],
         completed: int,
         order: list[tuple[int, nn.Module, tuple]],
-        consumed: list[tuple[int, nn.Module, set[tuple[int, tuple]]]],
+        consumed: list[tuple[int, nn.Module, set[int]]],
     ) -> Reading:
         module = self.modules[name]
         notes: list[str] = []
@@ -479,11 +479,11 @@ def _collect(into: dict[str, list[Any]], name: str) -> Callable[..., None]:
     return lambda module, args, output: into.setdefault(name, []).append(output)
 
 
-def _identity(tensor: Tensor) -> tuple[int, tuple]:
-    """A tensor's storage and shape: the same for a tensor passed on unchanged (or as a view of the same shape)."""
+def _identity(tensor: Tensor) -> int:
+    """A tensor's storage: the same for a tensor passed on unchanged or as a view (an LSTM's ``out[-1]``)."""
     if tensor.is_nested or tensor.layout != torch.strided:
-        return (id(tensor), ())
-    return (tensor.data_ptr(), tuple(tensor.shape))
+        return id(tensor)
+    return tensor.untyped_storage().data_ptr()
 
 
 def _slice_batch(value: Any, size: int, smaller: int) -> Any:
