@@ -185,24 +185,48 @@ def test_decoder_only_models_are_read_where_the_whole_sequence_is_seen(name):
         assert values.std(dim=0).max() > 0, layer  # samples differ
 
 
-def test_the_layer_survey_runs_beyond_the_table(monkeypatch, capsys):
-    """benchmarks/default_layers_survey.py on models outside the table: Hugging Face Swin with two stages of two
-    blocks is two stages (not an encoder and a decoder), and XLM-RoBERTa, whose classifier is registered before
-    its encoder, has its encoder layers chosen."""
-    pytest.importorskip("transformers")
+def _survey() -> Any:
     import importlib.util
-    import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "default_layers_survey.py"
-    spec = importlib.util.spec_from_file_location("default_layers_survey", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "architecture_survey.py"
+    spec = importlib.util.spec_from_file_location("architecture_survey", path)
     assert spec is not None and spec.loader is not None
     survey = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(survey)
-    monkeypatch.setattr(sys, "argv", ["default_layers_survey.py", "hf swin", "xlm"])
-    survey.main()
-    out = capsys.readouterr().out
-    assert "hf Swin (two stages of two blocks): stages ['swin.encoder.layers.0', 'swin.encoder.layers.1']" in out
-    assert "hf Swin (stages of one block): blocks ['swin.encoder.layers.0', 'swin.encoder.layers.1']" in out
-    expected = [f"roberta.encoder.layer.{i}" for i in (0, 2, 4, 7, 9, 11)]
-    assert f"hf XLM-RoBERTa (12 layers): blocks {expected}" in out
-    assert "encoder-decoder" not in out and "not built" not in out
+    return survey
+
+
+# The survey's models whose reading is known to fall short, each named in docs/recipes.md with the fix.
+KNOWN_SHORT: dict[str, str] = {}
+
+
+@pytest.mark.slow
+def test_the_survey_reads_every_model_right_or_says_what_it_assumed():
+    """benchmarks/architecture_survey.py on every model of the table and of tests/survey_zoo.py (the real libraries
+    and models users write): each fitted two steps, each monitored layer's rows checked against the raw outputs, the
+    channel axis against a second image size, the token against what the model is. None is wrong or crashes, beyond
+    the documented fall-shorts; every one is built."""
+    for library in ("torchvision.models", "timm", "transformers"):
+        pytest.importorskip(library)
+    survey = _survey()
+    rows = [survey.survey_one(architecture) for architecture in survey.models([])]
+    assert len(rows) >= 120
+    bad = {
+        row["name"]: row["why"]
+        for row in rows
+        if row["verdict"] not in ("right", "said") and row["name"] not in KNOWN_SHORT
+    }
+    assert not bad, bad
+
+
+def test_the_survey_checks_what_it_says_it_checks():
+    """On three models: a causal recurrent classifier, a U-Net and a Siamese network are right; a model whose label
+    calls for another token than the one read is wrong, with the reason."""
+    import dataclasses
+
+    survey = _survey()
+    chosen = {a.name: a for a in survey.models(["lstm classifier", "u-net", "siamese"])}
+    assert {survey.survey_one(a)["verdict"] for a in chosen.values()} == {"right"}
+    mislabelled = dataclasses.replace(chosen["LSTM classifier"], reading="first")
+    row = survey.survey_one(mislabelled)
+    assert row["verdict"] == "wrong" and "where the model calls for first" in row["why"][0]

@@ -231,3 +231,18 @@ def test_cuda_fsdp_measures_what_one_device_measures(tmp_path):
     for plain, sharded in zip(histories["auto"], histories["fsdp"], strict=True):
         for key in ("infomem/entropy", "infomem/mutual_info"):
             assert sharded[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-3), key
+
+
+@pytest.mark.parametrize("first", ["validate", "test"])
+def test_fit_after_validate_or_test_measures(tmp_path, first):
+    """trainer.validate() (or test()) and then trainer.fit() on the same callback: the metric states made under
+    inference mode are replaced, not updated in place, and the fit measures as a fresh one does."""
+    train, val = digits_loaders()
+    callback = InformationMeasures(layers=["net.0"])
+    trainer = fast_trainer(tmp_path, callbacks=[callback], max_epochs=2)
+    model = DigitsMLP()
+    model.test_step = model.validation_step  # a module that tests as it validates
+    getattr(trainer, first)(model, val, verbose=False)
+    trainer.fit(model, train, val)
+    fit_rows = [row for row in callback.history if row["global_step"] > 0]
+    assert len(fit_rows) == 2 and all(math.isfinite(row["infomem/entropy"]) for row in fit_rows)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule
 from lightning_helpers import expected_row, fast_trainer
+from survey_zoo import ConcatCNN, GatedNet, LSTMClassifier, SiameseNet, UNet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -70,20 +71,6 @@ def _at(values: Tensor, positions: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ models users write
-class LSTMClassifier(nn.Module):
-    """Token ids -> embedding -> an LSTM over [tokens, batch, features] (batch_first=False) -> a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 16)
-        self.lstm = nn.LSTM(16, 24)
-        self.head = nn.Linear(24, 3)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        out, _ = self.lstm(self.embed(ids).transpose(0, 1))
-        return self.head(out[-1])
-
-
 def test_an_lstm_classifier_is_read_at_its_recurrent_layer_and_last_token(tmp_path):
     """nn.LSTM owns weight_ih_l0, not weight: it is the hidden layer (not the head), its output is a tuple whose
     first tensor is [tokens, batch, hidden], and it is causal: read at the last token of each sequence."""
@@ -97,43 +84,6 @@ def test_an_lstm_classifier_is_read_at_its_recurrent_layer_and_last_token(tmp_pa
     assert (reading.path, reading.batch_axis, reading.token, reading.causal) == ((0,), 1, "last", True)
     outputs = _raw_outputs(module, ["model.lstm"], list(loader))["model.lstm"]
     _assert_measures(callback, {"model.lstm": torch.cat([out[0][-1] for out in outputs])})
-
-
-class _DoubleConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
-
-
-class UNet(nn.Module):
-    """A U-Net whose encoder and decoder stages are ModuleLists called in a loop (no forward of their own), the
-    decoder's upsampling transposed convolutions in the same list as its stages."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = nn.ModuleList([_DoubleConv(3, 8), _DoubleConv(8, 16), _DoubleConv(16, 32)])
-        self.pool = nn.MaxPool2d(2)
-        self.bottleneck = _DoubleConv(32, 32)
-        self.up = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(32, 32, 2, 2),
-                _DoubleConv(48, 16),
-                nn.ConvTranspose2d(16, 16, 2, 2),
-                _DoubleConv(24, 8),
-            ]
-        )
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        skips = []
-        for i, stage in enumerate(self.down):
-            x = stage(x)
-            if i < len(self.down) - 1:
-                skips.append(x)
-                x = self.pool(x)
-        x = self.bottleneck(x)
-        for upsample, stage in zip(self.up[::2], self.up[1::2], strict=True):
-            x = stage(torch.cat([upsample(x), skips.pop()], dim=1))
-        return self.head(x)
 
 
 def test_a_unet_gives_every_stage_of_its_module_lists(tmp_path):
@@ -167,36 +117,10 @@ def test_a_module_whose_forward_is_called_directly_is_reported_as_bypassed(tmp_p
         _measure(module, loader, tmp_path, layers=["model.block"])
 
 
-class _GatedBlock(nn.Module):
-    """Returns ``(gate, x)``: an inner stream of another width first, the main stream the next block reads second."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(width, 3 * width)
-        self.mix = nn.Linear(3 * width, width)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        gate = torch.sigmoid(self.gate(x))
-        return gate, x + self.mix(gate)
-
-
-class GatedNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(6, 12)
-        self.blocks = nn.ModuleList([_GatedBlock(12) for _ in range(3)])
-        self.head = nn.Linear(12, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.embed(x)
-        for block in self.blocks:
-            _, x = block(x)
-        return self.head(x)
-
-
 def test_a_block_returning_an_inner_stream_first_is_read_on_the_stream_the_next_block_consumes(tmp_path):
     module = _Validated(GatedNet())
-    loader = DataLoader(TensorDataset(torch.randn(64, 6, generator=torch.Generator().manual_seed(0))), batch_size=32)
+    images = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images), batch_size=32)
     callback = _measure(module, loader, tmp_path)
     names = [f"model.blocks.{i}" for i in range(3)]
     assert callback.layer_names == names
@@ -204,30 +128,6 @@ def test_a_block_returning_an_inner_stream_first_is_read_on_the_stream_the_next_
     assert all(callback.readings[name].path == (1,) for name in names)
     outputs = _raw_outputs(module, names, list(loader))
     _assert_measures(callback, {name: torch.cat([o[1] for o in outs]) for name, outs in outputs.items()})
-
-
-class _ConcatBlock(nn.Module):
-    """Two convolution branches of 8 channels, concatenated: 16 channels, on an 8 x 8 map (a width of 8 matches
-    the map's last axis, not its channels)."""
-
-    def __init__(self, cin: int) -> None:
-        super().__init__()
-        self.left = nn.Conv2d(cin, 8, 3, padding=1)
-        self.right = nn.Conv2d(cin, 8, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(torch.cat([self.left(x), self.right(x)], dim=1))
-
-
-class ConcatCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.blocks = nn.Sequential(_ConcatBlock(4), _ConcatBlock(16), _ConcatBlock(16))
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
 def test_a_width_that_coincides_with_the_map_size_does_not_make_a_cnn_channels_last(tmp_path):
@@ -240,6 +140,42 @@ def test_a_width_that_coincides_with_the_map_size_does_not_make_a_cnn_channels_l
     assert all(callback.layer_widths[name] == 16 for name in names)  # the channels, not 8 image columns
     outputs = _raw_outputs(module, names, list(loader))
     _assert_measures(callback, {name: torch.cat([o.mean(dim=(2, 3)) for o in outs]) for name, outs in outputs.items()})
+
+
+def test_a_module_applied_twice_per_call_is_measured_once_per_application(tmp_path):
+    """A Siamese network's encoder runs on both images of a pair in one call of the model: like ALBERT's shared
+    layer, each application is its own series (not one histogram of two inputs), and the start line says so."""
+    module = _Validated(SiameseNet())
+    pairs = torch.randn(64, 6, 16, 16, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(pairs), batch_size=32)
+    callback = _measure(module, loader, tmp_path)
+    layers = callback.layer_names
+    assert callback.series_names == [f"{layer}.application_{k}" for layer in layers for k in range(2)]
+    outputs = _raw_outputs(module, layers, list(loader))  # per batch: the first image's output, then the second's
+    acts = {
+        f"{layer}.application_{k}": torch.cat([o.mean(dim=(2, 3)) for o in outputs[layer][k::2]])
+        for layer in layers
+        for k in range(2)
+    }
+    row = callback.history[-1]
+    for key, value in expected_row(acts).items():
+        assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+class _Chunked(_Validated):
+    """Runs each validation batch in two chunks: two calls of the model, each applying every layer once."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for chunk in batch[0].split(16):
+            self.model(chunk)
+
+
+def test_a_batch_run_in_chunks_gives_more_samples_not_more_applications(tmp_path):
+    module = _Chunked(ConcatCNN())
+    images = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    callback = _measure(module, DataLoader(TensorDataset(images), batch_size=32), tmp_path)
+    assert callback.series_names == callback.layer_names  # no .application_k
+    assert all(callback.readings[name].layout == "channels_first" for name in callback.layer_names)
 
 
 # ----------------------------------------------------------------------------------- real Hugging Face models

@@ -263,7 +263,7 @@ class InformationMeasures(Callback):
         self._history: list[dict[str, Any]] = []
         self.layer_names: list[str] = []
         self.series_names: list[str] = []  # what is measured: the layers, a shared layer once per application
-        self._shared: set[str] = set()  # layers applied several times in a forward pass (ALBERT's shared layer)
+        self._shared: set[str] = set()  # layers applied several times in one call of the model (ALBERT, Siamese)
         self.neuron_indices: dict[str, Optional[Tensor]] = {}
         self.layer_widths: dict[str, int] = {}
         self.measurements: dict[int, ActivationMeasurement] = {}
@@ -276,6 +276,7 @@ class InformationMeasures(Callback):
         self.readings: dict[str, Reading] = {}  # how each layer is read, observed on the first measured batch
         self._probe: Optional[ReadingProbe] = None  # recording the first measured batch, until it is observed
         self._bypassed: set[str] = set()  # monitored modules whose forward is called directly (hooks never fire)
+        self._applications: dict[str, int] = {}  # calls of each layer in one call of the model (the probe's count)
         self._hook_for_cache: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
@@ -471,8 +472,7 @@ class InformationMeasures(Callback):
         self.layer_names = (
             chosen.names if chosen is not None and chosen.names else resolve_layers(pl_module, self.layers)
         )
-        if chosen is not None and chosen.family == "shared":
-            self._shared = set(self.layer_names)
+        self._shared = set()  # observed on the first measured batch: the layers applied several times per call
         self.readings.clear()  # observed again on this stage's first measured batch (the hooks hold this dict)
         bases = [name.partition(".application_")[0] for name in self.series_names]
         if list(dict.fromkeys(bases)) != self.layer_names:  # not fixed yet, or fixed for other layers
@@ -505,7 +505,10 @@ class InformationMeasures(Callback):
         for name in self.layer_names:
             reading = self.readings.get(name)
             if reading is not None:
-                groups.setdefault(reading.describe(), []).append(name)
+                how = reading.describe()
+                if name in self._shared:
+                    how += f", applied {self._applications[name]} times per call: one series per application"
+                groups.setdefault(how, []).append(name)
         said = "; ".join(f"{', '.join(names)}: {how}" for how, names in groups.items())
         rank_zero_info(f"InformationMeasures: read as observed on the first measured batch: {said}")
         for reading in self.readings.values():
@@ -639,6 +642,9 @@ class InformationMeasures(Callback):
             if self.sequence_reduction != "auto" and reading.layout == "sequence":
                 reading = dataclasses.replace(reading, token=self.sequence_reduction)
             self.readings[name] = reading
+        if result is not None:
+            self._applications = dict(result.applications)
+            self._shared = {name for name, count in result.applications.items() if count > 1}
         if result is not None and result.bypassed:
             self._bypassed = set(result.bypassed)
             self._warn_once(
@@ -753,13 +759,15 @@ class InformationMeasures(Callback):
                 self._observe(measurement, series_name, activations)
 
     def _fix_series(self, outputs: dict[str, list[Tensor]]) -> None:
-        """What is measured, from the first measured batch: each monitored layer, and a shared layer (one block
-        applied several times in a forward pass, as ALBERT's) once per application, ``<layer>.application_<k>``."""
+        """What is measured, from the first measured batch: each monitored layer, and a layer applied several times
+        in one call of the model (ALBERT's shared layer, a Siamese network's encoder, a tied module: observed by the
+        probe) once per application, ``<layer>.application_<k>``. Calls in separate calls of the model (a batch run
+        in chunks) are more samples of one series."""
         if any(".application_" in name for name in self.series_names):
             return  # fixed earlier in this run, or restored from a checkpoint
         series = []
         for name in self.layer_names:
-            runs = len(outputs.get(name, ()))
+            runs = self._applications.get(name, 1)
             if name in self._shared and runs > 1:
                 series += [f"{name}.application_{k}" for k in range(runs)]
             else:

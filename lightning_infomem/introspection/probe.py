@@ -36,7 +36,7 @@ from lightning_infomem.introspection.readings import (
 
 __all__ = ["ProbeResult", "ReadingProbe", "class_tokens", "layout_of"]
 
-_CLASS_TOKEN_NAMES = ("cls_token", "class_token", "dist_token")
+_CLASS_TOKEN_NAMES = ("cls_token", "class_token", "dist_token", "class_embedding")
 _CHANNELS_FIRST = (
     nn.modules.conv._ConvNd,
     nn.modules.batchnorm._NormBase,
@@ -57,15 +57,16 @@ _TOLERANCE = 1e-5  # a position "changed" when it moved by more than this, relat
 
 
 def class_tokens(model: nn.Module) -> int:
-    """How many class tokens a model prepends to its sequences: its parameters named ``cls_token``,
-    ``class_token`` or ``dist_token`` (timm, torchvision and Hugging Face ViTs, DeiT's distillation token).
+    """How many class tokens a model prepends to its sequences: its parameters whose name starts with ``cls_token``,
+    ``class_token`` or ``dist_token`` (timm, torchvision and Hugging Face ViTs, DeiT's distillation token, CoaT's
+    ``cls_token1``), or CLIP's ``class_embedding``.
 
     Example:
         >>> from torch import nn
         >>> class_tokens(nn.Linear(2, 2))
         0
     """
-    return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2] in _CLASS_TOKEN_NAMES)
+    return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2].startswith(_CLASS_TOKEN_NAMES))
 
 
 def layout_of(module: nn.Module) -> Optional[str]:
@@ -93,12 +94,14 @@ def layout_of(module: nn.Module) -> Optional[str]:
 @dataclasses.dataclass
 class ProbeResult:
     """What the probe saw: a `Reading` per monitored module it could observe, the modules that were bypassed (their
-    submodules ran, their own forward hooks never fired), and the first batch's outputs of each monitored module,
-    one per application, as the model gave them (to be read with the readings)."""
+    submodules ran, their own forward hooks never fired), the first batch's outputs of each monitored module, one
+    per call, as the model gave them (to be read with the readings), and how many times each module is applied in
+    one call of the model (a shared layer, a Siamese network's encoder: more than once)."""
 
     readings: dict[str, Reading]
     bypassed: list[str]
     outputs: dict[str, list[Any]]
+    applications: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -188,15 +191,20 @@ class ReadingProbe:
         (its first axis as the dataloader collates it), ``masks`` the batch's masks (`batch_masks`)."""
         readings: dict[str, Reading] = {}
         bypassed: list[str] = []
+        applications: dict[str, int] = {}
         outputs: dict[str, list[Any]] = {name: list(seen) for name, seen in self._seen.items()}
         state = torch.random.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         try:
             with torch.no_grad():
                 for call in self.calls:
-                    found, skipped = self._observe_call(call, batch_size, masks)
+                    size = _call_batch_size(call, batch_size)
+                    call_masks = masks if size == batch_size else {}
+                    found, skipped, calls = self._observe_call(call, size, call_masks)
                     for name, reading in found.items():
                         readings.setdefault(name, reading)
+                    for name, count in calls.items():
+                        applications[name] = max(applications.get(name, 0), count)
                     bypassed += [name for name in skipped if name not in bypassed]
         finally:
             torch.random.set_rng_state(state)
@@ -211,7 +219,7 @@ class ReadingProbe:
                 else reading
                 for name, reading in readings.items()
             }
-        return ProbeResult(readings, bypassed, outputs)
+        return ProbeResult(readings, bypassed, outputs, applications)
 
     def _run(self, call: _Call, args: tuple, kwargs: dict, hooks: Sequence[tuple[nn.Module, str, Callable]]) -> None:
         """Run a recorded call again, eagerly, with only the probe's ``hooks``: every other forward hook of the
@@ -240,11 +248,11 @@ class ReadingProbe:
 
     def _observe_call(
         self, call: _Call, batch_size: int, masks: Mapping[str, Tensor]
-    ) -> tuple[dict[str, Reading], list[str]]:
+    ) -> tuple[dict[str, Reading], list[str], dict[str, int]]:
         inside = {id(m) for m in getattr(call.module, "_orig_mod", call.module).modules()}
         names = [name for name, module in self.modules.items() if id(module) in inside]
         if not names:
-            return {}, []
+            return {}, [], {}
         by_module = {id(self.modules[name]): name for name in names}
 
         # 1. as recorded: every module's completion (its layout), inputs (what is consumed), the monitored outputs
@@ -305,7 +313,7 @@ class ReadingProbe:
             if reading.layout != "sequence":
                 continue
             readings[name] = self._with_token(call, name, reading, runs, reference, sliced_masks)
-        return readings, bypassed
+        return readings, bypassed, {name: len(outs) for name, outs in full.items()}
 
     def _reading(
         self,
@@ -378,13 +386,16 @@ class ReadingProbe:
             own = () if tensor.is_nested else tuple(tensor.shape)
             same = [kind for kind, shape in ran if kind is not None and own and shape == own]
             if ndim >= 4:
-                # convolutions give channels first; a module that ran none (Swin's linear blocks) keeps channels last
+                # convolutions give channels first; a module that ran none (Swin's linear blocks) keeps channels last,
+                # unless the linear layers' features are on axis 1 (tokens reshaped back to a map: PiT's stages)
                 layout = "channels_first" if "first" in known or not known else "channels_last"
+                widths = [shape[-1] for kind, shape in ran if kind == "last" and shape]
+                if layout == "channels_last" and widths and tensor.shape[-1] != widths[-1] == tensor.shape[1]:
+                    layout = "channels_first"
                 if not known:
                     notes.append(f"{name}: no convolution, norm or linear layer ran in it; channels assumed first")
-            else:  # [batch, channels, length] from a 1-d convolution or norm, else a sequence [batch, tokens, features]
-                decisive = same or known
-                layout = "channels_first" if decisive and decisive[-1] == "first" else "sequence"
+            else:  # [batch, channels, length] from a 1-d convolution or norm of that shape, else a sequence
+                layout = "channels_first" if same and same[-1] == "first" else "sequence"
         return Reading(path=path, batch_axis=batch_axis, layout=layout, notes=tuple(notes))
 
     def _with_token(
@@ -407,8 +418,11 @@ class ReadingProbe:
         last = last if last is not None else torch.full((size,), tokens - 1)
         middle = (last // 2).clamp_min(1).minimum(last.clamp_min(0))  # a real token with tokens before and after
 
+        perturbed = [False]
+
         def perturb(m: nn.Module, a: tuple, kw: dict) -> Optional[tuple[tuple, dict]]:
             changed, done = _perturb_token((a, kw), size, tokens, middle)
+            perturbed[0] = perturbed[0] or done
             return changed if done else None
 
         after: dict[str, list[Any]] = {}
@@ -434,7 +448,13 @@ class ReadingProbe:
             if token == "first" and is_patch_grid(tokens, class_tokens(self.model)):
                 token = "mean"  # a block before the class tokens join (CaiT's patch blocks)
             keys = ("attention_mask",) if "attention_mask" in masks else ("decoder_attention_mask", "labels")
-            if causal is None:
+            if causal is None and not perturbed[0]:
+                notes.append(
+                    f"{name}: its input has no axis of its output's {tokens} tokens (a stage that merges or adds "
+                    f"tokens), so no token could be changed: read at the {token} token as a module that is not causal; "
+                    "pass sequence_reduction=... to read another"
+                )
+            elif causal is None:
                 notes.append(
                     f"{name}: changing one token's input changed no other position (a layer applied to each token on "
                     f"its own, or too short a sequence): read at the {token} token as the model's non-causal layers; "
@@ -453,6 +473,15 @@ class ReadingProbe:
         value = self.output_transform(output) if self.output_transform is not None else select(output, reading.path)
         value = value.movedim(reading.batch_axis, 0) if reading.batch_axis else value
         return value.flatten(1, -2) if value.ndim > 3 else value
+
+
+def _call_batch_size(call: _Call, batch_size: int) -> int:
+    """The samples of one recorded call: the batch's, where an input has an axis of that size; otherwise the first
+    axis of the call's first tensor (a batch run in chunks: each call sees a chunk)."""
+    leaves = [t for _, t in output_leaves((call.args, call.kwargs)) if t.ndim and not t.is_nested]
+    if not leaves or any(batch_size in t.shape for t in leaves):
+        return batch_size
+    return int(leaves[0].shape[0])
 
 
 def _compiled_region(model: nn.Module) -> set[int]:

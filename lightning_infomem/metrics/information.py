@@ -457,7 +457,13 @@ class _ActivationHistogramMetric(Metric):
             self._set_range(None, None)
 
     def _reset_state(self, attr: str) -> None:
-        getattr(self, attr).zero_()
+        value = getattr(self, attr)
+        if value.is_inference() and not torch.is_inference_mode_enabled():
+            # made under inference mode (trainer.validate()), now reset outside it (trainer.fit()): such a tensor
+            # cannot be updated in place any more, so it is replaced once by an ordinary one
+            setattr(self, attr, torch.zeros_like(value))
+        else:
+            value.zero_()
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Add another metric's counts; both must bin with the same range."""
