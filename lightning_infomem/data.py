@@ -154,10 +154,17 @@ def sum_over_processes(trainer: Trainer, tensor: Tensor) -> Tensor:
 
 
 def training_set_size(trainer: Trainer) -> Optional[int]:
-    """The length of the training dataset (``None`` if the loader's dataset is not sized)."""
+    """How many sample indices the training batches can carry: the length of the `IndexedDataset` inside the loader's
+    dataset (a ``Subset`` of one, from ``random_split`` say, at any depth, carries the full dataset's indices), else
+    of the dataset itself; ``None`` if it is not sized."""
     loader = trainer.train_dataloader
     dataset = getattr(loader, "dataset", None)
+    current, seen = dataset, set()
+    while current is not None and id(current) not in seen and not isinstance(current, IndexedDataset):
+        seen.add(id(current))
+        current = getattr(current, "dataset", None)
+    sized = current if isinstance(current, IndexedDataset) else dataset
     try:
-        return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+        return len(sized) if sized is not None else None  # type: ignore[arg-type]
     except TypeError:
         return None

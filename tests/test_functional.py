@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -909,3 +910,37 @@ def test_effective_rank_closed_forms_and_undefined_inputs():
         effective_rank(torch.ones(3))
     with pytest.raises(ValueError, match="floating point"):
         effective_rank(torch.ones(3, 2, dtype=torch.int64))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="the compiled kernels need Numba")
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes and owners")
+def test_a_numba_cache_directory_other_users_can_write_is_never_used(tmp_path):
+    """NUMBA_CACHE_DIR in a directory others can write: Numba unpickles its cache index, so a planted one would run
+    code. The kernels compile without the cache (nothing is read or written there) and one warning says why."""
+    import subprocess
+    import sys
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code = (
+        "import warnings; warnings.simplefilter('always'); import torch\n"
+        "from lightning_infomem.functional import pairwise_mutual_information\n"
+        "pairwise_mutual_information(torch.randn(64, 4), 4, backend='compiled')\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(shared)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is writable by other users (mode 0o777)" in result.stderr and "compiled without a cache" in result.stderr
+    assert list(shared.iterdir()) == []  # nothing cached there, nothing loaded from there
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "NUMBA_CACHE_DIR": str(own)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0 and "not safe" not in result.stderr
+    assert any(own.rglob("*.nbi"))  # a directory of one's own is used

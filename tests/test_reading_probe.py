@@ -324,3 +324,27 @@ def test_the_probe_leaves_no_trace():
     assert torch.equal(torch.random.get_rng_state(), state)
     for key, value in model.state_dict().items():
         assert torch.equal(value, buffers[key]), key
+
+
+def test_a_hugging_face_model_that_bypasses_its_layers_hooks_is_said_and_its_recipe_reads_channels(tmp_path):
+    """SqueezeBERT calls each encoder layer's forward directly (the layers' hooks never fire): the callback names
+    them; docs/recipes.md's recipe monitors each layer's `output` instead, [batch, channels, tokens] feature maps
+    whose layer norm permutes inside: read on the 32 channels, not on the 12 tokens."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    config = transformers.SqueezeBertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        embedding_size=32,
+    )
+    module = _Validated(transformers.SqueezeBertModel(config))
+    ids, mask = _padded_ids(48, 12, seed=1)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask)
+    with pytest.warns(UserWarning, match=r"'model.encoder.layers.0', 'model.encoder.layers.1'\] never fire"):
+        _measure(module, loader, tmp_path)
+    callback = _measure(module, loader, tmp_path, layers="**.encoder.layers.*.output")
+    assert all(reading.layout == "channels_first" for reading in callback.readings.values())
+    assert set(callback.layer_widths.values()) == {32}

@@ -501,3 +501,51 @@ def test_corrupted_record_fields_name_the_field_and_the_file(tmp_path: Any, fiel
     torch.save(record, path)
     with pytest.raises(RecordError, match=rf"record .*model_00001.pt {named}"):
         load_records(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_special_files_in_the_directory_are_refused_not_opened(tmp_path: Any) -> None:
+    """A FIFO named like a record or like the lock file, and a record that links out of the directory: refused at
+    once naming the file (opening a FIFO would block the run, and the directory's lock, forever); the lock is
+    released, so the run goes on once the file is removed."""
+    import threading
+
+    def within_a_minute(call: Any) -> BaseException:
+        found: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _catch(call, found), daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "blocked on a special file"
+        return found[0]
+
+    fifo = tmp_path / "model_00001.pt"
+    os.mkfifo(fifo)
+    error = within_a_minute(lambda: load_records(tmp_path))
+    assert isinstance(error, RecordError) and "is a FIFO, not a regular file" in str(error)
+    found: list[BaseException] = []
+    with pytest.warns(UserWarning, match="is a FIFO"):  # a run sets it aside as a damaged record and retrains it
+        _catch(lambda: _run(tmp_path, num_models=2), found)
+    assert not found and os.path.exists(str(fifo) + ".damaged") and fifo.is_file()
+    for name in os.listdir(tmp_path):
+        if name != ".lightning_infomem.lock":
+            os.remove(tmp_path / name)
+    lock = tmp_path / ".lightning_infomem.lock"
+    lock.unlink(missing_ok=True)  # the lock file a run leaves (a regular file)
+    os.mkfifo(lock)
+    error = within_a_minute(lambda: _run(tmp_path, num_models=1))
+    assert isinstance(error, RecordError) and "the lock file" in str(error)
+    lock.unlink()
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.pt"
+    outside.write_bytes(b"not this run's")
+    os.symlink(outside, tmp_path / "model_00001.pt")
+    error = within_a_minute(lambda: load_records(tmp_path))
+    assert isinstance(error, RecordError) and "outside its directory" in str(error)
+    (tmp_path / "model_00001.pt").unlink()
+    assert _run(tmp_path, num_models=1).in_train.shape[0] == 1  # the lock was released each time
+
+
+def _catch(call: Any, found: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as error:  # noqa: BLE001 - handed to the test
+        found.append(error)

@@ -477,3 +477,21 @@ def test_prediction_changes_equal_a_direct_count_between_epochs(tmp_path):
             assert row["dynamics/prediction_changes"] == changes
         previous.update(current)
     assert any(row["dynamics/prediction_changes"] > 0 for row in dynamics.history[1:])
+
+
+def test_a_random_split_of_an_indexed_dataset_is_scored_on_the_full_datasets_indices(tmp_path):
+    """random_split(IndexedDataset(...)) gives Subsets whose batches carry the full dataset's indices (up to 199 of
+    200): the scores cover all 200 samples, the 40 left out of training are NaN (never scored, not zero), and a
+    Subset of that Subset works the same way."""
+    x, y = digits_tensors("train")
+    full = IndexedDataset(TensorDataset(x[:200], y[:200]))
+    train, _ = torch.utils.data.random_split(full, [160, 40], generator=torch.Generator().manual_seed(0))
+    nested = torch.utils.data.Subset(train, list(range(120)))
+    for dataset, count in ((train, 160), (nested, 120)):
+        dynamics = TrainingDynamics()
+        trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[dynamics])
+        trainer.fit(IndexedMLP(), DataLoader(dataset, batch_size=32, shuffle=True))
+        loss = dynamics.scores["cumulative_loss"]
+        assert loss.shape == (200,)
+        seen = torch.tensor(sorted(int(dataset[i][-1]) for i in range(len(dataset))))
+        assert int(torch.isfinite(loss).sum()) == count and bool(torch.isfinite(loss[seen]).all())

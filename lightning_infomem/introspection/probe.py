@@ -53,7 +53,11 @@ _HOOK_FIELDS = (
     "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs",
 )
-_TOLERANCE = 1e-5  # a position "changed" when it moved by more than this, relative to the output's scale
+# Relative to the output's scale: a causal stack leaves earlier positions exactly as they were (at most _QUIET),
+# and a changed token moves what follows it clearly (more than _CLEAR); blocks whose token mixing is scaled to almost
+# nothing (CaiT's and ResMLP's layer scales of 1e-5 after two steps) fall in between and are said to be unobserved.
+_QUIET = 1e-7
+_CLEAR = 1e-4
 
 
 def class_tokens(model: nn.Module) -> int:
@@ -69,21 +73,29 @@ def class_tokens(model: nn.Module) -> int:
     return sum(1 for name, _ in model.named_parameters() if name.rpartition(".")[2].startswith(_CLASS_TOKEN_NAMES))
 
 
-def layout_of(module: nn.Module) -> Optional[str]:
+def layout_of(module: nn.Module, shape: Sequence[int] = ()) -> Optional[str]:
     """Where a layer type puts its features: ``"first"`` (convolutions, batch / instance / group norms, pooling:
     ``[batch, channels, ...]``), ``"last"`` (a layer with a weight matrix of two axes, as ``nn.Linear`` or Hugging
-    Face's ``Conv1D``; layer and RMS norms; recurrent layers; attention: ``[..., features]``), ``None`` otherwise.
+    Face's ``Conv1D``; recurrent layers; attention: ``[..., features]``), ``None`` otherwise. A layer or RMS norm
+    goes by the axis of its ``shape`` (its output's) that has its width: channels-first norms that permute inside
+    (SqueezeBERT's, timm's ``LayerNorm2d``) are ``"first"``.
 
     Example:
         >>> from torch import nn
         >>> layout_of(nn.Conv2d(3, 8, 3)), layout_of(nn.Linear(3, 8)), layout_of(nn.ReLU())
         ('first', 'last', None)
+        >>> layout_of(nn.LayerNorm(8), (2, 8, 5)), layout_of(nn.LayerNorm(8), (2, 5, 8))
+        ('first', 'last')
     """
     if isinstance(module, _CHANNELS_FIRST):
         return "first"
-    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention, nn.LayerNorm)) or type(module).__name__.endswith(
-        "RMSNorm"
-    ):
+    if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+        weight = module._parameters.get("weight")
+        width = int(weight.shape[-1]) if weight is not None and weight.ndim == 1 else None
+        if width is not None and len(shape) >= 3 and shape[-1] != width and shape[1] == width:
+            return "first"
+        return "last"
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
         return "last"
     weight = module._parameters.get("weight")
     if weight is not None and weight.ndim == 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -378,10 +390,10 @@ class ReadingProbe:
             layout = "flat"
         else:
             inside = set(module.modules())
-            ran = [(layout_of(m), shape) for s, m, shape in order if s <= completed and m in inside]
+            ran = [(layout_of(m, shape), shape) for s, m, shape in order if s <= completed and m in inside]
             known = [kind for kind, _ in ran if kind is not None]
             if not known:  # an activation, a pooling-free container: the layer type that ran just before it
-                ran = [(layout_of(m), shape) for s, m, shape in order if s <= completed and layout_of(m)][-1:]
+                ran = [(layout_of(m, shape), shape) for s, m, shape in order if s <= completed and layout_of(m)][-1:]
                 known = [kind for kind, _ in ran if kind is not None]
             own = () if tensor.is_nested else tuple(tensor.shape)
             same = [kind for kind, shape in ran if kind is not None and own and shape == own]
@@ -456,9 +468,10 @@ class ReadingProbe:
                 )
             elif causal is None:
                 notes.append(
-                    f"{name}: changing one token's input changed no other position (a layer applied to each token on "
-                    f"its own, or too short a sequence): read at the {token} token as the model's non-causal layers; "
-                    "pass sequence_reduction=... to read another"
+                    f"{name}: changing one token's input moved the other positions too little to tell whether it is "
+                    f"causal (a layer applied to each token on its own, token mixing scaled near zero, or too short a "
+                    f"sequence): read at the {token} token as a module that is not causal; pass sequence_reduction=... "
+                    "to read another"
                 )
         keys = tuple(k for k in keys if k in masks and masks[k].shape[1] == tokens)
         unused = [k for k in MASK_KEYS if k in masks and masks[k].shape[1] != tokens]
@@ -585,15 +598,18 @@ def _real_tokens(masks: Mapping[str, Tensor], tokens: int, size: int) -> Optiona
 
 
 def _is_causal(before: Tensor, after: Tensor, where: Tensor) -> Optional[bool]:
-    """From a change at each sample's token ``where``: causal (``True``) when later positions changed and no earlier
-    one did, not causal (``False``) when an earlier one changed; ``None`` when only ``where`` itself changed (a
-    layer applied to each token on its own) or nothing did."""
+    """From a change at each sample's token ``where``: causal (``True``) when no earlier position moved and later
+    ones clearly did, not causal (``False``) when an earlier one clearly moved; ``None`` otherwise (a layer applied
+    to each token on its own, token mixing too weak to tell, or nothing moved)."""
     delta = (after.float() - before.float()).abs().amax(dim=-1).cpu()  # [batch, tokens]
-    tolerance = _TOLERANCE * (1.0 + float(before.float().abs().amax()))
+    scale = 1.0 + float(before.float().abs().amax())
     positions = torch.arange(delta.shape[1]).unsqueeze(0)
-    moved = delta > tolerance
-    if bool(moved[positions < where.unsqueeze(1)].any()):
+    earlier = delta[positions < where.unsqueeze(1)]
+    later = delta[positions > where.unsqueeze(1)]
+    earlier_moved = float(earlier.max()) if earlier.numel() else 0.0
+    later_moved = float(later.max()) if later.numel() else 0.0
+    if earlier_moved > _CLEAR * scale:
         return False
-    if bool(moved[positions > where.unsqueeze(1)].any()):
+    if earlier_moved <= _QUIET * scale and later_moved > _CLEAR * scale:
         return True
     return None

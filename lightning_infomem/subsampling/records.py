@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -53,8 +54,38 @@ def describe_difference(
     )
 
 
+def check_regular_file(path: str, what: str = "record") -> None:
+    """Refuse, before opening it, anything at ``path`` but a regular file, or a link to one in the same directory: a
+    FIFO would block the run (and the directory's lock) forever, a device or a link out of the directory is not
+    this run's file. `RecordError` names the file and what it is."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        target = os.path.realpath(path)
+        directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        if os.path.dirname(target) != directory:
+            raise RecordError(f"{what} {path} is a link to {target}, outside its directory; remove it")
+        info = os.stat(target)
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+        )
+        raise RecordError(
+            f"{what} {path} is {kind}, not a regular file; remove it (only this run's files belong there)"
+        )
+
+
 def read_record(path: str) -> dict[str, Any]:
     """A record file's contents, checked for the fields and shapes a record has; `RecordError` names the file."""
+    check_regular_file(path)
     try:
         record = torch.load(path, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated, empty or not a torch file: all mean "damaged"

@@ -46,6 +46,7 @@ from lightning_infomem.checks import check_float, check_int, check_optional_int
 from lightning_infomem.subsampling.records import (
     RecordError,
     SubsampleRecords,
+    check_regular_file,
     describe_difference,
     load_records,
     read_record,
@@ -291,6 +292,7 @@ def _format_seconds(seconds: float) -> str:
 
 def _check_config(out_dir: str, config: dict[str, Any]) -> None:
     path = os.path.join(out_dir, _CONFIG)
+    check_regular_file(path, "the run's settings file")
     if os.path.exists(path):
         try:
             with open(path) as handle:
@@ -483,6 +485,7 @@ def _lock_directory(out_dir: str) -> Any:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
         return None
+    check_regular_file(os.path.join(out_dir, _LOCK), "the lock file")  # a FIFO would block the open below
     handle = open(os.path.join(out_dir, _LOCK), "a")  # noqa: SIM115 - held open for the whole run
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
