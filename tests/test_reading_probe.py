@@ -348,3 +348,46 @@ def test_a_hugging_face_model_that_bypasses_its_layers_hooks_is_said_and_its_rec
     callback = _measure(module, loader, tmp_path, layers="**.encoder.layers.*.output")
     assert all(reading.layout == "channels_first" for reading in callback.readings.values())
     assert set(callback.layer_widths.values()) == {32}
+
+
+class _MaskedGPT2(LightningModule):
+    """A GPT-2 classifier fed the batch's ids with a [batch, tokens] mask built from whatever mask the batch has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightning_helpers import tiny_gpt2_classifier
+
+        self.model = tiny_gpt2_classifier(num_labels=2)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.model(input_ids=batch["input_ids"], attention_mask=batch["real"])
+
+
+def test_masks_with_empty_rows_or_hugging_faces_shape_are_read_and_others_are_named(tmp_path):
+    """Samples whose mask has no real token are left out (not read at a pad token, not a zero vector), with one
+    warning; Hugging Face's expanded [batch, 1, 1, tokens] masks (0/1 or additive) read as [batch, tokens]; a mask of
+    another shape ([batch]) is named, not dropped silently."""
+    _transformers()
+    torch.manual_seed(0)
+    module = _MaskedGPT2()
+    ids, mask = _padded_ids(64, 10, seed=1, vocab=50)
+    empty = torch.zeros(64, dtype=torch.bool)
+    empty[[3, 17, 40]] = True
+    plain = mask.masked_fill(empty[:, None], 0)
+    real = mask.masked_fill(empty[:, None], 1)  # the model itself sees some tokens in every row
+
+    def measured(attention_mask: Tensor) -> InformationMeasures:
+        return _measure(module, _dict_loader(input_ids=ids, real=real, attention_mask=attention_mask), tmp_path)
+
+    with pytest.warns(UserWarning, match=r"sample\(s\) of a batch have no real token in its attention_mask"):
+        callback = measured(plain)
+    layers = callback.layer_names
+    assert layers == ["model.transformer.h.0", "model.transformer.h.1"]  # two blocks, not an encoder and a decoder
+    outputs = _raw_outputs(module, layers, [{"input_ids": ids, "attention_mask": real}])
+    keep = ~empty
+    acts = {layer: _at(_main(outputs[layer][0]), mask.sum(1).clamp_min(1) - 1)[keep] for layer in layers}
+    _assert_measures(callback, acts)
+    expanded = measured(plain[:, None, None, :].float().sub(1).mul(1e9))  # additive, as Hugging Face builds it
+    assert expanded.history[-1] == pytest.approx(callback.history[-1], rel=1e-12, nan_ok=True)
+    with pytest.warns(UserWarning, match=r"attention_mask has shape \[32\], not \[batch, tokens\]"):
+        measured(mask.sum(1))

@@ -308,9 +308,10 @@ def _alive(pid: int) -> bool:
         return handle.read().split(")")[-1].split()[0] != "Z"
 
 
-def _kill_the_parent_once(tmp_path: Any, script_text: str, ready: str) -> tuple[Path, float]:
+def _kill_the_parent_once(tmp_path: Any, script_text: str, ready: str, workers: int = 0) -> tuple[Path, float]:
     """Run ``script_text`` as the parent of a run writing under ``out``; SIGKILL it as soon as a file matching
-    ``ready`` is there. Returns ``out`` and the time of the kill."""
+    ``ready`` is there (and, with ``workers``, that many workers have written their pid under ``out/pids``: the
+    kill waits for the events the test needs, not for a time). Returns ``out`` and the time of the kill."""
     script = tmp_path / "run.py"
     script.write_text(script_text)
     out = tmp_path / "out"
@@ -318,9 +319,14 @@ def _kill_the_parent_once(tmp_path: Any, script_text: str, ready: str) -> tuple[
     parent = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob(ready)) and time.monotonic() < deadline:
+
+        def is_ready() -> bool:
+            started = len(list((out / "pids").iterdir())) if (out / "pids").is_dir() else 0
+            return bool(list(out.glob(ready))) and started >= workers
+
+        while not is_ready() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert list(out.glob(ready)), f"the run never wrote {ready}"
+        assert is_ready(), f"the run never wrote {ready} with {workers} workers started"
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
@@ -336,7 +342,7 @@ def _wait_until_exited(pids: list[int], killed_at: float) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
-    out, killed_at = _kill_the_parent_once(tmp_path, KILL_SCRIPT, "model_*.pt")
+    out, killed_at = _kill_the_parent_once(tmp_path, KILL_SCRIPT, "model_*.pt", workers=2)
     records_at_kill = len(list(out.glob("model_*.pt")))
     workers = [int(p.name) for p in (out / "pids").iterdir()]
     assert len(workers) == 2

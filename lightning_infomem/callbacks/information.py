@@ -38,7 +38,7 @@ from lightning_infomem.introspection.layers import (
     resolve_layers,
 )
 from lightning_infomem.introspection.probe import ReadingProbe
-from lightning_infomem.introspection.readings import OutputTransform, Reading, batch_masks, read
+from lightning_infomem.introspection.readings import OutputTransform, Reading, batch_masks, mask_problems, read
 from lightning_infomem.metrics.calibration import Binning
 from lightning_infomem.metrics.information import (
     DEFAULT_MAX_STATE_BYTES,
@@ -608,6 +608,9 @@ class InformationMeasures(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._masks[0] = batch_masks(batch)
+        if self._measuring:
+            for problem in mask_problems(batch):
+                self._warn_once(f"mask:{problem.split(':')[0][:40]}", f"InformationMeasures: {problem}")
         if self._measuring and not self.readings and self._probe is None:
             modules = dict(named_layers(pl_module))
             self._probe = ReadingProbe(pl_module, {n: modules[n] for n in self.layer_names}, self.output_transform)

@@ -346,6 +346,13 @@ def _is_decoder_block(module: nn.Module) -> bool:
     return _is_causal_block(module) or sum(isinstance(sub, nn.MultiheadAttention) for sub in module.modules()) >= 2
 
 
+def _is_run_of_blocks(tree: _Tree, stack: list[str]) -> bool:
+    """A stack of an encoder or a decoder: two or more blocks, most of one class (not a block's attention and MLP,
+    which would make a two-block GPT-2 an encoder and a decoder)."""
+    kinds = [type(tree.modules[name]) for name in stack]
+    return len(stack) >= 2 and max(kinds.count(kind) for kind in set(kinds)) >= 2
+
+
 def _stack_of(tree: _Tree, name: str) -> list[str]:
     """The blocks of one stack (an encoder or a decoder): its trunk's block children."""
     trunk = tree.trunk(name)
@@ -398,7 +405,7 @@ def choose_default_layers(model: nn.Module, max_layers: int = DEFAULT_MAX_LAYERS
         stacks = [_stack_of(tree, child) for child in children]
         if (
             len(children) == 2
-            and all(len(stack) >= 2 for stack in stacks)
+            and all(_is_run_of_blocks(tree, stack) for stack in stacks)
             and any(_is_decoder_block(tree.modules[name]) for name in stacks[1])
         ):
             blocks = [called for name in stacks[0] + stacks[1] for called in tree.called(name)]

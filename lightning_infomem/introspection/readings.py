@@ -24,6 +24,7 @@ __all__ = [
     "Reading",
     "SequenceReduction",
     "batch_masks",
+    "mask_problems",
     "first_tensor",
     "output_leaves",
     "read",
@@ -95,22 +96,65 @@ class Reading:
 
 
 def batch_masks(batch: Any) -> dict[str, Tensor]:
-    """The ``[batch, tokens]`` masks a batch mapping carries (`MASK_KEYS`), as booleans (1 / True = real).
+    """The ``[batch, tokens]`` masks a batch mapping carries (`MASK_KEYS`), as booleans (True = a real token).
+
+    ``attention_mask`` and ``decoder_attention_mask`` as a tokenizer gives them (``[B, T]``, 1 = real) or expanded
+    as a Hugging Face model builds them (``[B, 1, 1, T]`` or ``[B, 1, T, T]``'s last row; 1 = real, or additive:
+    0 = real, a large negative number = padding); ``labels`` real where not -100. Other shapes are left out here
+    (`mask_problems` names them).
 
     Example:
         >>> import torch
         >>> masks = batch_masks({"attention_mask": torch.tensor([[1, 0]]), "labels": torch.tensor([[5, -100]])})
         >>> {key: value.tolist() for key, value in masks.items()}
         {'attention_mask': [[True, False]], 'labels': [[True, False]]}
+        >>> batch_masks({"attention_mask": torch.tensor([[[[0.0, -1e9]]]])})["attention_mask"].tolist()
+        [[True, False]]
     """
     if not isinstance(batch, Mapping):
         return {}
     masks = {}
     for key in MASK_KEYS:
         value = batch.get(key)
-        if isinstance(value, Tensor) and value.ndim == 2 and not value.is_floating_point():
-            masks[key] = value != -100 if key == "labels" else value != 0
+        if not isinstance(value, Tensor):
+            continue
+        if key == "labels":
+            if value.ndim == 2 and not value.is_floating_point():
+                masks[key] = value != -100
+            continue
+        if value.ndim == 4 and value.shape[1] == 1:
+            value = value[:, 0, -1, :]  # [B, 1, 1, T] or a causal [B, 1, T, T]: the last query sees every real key
+        if value.ndim != 2:
+            continue
+        if value.is_floating_point() and bool((value < 0).any()):
+            masks[key] = value == 0  # additive: 0 where attended, a large negative number where masked
+        else:
+            masks[key] = value != 0
     return masks
+
+
+def mask_problems(batch: Any) -> list[str]:
+    """What is wrong with a batch's masks for reading sequences: a mask `batch_masks` cannot read as ``[batch,
+    tokens]`` (its shape named), or samples without any real token (left out of the measurement)."""
+    if not isinstance(batch, Mapping):
+        return []
+    problems, masks = [], batch_masks(batch)
+    for key in ("attention_mask", "decoder_attention_mask"):
+        value = batch.get(key)
+        if isinstance(value, Tensor) and key not in masks:
+            problems.append(
+                f"the batch's {key} has shape {list(value.shape)}, not [batch, tokens] (nor Hugging Face's "
+                "[batch, 1, 1, tokens]): sequences are read without it; pass sequence_reduction=... or a batch with a "
+                "[batch, tokens] mask"
+            )
+    for key, mask in masks.items():
+        empty = int((~mask.any(dim=1)).sum())
+        if empty:
+            problems.append(
+                f"{empty} sample(s) of a batch have no real token in its {key}: they are left out of the measurement "
+                "(their values are undefined, not a pad token's)"
+            )
+    return problems
 
 
 def output_leaves(output: Any, path: Path = ()) -> list[tuple[Path, Tensor]]:
@@ -263,6 +307,9 @@ def _masked_reduction(value: Tensor, mask: Tensor, token: SequenceReduction) -> 
     """``[B, T, H]`` -> ``[B, H]`` over the real tokens of ``mask``: the first or last real token (left or right
     padding alike), or their mean."""
     real = mask.to(device=value.device) != 0
+    empty = ~real.any(dim=1)  # a sample with no real token has nothing to read: NaN, left out of the metrics
+    if bool(empty.any()):
+        return torch.where(empty[:, None], torch.nan, _masked_reduction(value, real | empty[:, None], token))
     if token == "mean":
         weights = real.to(value.dtype).unsqueeze(-1)
         return (value * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
