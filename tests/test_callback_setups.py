@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning_helpers import NUM_VAL, DigitsMLP, digits_loaders, digits_tensors, fast_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem import InformationMeasures
+from lightning_infomem import InformationMeasures, PredictionPeers
 
 
 class TwoLoaderMLP(DigitsMLP):
@@ -200,12 +200,14 @@ def test_ddp_spawn_results_reach_the_main_process(tmp_path, monkeypatch):
     callback = InformationMeasures(
         layers=["net.0", "net.2"], max_samples=None, calibration_samples=NUM_VAL, log_histograms=False
     )
-    trainer = fast_trainer(tmp_path / "ddp", strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[callback])
+    peers = PredictionPeers()
+    trainer = fast_trainer(tmp_path / "ddp", strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[callback, peers])
     try:
         trainer.fit(DigitsMLP(), *digits_loaders())
     finally:
         torch.multiprocessing.set_sharing_strategy(strategy)
     assert [row["epoch"] for row in callback.history] == [0, 1]  # measured in the workers, read back here
+    assert [row["epoch"] for row in peers.history] == [0, 1]  # PredictionPeers' too
     assert set(callback.layer_results()) == {"net.0", "net.2"}
     path = callback.to_csv(tmp_path / "curves.csv")
     assert len(Path(path).read_text().splitlines()) == 3

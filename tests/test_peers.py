@@ -153,3 +153,7 @@ def test_prediction_peers_reads_a_sequence_classifiers_pooled_logits(tmp_path):
     with torch.no_grad():
         logits = model.model(input_ids=ids).logits
     assert peers.history[-1]["peers/nuclear_norm"] == pytest.approx(softmax_nuclear_norm(logits), rel=1e-5)
+    per_token = PredictionPeers(logits_module="model.score")  # [batch, tokens, classes]: said, not silent
+    with pytest.warns(UserWarning, match=r"'model.score' are \[16, 8, 3\], not \[batch, classes\]"):
+        fast_trainer(tmp_path, callbacks=[per_token]).validate(model, loader, verbose=False)
+    assert per_token.history == []

@@ -645,6 +645,13 @@ class InformationMeasures(Callback):
             if self.sequence_reduction != "auto" and reading.layout == "sequence":
                 reading = dataclasses.replace(reading, token=self.sequence_reduction)
             self.readings[name] = reading
+        if probe.failures:
+            self._warn_once(
+                "probe-failed",
+                f"InformationMeasures: running the model's call again to observe how to read its layers failed "
+                f"({probe.failures[0]}); the layers it holds are read by convention (batch first, the first tensor, "
+                "channels first, the first token); pass output_transform=... / sequence_reduction=... if that is wrong",
+            )
         if result is not None:
             self._applications = dict(result.applications)
             self._shared = {name for name, count in result.applications.items() if count > 1}

@@ -9,6 +9,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightning_infomem.callbacks._spawn import SpawnedResults
+from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_prefix, join_key
 from lightning_infomem.introspection.logits import choose_logits_module, logits_candidates, logits_of
@@ -64,13 +66,15 @@ class PredictionPeers(Callback):
         self.logits_module = logits_module
         self.output_transform = output_transform
         self.prefix = check_prefix(prefix)
-        self.history: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
+        self._spawned = SpawnedResults()  # the history measured by this callback's copy in a ddp_spawn worker
         self.metrics: dict[int, SoftmaxPeers] = {}
         self._candidates: list[tuple[str, nn.Module]] = []
         self._chosen: Optional[tuple[str, nn.Module]] = None
         self._captured: list[tuple[nn.Module, Any]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._num_loaders = 1
+        self._warn_once = WarnOnce()
 
     @property
     def state_key(self) -> str:
@@ -80,7 +84,16 @@ class PredictionPeers(Callback):
         return {"history": [dict(row) for row in self.history]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(row) for row in state_dict.get("history", [])]
+        self._history = [dict(row) for row in state_dict.get("history", [])]
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per validation: the epoch and every logged value. After a fit under ``ddp_spawn`` the values were
+        computed in the worker processes; the main process reads them back from rank 0 here."""
+        state = self._spawned.receive()
+        if state is not None:
+            self._history = state["history"]
+        return self._history
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._candidates = logits_candidates(pl_module, self.logits_module, "PredictionPeers")
@@ -127,6 +140,14 @@ class PredictionPeers(Callback):
                 continue
             logits = logits_of(output, self.output_transform)
             if not isinstance(logits, Tensor) or logits.ndim != 2:
+                shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                self._warn_once(
+                    "not-2d",
+                    f"PredictionPeers: the logits of {self._chosen[0] or 'the LightningModule'!r} are {shape}, not "
+                    "[batch, classes] (a head applied to every token?), so nothing is logged; name the module whose "
+                    "output is one row of logits per sample with logits_module=..., or pass output_transform=... that "
+                    "picks the token to score",
+                )
                 continue
             metric = self.metrics.get(dataloader_idx)
             if metric is None or metric.num_classes != logits.shape[1]:
@@ -147,13 +168,15 @@ class PredictionPeers(Callback):
                 row[key] = float(value)
                 pl_module.log(key, value.float(), add_dataloader_idx=False, sync_dist=False)
         if len(row) > 1:
-            self.history.append(row)
+            self._history.append(row)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
+        if trainer.global_rank == 0 and self._spawned.in_worker():
+            self._spawned.send({"history": self._history})
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
