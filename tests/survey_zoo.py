@@ -215,7 +215,7 @@ _SMALL_AUDIO = dict(
     num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=2,
 )
-_SEQ2SEQ = dict(
+SMALL_SEQ2SEQ = dict(
     vocab_size=VOCAB,
     d_model=32,
     encoder_layers=2,
@@ -580,21 +580,21 @@ HUGGING_FACE = [
     survey(
         "hf mBART",
         "transformers",
-        hf_builder("MBartForSequenceClassification", "MBartConfig", **_SEQ2SEQ, eos_token_id=1),
+        hf_builder("MBartForSequenceClassification", "MBartConfig", **SMALL_SEQ2SEQ, eos_token_id=1),
         "tokens+eos",
         "mean+last",
     ),
     survey(
         "hf Pegasus",
         "transformers",
-        hf_builder("PegasusForConditionalGeneration", "PegasusConfig", **_SEQ2SEQ),
+        hf_builder("PegasusForConditionalGeneration", "PegasusConfig", **SMALL_SEQ2SEQ),
         "tokens+labels",
         "mean+last",
     ),
     survey(
         "hf MarianMT (shorter targets)",
         "transformers",
-        hf_builder("MarianMTModel", "MarianConfig", **_SEQ2SEQ),
+        hf_builder("MarianMTModel", "MarianConfig", **SMALL_SEQ2SEQ),
         "tokens+labels",
         "mean+last",
     ),

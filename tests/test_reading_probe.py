@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule
 from lightning_helpers import expected_row, fast_trainer
-from survey_zoo import ConcatCNN, GatedNet, LSTMClassifier, SiameseNet, UNet
+from survey_zoo import SMALL_SEQ2SEQ, ConcatCNN, GatedNet, LSTMClassifier, SiameseNet, UNet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -254,19 +254,7 @@ def test_a_translation_models_decoder_is_read_at_its_own_last_real_token(tmp_pat
     at its last real target token, the encoder with the source's attention mask at the mean over real tokens."""
     transformers = _transformers()
     torch.manual_seed(0)
-    config = transformers.MarianConfig(
-        vocab_size=100,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        pad_token_id=0,
-        decoder_start_token_id=0,
-        max_position_embeddings=64,
-    )
+    config = transformers.MarianConfig(**SMALL_SEQ2SEQ, pad_token_id=0)
     module = _Validated(transformers.MarianMTModel(config))
     ids, mask = _padded_ids(64, 12, seed=1)
     targets, target_mask = _padded_ids(64, 5, seed=2)
