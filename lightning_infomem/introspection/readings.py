@@ -163,8 +163,9 @@ def output_leaves(output: Any, path: Path = ()) -> list[tuple[Path, Tensor]]:
 
     Example:
         >>> import torch
-        >>> [path for path, _ in output_leaves((torch.ones(1), {"h": torch.ones(1)}))]
-        [(0,), (1, 'h')]
+        >>> paths = [path for path, _ in output_leaves((torch.ones(1), {"h": torch.ones(1)}))]
+        >>> paths == [(0,), (1, "h")]
+        True
     """
     if isinstance(output, Tensor):
         return [(path, output)]
