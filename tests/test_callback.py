@@ -971,3 +971,25 @@ def test_the_effective_rank_can_be_left_out(tmp_path):
     assert not any(key.endswith("effective_rank") for key in callback.history[-1])
     assert {"infomem/entropy", "infomem/mutual_info"} <= set(callback.history[-1])
     assert callback.measurement._gram == {}  # nothing accumulated
+
+
+class _ChannelArgmax(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.view(len(x), 1, 8, 8) * 10).long()  # an integer [batch, 1, 8, 8] map, not activations
+
+
+def test_integer_outputs_with_spatial_axes_raise_naming_the_fix(tmp_path):
+    """A 4-D integer output is refused with a message naming output_transform, not torch's dtype error from a mean."""
+
+    class MapModel(DigitsMLP):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_map = _ChannelArgmax()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> Any:
+            self.to_map(batch[0])
+            return super().validation_step(batch, batch_idx)
+
+    callback = InformationMeasures(layers=["to_map"])
+    with pytest.raises(TypeError, match=r"torch.int64 with shape \[\d+, 1, 8, 8\].*output_transform"):
+        fast_trainer(tmp_path, callbacks=[callback]).validate(MapModel(), digits_loaders()[1], verbose=False)

@@ -509,3 +509,17 @@ def test_pooled_samples_survive_copies_device_moves_and_state_reads(data):
     metric.update(data[400:500])
     metric.joint_counts = expected.clone()
     assert torch.equal(metric.joint_counts, expected)
+
+
+@pytest.mark.parametrize("metric_cls", METRICS)
+def test_merge_state_of_other_bins_or_neurons_raises_naming_both(data, metric_cls):
+    a = metric_cls(NUM_MIXED, num_bins=11, value_range=(-3.0, 3.0))
+    b = metric_cls(NUM_MIXED, num_bins=12, value_range=(-3.0, 3.0))
+    c = metric_cls(NUM_MIXED - 1, num_bins=11, value_range=(-3.0, 3.0))
+    a.update(data[:100])
+    b.update(data[100:200])
+    c.update(data[100:200, :-1])
+    with pytest.raises(ValueError, match=r"num_bins=12\) into a .*num_bins=11\): their histograms count different"):
+        a.merge_state(b)
+    with pytest.raises(ValueError, match=rf"num_neurons={NUM_MIXED - 1}, num_bins=11\) into"):
+        a.merge_state(c)

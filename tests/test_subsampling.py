@@ -555,3 +555,20 @@ def _catch(call: Any, found: list[BaseException]) -> None:
         call()
     except BaseException as error:  # noqa: BLE001 - handed to the test
         found.append(error)
+
+
+def build_model_only(index: int) -> Any:
+    return DigitsMLP(lr=0.02, hidden=16)
+
+
+def build_swapped(index: int) -> Any:
+    return fast_trainer(".", max_epochs=1), DigitsMLP(lr=0.02, hidden=16)
+
+
+@pytest.mark.parametrize(
+    "builder, what",
+    [(build_model_only, r"returned a DigitsMLP;"), (build_swapped, r"returned a tuple of 2 \(Trainer, DigitsMLP\);")],
+)
+def test_a_build_that_returns_the_wrong_thing_is_named(tmp_path: Any, builder: Any, what: str) -> None:
+    with pytest.raises(TypeError, match=rf"build\(0\) {what} it must return \(module, trainer\)"):
+        _run(tmp_path, builder, num_models=1)

@@ -495,3 +495,33 @@ def test_a_random_split_of_an_indexed_dataset_is_scored_on_the_full_datasets_ind
         assert loss.shape == (200,)
         seen = torch.tensor(sorted(int(dataset[i][-1]) for i in range(len(dataset))))
         assert int(torch.isfinite(loss).sum()) == count and bool(torch.isfinite(loss[seen]).all())
+
+
+def test_indices_and_labels_a_batch_unpack_gets_wrong_are_named_and_ignored_labels_left_out(tmp_path):
+    """A batch_unpack giving indices outside the training set or labels outside the classes fails naming them (not a
+    bare index_add_ error); labels of -100 (Hugging Face's ignored label) leave those samples unscored, with one
+    warning."""
+    data = indexed_digits(64)
+
+    def shifted(batch):
+        x, y, index = batch
+        return x, y, index + 1000
+
+    def out_of_classes(batch):
+        x, y, index = batch
+        return x, torch.full_like(y, 12), index
+
+    def some_ignored(batch):
+        x, y, index = batch
+        return x, torch.where(index % 4 == 0, -100, y), index
+
+    for unpack, message in ((shifted, r"sample indices \[10\d\d, .*outside 0..63"), (out_of_classes, r"labels \[12,")):
+        trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[TrainingDynamics(batch_unpack=unpack)])
+        with pytest.raises(ValueError, match=message):
+            trainer.fit(IndexedMLP(), DataLoader(data, batch_size=32))
+    dynamics = TrainingDynamics(batch_unpack=some_ignored)
+    with pytest.warns(UserWarning, match="labelled -100"):
+        fast_trainer(tmp_path, max_epochs=2, callbacks=[dynamics]).fit(IndexedMLP(), DataLoader(data, batch_size=32))
+    loss = dynamics.scores["cumulative_loss"]
+    ignored = torch.arange(64) % 4 == 0
+    assert bool(torch.isnan(loss[ignored]).all()) and bool(torch.isfinite(loss[~ignored]).all())

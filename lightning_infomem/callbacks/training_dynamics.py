@@ -356,6 +356,9 @@ class TrainingDynamics(PerSampleScores, Callback):
         device = self._epoch_sums.device
         index, targets, logits = (tensor.to(device) for tensor in pooled)
         index = index.long()
+        index, targets, logits = self._checked(index, targets, logits)
+        if index.numel() == 0:
+            return
         losses = self.loss_fn(logits, targets) if self.loss_fn is not None else None
         stats = presentation_statistics(logits, targets, losses)
         if not self._sized:  # an unsized dataset: grow to the largest index (one host synchronisation)
@@ -366,6 +369,36 @@ class TrainingDynamics(PerSampleScores, Callback):
         previous = self.predictions[index]  # at the sample's last epoch (synchronised across processes)
         self._epoch_changes += ((previous >= 0) & (previous != predicted)).sum().to(self._epoch_changes.dtype)
         self._epoch_predictions.scatter_(0, index, predicted)
+
+    def _checked(self, index: Tensor, targets: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The pooled batches' rows that can be scored: indices inside the training set and labels among the
+        classes; rows labelled -100 (Hugging Face's ignored label) are left out with one warning; any other index or
+        label out of range is an error naming it (index_add_ would fail without a word about why, or count it)."""
+        size, classes = self.sums.shape[0], logits.shape[1]
+        bad_index = (index < 0) | (index >= size) if self._sized else index < 0
+        if bool(bad_index.any()):
+            raise ValueError(
+                f"TrainingDynamics: batch_unpack gave sample indices {index[bad_index][:5].tolist()} outside 0.."
+                f"{size - 1} (the training set has {size} samples); the indices must be the IndexedDataset's (the last "
+                "element of each batch by default)"
+            )
+        ignored = targets == -100
+        if bool(ignored.any()):
+            self._warn_once(
+                "ignored-labels",
+                "TrainingDynamics: some samples are labelled -100 (Hugging Face's ignored label): they are not scored "
+                "and keep NaN scores",
+            )
+            keep = ~ignored
+            index, targets, logits = index[keep], targets[keep], logits[keep]
+        bad_label = (targets < 0) | (targets >= classes)
+        if bool(bad_label.any()):
+            raise ValueError(
+                f"TrainingDynamics: labels {targets[bad_label][:5].tolist()} are not among the logits' {classes} "
+                "classes (0.."
+                f"{classes - 1}); check batch_unpack's targets, or the logits module"
+            )
+        return index, targets, logits
 
     def _remove_hook(self) -> None:
         for handle in getattr(self, "_handles", []):

@@ -236,6 +236,12 @@ def read(
         raise ValueError("a module output of shape [] has no batch dimension; use output_transform to pick a tensor")
     if reading.batch_axis and value.ndim > reading.batch_axis:
         value = value.movedim(reading.batch_axis, 0)
+    if not value.is_floating_point() and value.ndim >= 3:
+        raise TypeError(
+            f"a module output of {value.dtype} with shape {list(value.shape)} cannot be averaged into activations "
+            "(an index or a mask, not a layer's activations); monitor a layer with floating-point outputs, or pass "
+            "output_transform=lambda out: out.float() to measure it as numbers"
+        )
     if value.ndim == 1:
         return value.unsqueeze(1)
     layout = reading.layout or ("flat" if value.ndim == 2 else "channels_first" if value.ndim >= 4 else "sequence")

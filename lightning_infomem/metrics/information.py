@@ -473,6 +473,16 @@ class _ActivationHistogramMetric(Metric):
                 f"checked against this one's; a state dict ({type(incoming_state).__name__}) carries no range. "
                 "Pass the metric (or load its persistent state_dict into a metric first)"
             )
+        if type(incoming_state) is not type(self) or (incoming_state.num_neurons, incoming_state.num_bins) != (
+            self.num_neurons,
+            self.num_bins,
+        ):
+            raise ValueError(
+                f"cannot merge a {type(incoming_state).__name__}(num_neurons={incoming_state.num_neurons}, num_bins="
+                f"{incoming_state.num_bins}) into a {type(self).__name__}(num_neurons={self.num_neurons}, num_bins="
+                f"{self.num_bins}): their histograms count different things; merge metrics built with the same "
+                "class, num_neurons and num_bins"
+            )
         self._settle()
         if isinstance(incoming_state, _ActivationHistogramMetric):
             incoming_state._settle()

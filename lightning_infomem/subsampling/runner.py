@@ -216,6 +216,26 @@ def _init_worker(job: dict[str, Any]) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _checked_build(built: Any, index: int) -> tuple[LightningModule, Trainer]:
+    """``build(index)``'s result if it is ``(LightningModule, Trainer)``; else a ``TypeError`` saying what it is."""
+    what = (
+        f"a {type(built).__name__} of {len(built)} ({', '.join(type(item).__name__ for item in built)})"
+        if isinstance(built, (tuple, list))
+        else f"a {type(built).__name__}"
+    )
+    if not (
+        isinstance(built, (tuple, list))
+        and len(built) == 2
+        and isinstance(built[0], LightningModule)
+        and isinstance(built[1], Trainer)
+    ):
+        raise TypeError(
+            f"build({index}) returned {what}; it must return (module, trainer): a fresh LightningModule and a fresh "
+            "lightning.pytorch.Trainer, e.g. return MyModel(), Trainer(max_epochs=10)"
+        )
+    return built[0], built[1]
+
+
 def _train_one(index: int) -> tuple[int, float, dict[str, Any]]:
     job = _JOB
     start = time.perf_counter()
@@ -225,7 +245,7 @@ def _train_one(index: int) -> tuple[int, float, dict[str, Any]]:
     torch.manual_seed(init_seed)
     random.seed(init_seed)
     np.random.seed(init_seed)  # noqa: NPY002 (the global generator user code may rely on)
-    module, trainer = job["build"](index)
+    module, trainer = _checked_build(job["build"](index), index)
     training = _training_identity(module, trainer)
     loader = DataLoader(
         Subset(train, torch.nonzero(mask)[:, 0].tolist()),
