@@ -314,21 +314,27 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     strategy = torch.multiprocessing.get_sharing_strategy()
     torch.multiprocessing.set_sharing_strategy("file_system")  # see test_callback_setups: ddp_spawn needs it here
 
-    def run(devices: int, out: Path) -> TrainingDynamics:
+    def run(devices: int, out: Path, samples: int = 100) -> TrainingDynamics:
         out.mkdir()
         dynamics = TrainingDynamics(logits_module="", num_images=0)  # the LightningModule's output: shifted logits
         options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": 2} if devices == 2 else {}
         trainer = fast_trainer(
             out, max_epochs=4, callbacks=[ShiftEachEpoch(), dynamics, SaveScores(str(out))], **options
         )
-        trainer.fit(IndexedMLP(lr=0.0), DataLoader(indexed_digits(100), batch_size=10, shuffle=False))
+        trainer.fit(IndexedMLP(lr=0.0), DataLoader(indexed_digits(samples), batch_size=10, shuffle=False))
         return dynamics
 
     try:
         run(1, tmp_path / "one")
         main_process = run(2, tmp_path / "two")
+        # 101 samples on two processes: the distributed sampler repeats one to pad the shares; counted once
+        run(1, tmp_path / "odd_one", samples=101)
+        run(2, tmp_path / "odd_two", samples=101)
     finally:
         torch.multiprocessing.set_sharing_strategy(strategy)
+    odd_one, odd_two = (torch.load(tmp_path / name / "rank0.pt") for name in ("odd_one", "odd_two"))
+    for name in odd_one:
+        torch.testing.assert_close(odd_two[name], odd_one[name], rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
     # the callback the user holds, in the main process, has rank 0's results back
     worker = torch.load(tmp_path / "two" / "rank0.pt")
     assert main_process.epochs_scored == [0, 1, 2, 3] and len(main_process.history) == 4

@@ -411,6 +411,15 @@ class TrainingDynamics(PerSampleScores, Callback):
         self._flush()
         epoch = trainer.current_epoch
         epoch_sums = sum_over_processes(trainer, self._epoch_sums)
+        if trainer.world_size > 1 and isinstance(
+            getattr(trainer.train_dataloader, "sampler", None), torch.utils.data.DistributedSampler
+        ):
+            # the distributed sampler pads the processes' shares to equal length with repeated samples: a sample
+            # it gave twice in one epoch is one presentation (the mean of its two), not two
+            presentations = epoch_sums[:, STATISTICS.index("presentations")]
+            repeated = presentations > 1
+            if bool(repeated.any()):
+                epoch_sums[repeated] = epoch_sums[repeated] / presentations[repeated, None]
         changes = float(sum_over_processes(trainer, self._epoch_changes.reshape(1))[0])
         epoch_predictions = self._epoch_predictions
         if trainer.world_size > 1:
