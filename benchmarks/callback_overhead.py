@@ -132,6 +132,7 @@ def measure(family: str, layers: str, args: argparse.Namespace) -> dict[str, Any
             spent.append(0.0)
             callback._hook_for = _timed_hooks(callback, spent, sync)
             callback._drain = timed(callback._drain, spent, sync)
+            callback._observe_readings = timed(callback._observe_readings, spent, sync)  # the first batch's probe
             callback.on_validation_epoch_end = timed(callback.on_validation_epoch_end, spent, sync)
             callbacks.append(callback)
         trainer = Trainer(
@@ -176,8 +177,8 @@ def measure(family: str, layers: str, args: argparse.Namespace) -> dict[str, Any
 def _timed_hooks(callback: InformationMeasures, spent: list[float], sync: Callable[[], None]) -> Callable:
     original = callback._hook_for
 
-    def hook_for(name: str) -> Callable:
-        return timed(original(name), spent, sync)
+    def hook_for(*args: Any) -> Callable:
+        return timed(original(*args), spent, sync)
 
     return hook_for
 
