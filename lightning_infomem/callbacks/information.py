@@ -27,7 +27,7 @@ from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
-from lightning_infomem.functional._kernels.threads import limited_threads
+from lightning_infomem.functional import limited_threads
 from lightning_infomem.introspection.layers import (
     DefaultLayers,
     LayerSpec,

@@ -31,6 +31,7 @@ from lightning_infomem.data import (
     sum_over_processes,
     training_set_size,
 )
+from lightning_infomem.functional.peers import changed_predictions
 from lightning_infomem.functional.training_dynamics import (
     STATISTICS,
     ForgettingState,
@@ -367,7 +368,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         self.labels.scatter_(0, index, targets.long())
         predicted = logits.argmax(dim=1)
         previous = self.predictions[index]  # at the sample's last epoch (synchronised across processes)
-        self._epoch_changes += ((previous >= 0) & (previous != predicted)).sum().to(self._epoch_changes.dtype)
+        self._epoch_changes += changed_predictions(previous, predicted).to(self._epoch_changes.dtype)
         self._epoch_predictions.scatter_(0, index, predicted)
 
     def _checked(self, index: Tensor, targets: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:

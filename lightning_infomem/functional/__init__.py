@@ -4,6 +4,7 @@ Binning, histograms, entropy, mutual information, KSG, effective rank, loss curv
 subsampled memorization and influence, group accuracy, the critical-neuron and NT-Xent math.
 """
 
+from lightning_infomem.functional._kernels.threads import limited_threads
 from lightning_infomem.functional.binning import (
     BinGrid,
     ValueRange,
@@ -79,6 +80,7 @@ from lightning_infomem.functional.training_dynamics import (
 )
 
 __all__ = [
+    "limited_threads",
     "add_joint_histogram_counts",
     "assign_bins",
     "bin_grid",

@@ -26,8 +26,10 @@ __all__ = [
     "label_wave_stop",
     "mean_max_softmax",
     "prediction_changes",
+    "changed_predictions",
     "prediction_disagreement",
     "softmax_nuclear_norm",
+    "softmax_nuclear_norm_from_gram",
 ]
 
 
@@ -60,9 +62,25 @@ def softmax_nuclear_norm(logits: Tensor) -> float:
         >>> round(softmax_nuclear_norm(torch.eye(4) * 50.0), 6)
         1.0
     """
-    probabilities = torch.softmax(_check_logits(logits), dim=1)
-    samples, classes = probabilities.shape
-    return float(torch.linalg.svdvals(probabilities).sum() / math.sqrt(samples * min(samples, classes)))
+    probabilities = torch.softmax(_check_logits(logits).double(), dim=1)
+    return float(softmax_nuclear_norm_from_gram(probabilities.T @ probabilities, probabilities.shape[0]))
+
+
+def softmax_nuclear_norm_from_gram(gram: Tensor, samples: int) -> Tensor:
+    """`softmax_nuclear_norm` from the ``[C, C]`` Gram matrix ``P^T P`` of ``samples`` softmax rows (what a streaming
+    metric sums batch by batch): the singular values of ``P`` are the square roots of the Gram matrix's eigenvalues.
+
+    Example:
+        >>> import torch
+        >>> probabilities = torch.eye(4, dtype=torch.float64)
+        >>> float(softmax_nuclear_norm_from_gram(probabilities.T @ probabilities, 4))
+        1.0
+    """
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    # the rank is at most min(samples, classes): eigenvalues at the rounding level of the largest are zeros
+    rounding = eigenvalues.abs().amax() * gram.shape[0] * torch.finfo(gram.dtype).eps
+    eigenvalues = torch.where(eigenvalues > rounding, eigenvalues, 0.0)
+    return eigenvalues.sqrt().sum() / math.sqrt(samples * min(samples, gram.shape[0]))
 
 
 def prediction_disagreement(predictions_a: Tensor, predictions_b: Tensor) -> float:
@@ -94,7 +112,19 @@ def prediction_changes(previous: Tensor, current: Tensor) -> int:
             f"predictions of two epochs must be 1-d of one length, received {list(previous.shape)} and "
             f"{list(current.shape)}"
         )
-    return int((previous != current).sum())
+    return int(changed_predictions(previous, current))
+
+
+def changed_predictions(previous: Tensor, current: Tensor) -> Tensor:
+    """`prediction_changes` as a 0-d tensor on the predictions' device (no host synchronisation); a negative previous
+    prediction means none yet, and is not a change.
+
+    Example:
+        >>> import torch
+        >>> int(changed_predictions(torch.tensor([-1, 1, 1]), torch.tensor([0, 0, 1])))
+        1
+    """
+    return ((previous >= 0) & (previous != current)).sum()
 
 
 def label_wave_stop(changes: Sequence[float], window: int = 3) -> Optional[int]:

@@ -8,7 +8,6 @@ value of `lightning_infomem.functional.peers.softmax_nuclear_norm` on all the sa
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_infomem.checks import check_int
+from lightning_infomem.functional.peers import softmax_nuclear_norm_from_gram
 
 __all__ = ["SoftmaxPeers"]
 
@@ -66,6 +66,5 @@ class SoftmaxPeers(Metric):
         if not bool(torch.isfinite(self.gram).all()):
             nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.gram.device)
             return {"max_softmax": nan, "nuclear_norm": nan}
-        eigenvalues = torch.linalg.eigvalsh(self.gram).clamp_min(0.0)
-        nuclear = eigenvalues.sqrt().sum() / math.sqrt(samples * min(samples, self.num_classes))
+        nuclear = softmax_nuclear_norm_from_gram(self.gram, int(samples))
         return {"max_softmax": self.max_sum / samples, "nuclear_norm": nuclear}
