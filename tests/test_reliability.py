@@ -250,6 +250,28 @@ def test_restored_fixed_range_stays_fixed(metric_cls):
     assert "range_low" not in metric_cls(2, num_bins=4).state_dict()
 
 
+@pytest.mark.parametrize("metric_cls", METRICS)
+def test_a_hostile_or_damaged_state_dict_is_refused_naming_what_is_wrong(metric_cls):
+    """A range_status no saved state has, a NaN or reversed range, negative counts: each refused before loading,
+    naming the state (not accepted and binned into nothing, not an IndexError or a silent NaN later)."""
+    first = metric_cls(2, num_bins=4, value_range=(0.0, 1.0))
+    first.persistent(True)
+    first.update(torch.rand(50, 2))
+    saved = first.state_dict()
+    counts = next(name for name in ("joint_counts", "counts") if name in saved)
+    damaged = {
+        r"range_status is \[7\]": {**saved, "range_status": torch.tensor([7])},
+        "not finite and ordered": {**saved, "range_low": torch.full_like(saved["range_low"], float("nan"))},
+        "not finite and ordered ": {**saved, "range_low": saved["range_high"] + 1},
+        f"{counts} holds negative counts": {**saved, counts: saved[counts] - 10**6},
+    }
+    for message, state in damaged.items():
+        restored = metric_cls(2, num_bins=4)
+        restored.persistent(True)
+        with pytest.raises(ValueError, match=message.strip()):
+            restored.load_state_dict(state)
+
+
 # ----------------------------------------------------------------------------------- forward()
 @pytest.mark.parametrize("metric_cls", METRICS)
 def test_forward_first_call_fixes_the_range(metric_cls):
@@ -852,3 +874,20 @@ def test_unknown_dataloaders_and_empty_outputs_are_named(tmp_path):
     trainer = fast_trainer(tmp_path, callbacks=[InformationMeasures(layers=["empty", "net.0"])])
     with pytest.warns(UserWarning, match=r"\['empty'\] were called during validation but every output had 0 rows"):
         trainer.validate(Net(), digits_loaders(num_val=64)[1], verbose=False)
+
+
+def test_a_gram_matrix_that_cannot_be_allocated_names_the_layer_and_the_fix(tmp_path, monkeypatch):
+    """A layer so wide that the effective rank's Gram matrix cannot be allocated (1e5 neurons with no budget: 80 GB)
+    fails naming the layer and the fix, not with the allocator's words; simulated by an allocator that fails for
+    that matrix."""
+    real_zeros = torch.zeros
+
+    def failing_zeros(*size, **kwargs):
+        if tuple(size) == (64, 64) and kwargs.get("dtype") == torch.float64:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return real_zeros(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", failing_zeros)
+    callback = InformationMeasures(layers=["net.0"], max_state_bytes=None)
+    with pytest.raises(StateTooLargeError, match=r"layer 'net.0': the effective rank's Gram matrix of its 64 neurons"):
+        fast_trainer(tmp_path, callbacks=[callback]).validate(DigitsMLP(hidden=64), digits_loaders()[1], verbose=False)

@@ -572,3 +572,20 @@ def build_swapped(index: int) -> Any:
 def test_a_build_that_returns_the_wrong_thing_is_named(tmp_path: Any, builder: Any, what: str) -> None:
     with pytest.raises(TypeError, match=rf"build\(0\) {what} it must return \(module, trainer\)"):
         _run(tmp_path, builder, num_models=1)
+
+
+def test_records_of_other_lengths_are_refused_naming_the_file(tmp_path: Any) -> None:
+    """A record whose subset mask (or test correctness) covers another number of samples than the first record's:
+    RecordError naming the file, not torch.stack's error naming none."""
+    _run(tmp_path, num_models=2)
+    for field in ("mask", "test_correct"):
+        path = tmp_path / "model_00001.pt"
+        original = torch.load(path, weights_only=True)
+        record = dict(original)
+        record[field] = record[field][:-3]
+        if field == "mask":
+            record["train_correct"] = record["train_correct"][:-3]
+        torch.save(record, path)
+        with pytest.raises(RecordError, match=rf"model_00001.pt covers \d+ (training|test) samples \({field}\)"):
+            load_records(tmp_path)
+        torch.save(original, path)

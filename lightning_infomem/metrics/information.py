@@ -571,6 +571,35 @@ class _ActivationHistogramMetric(Metric):
                     f"{list(expected)} (num_neurons={self.num_neurons}, num_bins={self.num_bins}); load it into a "
                     "metric built with the same num_neurons and num_bins"
                 )
+        for name in self._defaults:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and not value.is_floating_point() and value.numel() and int(value.min()) < 0:
+                raise ValueError(
+                    f"{type(self).__name__}: the state dict's {name} holds negative counts ({int(value.min())}); it is "
+                    "damaged or not this metric's state"
+                )
+        status = state_dict.get(prefix + "range_status")
+        if isinstance(status, Tensor):
+            if status.numel() != 1 or int(status) not in (_NO_RANGE, _CALIBRATED, _FIXED):
+                raise ValueError(
+                    f"{type(self).__name__}: the state dict's range_status is {status.tolist()}, none of the values a "
+                    f"saved state has ({_NO_RANGE}: no range, {_CALIBRATED}: calibrated, {_FIXED}: fixed); it is "
+                    "damaged or not this metric's state"
+                )
+            low, high = state_dict.get(prefix + "range_low"), state_dict.get(prefix + "range_high")
+            if int(status) != _NO_RANGE and not (
+                isinstance(low, Tensor)
+                and isinstance(high, Tensor)
+                and bool(torch.isfinite(low).all())
+                and bool(torch.isfinite(high).all())
+                and bool((low <= high).all())
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}: the state dict's binning range is not finite and ordered (low "
+                    f"{low.tolist() if isinstance(low, Tensor) else low}, high "
+                    f"{high.tolist() if isinstance(high, Tensor) else high}); every count would be binned into "
+                    "nothing; it is damaged or not this metric's state"
+                )
         counted = state_dict.get(prefix + "num_samples")
         if prefix + "range_status" not in state_dict and isinstance(counted, Tensor) and int(counted) > 0:
             raise ValueError(

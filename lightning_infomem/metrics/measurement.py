@@ -28,7 +28,13 @@ from lightning_infomem.functional.joint_counts import (
     cached_pair_indices,
 )
 from lightning_infomem.metrics.calibration import Binning, HeldBackSamples, calibrate_held_back
-from lightning_infomem.metrics.information import DEFAULT_MAX_STATE_BYTES, NeuronEntropy, NeuronMutualInformation
+from lightning_infomem.metrics.information import (
+    DEFAULT_MAX_STATE_BYTES,
+    NeuronEntropy,
+    NeuronMutualInformation,
+    StateTooLargeError,
+    format_bytes,
+)
 from lightning_infomem.pooling import RowPool
 
 __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
@@ -329,7 +335,14 @@ class ActivationMeasurement:
             product = x.T @ x
         gram = self._gram.get(name)
         if gram is None:
-            gram = self._gram[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            try:
+                gram = self._gram[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            except (RuntimeError, MemoryError) as error:  # the allocator's words name no layer and no fix
+                raise StateTooLargeError(
+                    f"layer {name!r}: the effective rank's Gram matrix of its {x.shape[1]} neurons would take "
+                    f"{format_bytes(8 * x.shape[1] ** 2)}, which could not be allocated ({str(error)[:80]}); monitor "
+                    "fewer neurons (max_neurons=...) or leave the effective rank out (effective_rank=False)"
+                ) from None
         gram += product
 
     def _effective_rank(self, name: str) -> float:

@@ -168,6 +168,13 @@ def load_records(
                     )
             if (record["test_correct"] is None) != (first[1]["test_correct"] is None):
                 raise RecordError(f"record {path} and {first[0]} disagree on whether there is a test set")
+            for field, what in (("mask", "training samples"), ("test_correct", "test samples")):
+                mine, theirs = record[field], first[1][field]
+                if mine is not None and theirs is not None and mine.shape != theirs.shape:
+                    raise RecordError(
+                        f"record {path} covers {mine.shape[0]} {what} ({field}), {first[0]} {theirs.shape[0]}: the "
+                        "records come from different data; keep one run per out_dir"
+                    )
         records.append(record)
     if not records:
         raise ValueError(f"no model records (model_*.pt) in {out_dir}; train them with train_on_subsets first")
