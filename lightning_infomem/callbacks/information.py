@@ -12,6 +12,7 @@ quota and the range calibration; at the end of the epoch the callback logs the r
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -687,6 +688,11 @@ class InformationMeasures(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
+        self._probe = None
+        # A finished Trainer sits in reference cycles (its own and Lightning's) until Python's cyclic collector
+        # runs, and it holds its callbacks: in a loop of fits each old one kept its metric states (66 MB a fit for a
+        # 3 x 256 MLP at the defaults). Collecting here frees the earlier fits' states; this one's stay readable.
+        gc.collect()
         if trainer.global_rank == 0 and self._spawned.in_worker():
             self._spawned.send(self._result_state())
 
