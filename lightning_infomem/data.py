@@ -23,6 +23,7 @@ __all__ = [
     "check_indexed_loader",
     "default_batch_unpack",
     "sum_over_processes",
+    "batch_size_of",
     "training_set_size",
 ]
 
@@ -151,6 +152,27 @@ def sum_over_processes(trainer: Trainer, tensor: Tensor) -> Tensor:
     if trainer.world_size <= 1:
         return tensor.clone()
     return trainer.strategy.reduce(tensor, reduce_op="sum")
+
+
+def batch_size_of(batch: Any) -> Optional[int]:
+    """The number of samples in a batch: the first axis of its first tensor (depth first in tuples, lists, dicts),
+    as the dataloader collates it; ``None`` without one.
+
+    Example:
+        >>> import torch
+        >>> batch_size_of({"input_ids": torch.zeros(8, 12), "labels": torch.zeros(8)})
+        8
+    """
+    for value in (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
+    ):
+        if isinstance(value, Tensor) and value.ndim:
+            return int(value.shape[0])
+        if isinstance(value, (Mapping, tuple, list)):
+            found = batch_size_of(value)
+            if found:
+                return found
+    return None
 
 
 def training_set_size(trainer: Trainer) -> Optional[int]:

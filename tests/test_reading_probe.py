@@ -367,7 +367,7 @@ def test_masks_with_empty_rows_or_hugging_faces_shape_are_read_and_others_are_na
     def measured(attention_mask: Tensor) -> InformationMeasures:
         return _measure(module, _dict_loader(input_ids=ids, real=real, attention_mask=attention_mask), tmp_path)
 
-    with pytest.warns(UserWarning, match=r"sample\(s\) of a batch have no real token in its attention_mask"):
+    with pytest.warns(UserWarning, match=r"sample\(s\) of this evaluation have no real token in their mask"):
         callback = measured(plain)
     layers = callback.layer_names
     assert layers == ["model.transformer.h.0", "model.transformer.h.1"]  # two blocks, not an encoder and a decoder

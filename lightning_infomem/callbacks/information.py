@@ -15,7 +15,7 @@ import dataclasses
 import gc
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
 import torch
@@ -28,6 +28,7 @@ from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
+from lightning_infomem.data import batch_size_of
 from lightning_infomem.functional import limited_threads
 from lightning_infomem.introspection.layers import (
     DefaultLayers,
@@ -39,7 +40,14 @@ from lightning_infomem.introspection.layers import (
     resolve_layers,
 )
 from lightning_infomem.introspection.probe import ReadingProbe
-from lightning_infomem.introspection.readings import OutputTransform, Reading, batch_masks, mask_problems, read
+from lightning_infomem.introspection.readings import (
+    OutputTransform,
+    Reading,
+    batch_masks,
+    empty_rows,
+    mask_problems,
+    read,
+)
 from lightning_infomem.metrics.calibration import Binning
 from lightning_infomem.metrics.information import (
     DEFAULT_MAX_STATE_BYTES,
@@ -278,6 +286,7 @@ class InformationMeasures(Callback):
         self._probe: Optional[ReadingProbe] = None  # recording the first measured batch, until it is observed
         self._bypassed: set[str] = set()  # monitored modules whose forward is called directly (hooks never fire)
         self._applications: dict[str, int] = {}  # calls of each layer in one call of the model (the probe's count)
+        self._empty_rows: Optional[Tensor] = None  # samples without a real token in this evaluation (on the device)
         self._hook_for_cache: dict[str, Callable[..., None]] = {}
         self._measuring = False
         self._world_size = 1
@@ -610,8 +619,11 @@ class InformationMeasures(Callback):
     ) -> None:
         self._masks[0] = batch_masks(batch)
         if self._measuring:
-            for problem in mask_problems(batch):
+            for problem in mask_problems(batch, self._masks[0]):
                 self._warn_once(f"mask:{problem.split(':')[0][:40]}", f"InformationMeasures: {problem}")
+            empty = empty_rows(self._masks[0])
+            if empty is not None:
+                self._empty_rows = empty if self._empty_rows is None else self._empty_rows + empty
         if self._measuring and not self.readings and self._probe is None:
             modules = dict(named_layers(pl_module))
             self._probe = ReadingProbe(pl_module, {n: modules[n] for n in self.layer_names}, self.output_transform)
@@ -638,7 +650,7 @@ class InformationMeasures(Callback):
         probe.stop()
         if not probe.calls:
             return  # the monitored modules did not run in this batch: the next one is observed
-        batch_size = _batch_size(batch)
+        batch_size = batch_size_of(batch)
         result = probe.observe(batch_size, self._masks[0]) if batch_size else None
         readings = result.readings if result is not None else {}
         for name in self.layer_names:
@@ -667,6 +679,13 @@ class InformationMeasures(Callback):
         self._announce_readings()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        empty, self._empty_rows = self._empty_rows, None
+        if empty is not None and int(empty):  # one host round trip per evaluation
+            self._warn_once(
+                "empty-rows",
+                f"InformationMeasures: {int(empty)} sample(s) of this evaluation have no real token in their mask: "
+                "they are left out of the measurement (their values are undefined, not a pad token's)",
+            )
         try:
             if self._measuring:
                 with limited_threads(self.threads):
@@ -1007,17 +1026,3 @@ def _is_compiled(module: nn.Module) -> bool:
 
 def _to_cpu(value: Any) -> Any:
     return value.cpu() if isinstance(value, Tensor) else value
-
-
-def _batch_size(batch: Any) -> Optional[int]:
-    """The number of samples in a batch: the first axis of its first tensor, as the dataloader collates it."""
-    for value in (
-        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
-    ):
-        if isinstance(value, Tensor) and value.ndim:
-            return int(value.shape[0])
-        if isinstance(value, (Mapping, tuple, list)):
-            found = _batch_size(value)
-            if found:
-                return found
-    return None

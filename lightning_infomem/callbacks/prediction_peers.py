@@ -13,8 +13,8 @@ from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_prefix, join_key
+from lightning_infomem.data import batch_size_of
 from lightning_infomem.introspection.logits import choose_logits_module, logits_candidates, logits_of
-from lightning_infomem.introspection.readings import first_tensor
 from lightning_infomem.metrics.predictions import SoftmaxPeers
 
 __all__ = ["PredictionPeers"]
@@ -125,7 +125,7 @@ class PredictionPeers(Callback):
         captured, self._captured = self._captured, []
         if trainer.sanity_checking or not captured:
             return
-        batch_size = _batch_size(batch)
+        batch_size = batch_size_of(batch)
         if self._chosen is None and batch_size is not None:
             self._chosen = choose_logits_module(
                 self._candidates, captured, batch_size, "PredictionPeers", self.output_transform
@@ -183,8 +183,3 @@ class PredictionPeers(Callback):
             handle.remove()
         self._handles = []
         self._captured = []
-
-
-def _batch_size(batch: Any) -> Optional[int]:
-    found = first_tensor(batch)
-    return int(found.shape[0]) if found is not None and found.ndim >= 1 else None

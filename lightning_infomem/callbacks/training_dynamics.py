@@ -377,13 +377,16 @@ class TrainingDynamics(PerSampleScores, Callback):
         label out of range is an error naming it (index_add_ would fail without a word about why, or count it)."""
         size, classes = self.sums.shape[0], logits.shape[1]
         bad_index = (index < 0) | (index >= size) if self._sized else index < 0
+        ignored = targets == -100
+        out_of_classes = (targets < 0) | (targets >= classes)
+        if not bool((bad_index | out_of_classes).any()):  # one host round trip per flush, in the common case
+            return index, targets, logits
         if bool(bad_index.any()):
             raise ValueError(
                 f"TrainingDynamics: batch_unpack gave sample indices {index[bad_index][:5].tolist()} outside 0.."
                 f"{size - 1} (the training set has {size} samples); the indices must be the IndexedDataset's (the last "
                 "element of each batch by default)"
             )
-        ignored = targets == -100
         if bool(ignored.any()):
             self._warn_once(
                 "ignored-labels",

@@ -24,6 +24,7 @@ __all__ = [
     "Reading",
     "SequenceReduction",
     "batch_masks",
+    "empty_rows",
     "mask_problems",
     "first_tensor",
     "output_leaves",
@@ -133,12 +134,13 @@ def batch_masks(batch: Any) -> dict[str, Tensor]:
     return masks
 
 
-def mask_problems(batch: Any) -> list[str]:
-    """What is wrong with a batch's masks for reading sequences: a mask `batch_masks` cannot read as ``[batch,
-    tokens]`` (its shape named), or samples without any real token (left out of the measurement)."""
+def mask_problems(batch: Any, masks: Mapping[str, Tensor]) -> list[str]:
+    """What is wrong with a batch's masks for reading sequences: a mask `batch_masks` (``masks``) could not read as
+    ``[batch, tokens]``, its shape named. Shapes only: no host round trip (samples without any real token are
+    counted by `empty_rows`)."""
     if not isinstance(batch, Mapping):
         return []
-    problems, masks = [], batch_masks(batch)
+    problems: list[str] = []
     for key in ("attention_mask", "decoder_attention_mask"):
         value = batch.get(key)
         if isinstance(value, Tensor) and key not in masks:
@@ -147,14 +149,14 @@ def mask_problems(batch: Any) -> list[str]:
                 "[batch, 1, 1, tokens]): sequences are read without it; pass sequence_reduction=... or a batch with a "
                 "[batch, tokens] mask"
             )
-    for key, mask in masks.items():
-        empty = int((~mask.any(dim=1)).sum())
-        if empty:
-            problems.append(
-                f"{empty} sample(s) of a batch have no real token in its {key}: they are left out of the measurement "
-                "(their values are undefined, not a pad token's)"
-            )
     return problems
+
+
+def empty_rows(masks: Mapping[str, Tensor]) -> Optional[Tensor]:
+    """How many samples have no real token in some mask, as a 0-d tensor on the masks' device (``None`` without
+    masks), to be summed over an evaluation and read once."""
+    counts = [(~mask.any(dim=1)).sum() for mask in masks.values()]
+    return torch.stack(counts).amax() if counts else None
 
 
 def output_leaves(output: Any, path: Path = ()) -> list[tuple[Path, Tensor]]:
@@ -314,9 +316,11 @@ def _masked_reduction(value: Tensor, mask: Tensor, token: SequenceReduction) -> 
     """``[B, T, H]`` -> ``[B, H]`` over the real tokens of ``mask``: the first or last real token (left or right
     padding alike), or their mean."""
     real = mask.to(device=value.device) != 0
-    empty = ~real.any(dim=1)  # a sample with no real token has nothing to read: NaN, left out of the metrics
-    if bool(empty.any()):
-        return torch.where(empty[:, None], torch.nan, _masked_reduction(value, real | empty[:, None], token))
+    empty = ~real.any(dim=1, keepdim=True)  # a sample with no real token has nothing to read: NaN, left out
+    return torch.where(empty, torch.nan, _reduce_real(value, real | empty, token))  # no host round trip
+
+
+def _reduce_real(value: Tensor, real: Tensor, token: SequenceReduction) -> Tensor:
     if token == "mean":
         weights = real.to(value.dtype).unsqueeze(-1)
         return (value * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
