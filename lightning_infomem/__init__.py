@@ -6,10 +6,12 @@ from lightning_infomem.callbacks import (
     LossCurvature,
     MaskedConsistency,
     MaskedConsistencyModule,
+    MemorizationVerdict,
     PredictionPeers,
     TrainingDynamics,
 )
 from lightning_infomem.data import IndexedDataset
+from lightning_infomem.functional.verdict import Verdict, VerdictSettings
 from lightning_infomem.metrics import (
     GroupAccuracy,
     GroupMemorizationGap,
@@ -33,6 +35,7 @@ __all__ = [
     "LossCurvature",
     "MaskedConsistency",
     "MaskedConsistencyModule",
+    "MemorizationVerdict",
     "NeuronEntropy",
     "NeuronMutualInformation",
     "PredictionPeers",
@@ -42,6 +45,8 @@ __all__ = [
     "StateTooLargeError",
     "SubsampleRecords",
     "TrainingDynamics",
+    "Verdict",
+    "VerdictSettings",
     "WorstGroupAccuracy",
     "functional",
     "load_records",

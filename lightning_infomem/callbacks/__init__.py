@@ -2,7 +2,8 @@
 
 `InformationMeasures` (entropy and mutual information of activations), `TrainingDynamics` and
 `LossCurvature` (per-sample scores, one result API: `PerSampleScores`), `MaskedConsistency`, and
-`PredictionPeers` (label-free statistics of the validation predictions).
+`PredictionPeers` (label-free statistics of the validation predictions), and `MemorizationVerdict` (whether,
+since when and which kind, from `TrainingDynamics`' record).
 """
 
 from lightning_infomem.callbacks.curvature import LossCurvature
@@ -11,12 +12,14 @@ from lightning_infomem.callbacks.masked_consistency import MaskedConsistency, Ma
 from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.prediction_peers import PredictionPeers
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
+from lightning_infomem.callbacks.verdict import MemorizationVerdict
 
 __all__ = [
     "InformationMeasures",
     "LossCurvature",
     "MaskedConsistency",
     "MaskedConsistencyModule",
+    "MemorizationVerdict",
     "PerSampleScores",
     "PredictionPeers",
     "TrainingDynamics",

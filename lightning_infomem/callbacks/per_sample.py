@@ -189,12 +189,14 @@ class PerSampleScores:
             told.add(key)
             rank_zero_info(message)
 
-    def _image_grid(self, dataset: Dataset) -> Any:
-        """A matplotlib figure of the top samples by the primary score (image inputs only), or ``None``."""
-        values, indices = self.topk(self.num_images)
+    def _image_grid(self, dataset: Dataset, indices: Optional[Sequence[int]] = None) -> Any:
+        """A matplotlib figure of the top samples by the primary score, or of the samples at ``indices`` (image
+        inputs only), or ``None``."""
+        if indices is None:
+            indices = self.topk(self.num_images)[1].tolist()
         images = []
         try:
-            for i in indices.tolist():
+            for i in indices:
                 batch = torch.utils.data.default_collate([dataset[i]])
                 x = self.batch_unpack(batch)[0] if self.batch_unpack is not None else batch[0]
                 images.append(x[0])
@@ -215,7 +217,9 @@ class PerSampleScores:
         figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
-        for ax, image, i, value in zip(axes.flat, images, indices.tolist(), values.tolist(), strict=False):
+        values = self.scores[self.primary_score]
+        for ax, image, i in zip(axes.flat, images, indices, strict=False):
+            value = float(values[i])
             image = image.detach().float().cpu()
             low, high = image.min(), image.max()
             image = (image - low) / (high - low) if high > low else torch.zeros_like(image)

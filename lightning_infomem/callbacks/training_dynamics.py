@@ -241,6 +241,12 @@ class TrainingDynamics(PerSampleScores, Callback):
         return dynamics_scores(self.sums.cpu(), state)
 
     # ----------------------------------------------------------------------------- lifecycle
+    @property
+    def logits_source(self) -> tuple[str, Optional[nn.Module]]:
+        """``(name, module)`` whose output is read as the logits (``("", None)`` before training starts; the
+        name ``""`` is the LightningModule itself)."""
+        return self._module_name, self._module
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._candidates = logits_candidates(pl_module, self.logits_module, "TrainingDynamics")
         self._module_name, self._module = self._candidates[0]

@@ -78,6 +78,13 @@ from lightning_infomem.functional.training_dynamics import (
     presentation_statistics,
     update_forgetting,
 )
+from lightning_infomem.functional.verdict import (
+    KINDS,
+    Verdict,
+    VerdictSettings,
+    memorization_evidence,
+    memorization_verdict,
+)
 
 __all__ = [
     "limited_threads",
@@ -140,5 +147,10 @@ __all__ = [
     "TopKInfluence",
     "Unit",
     "update_forgetting",
+    "KINDS",
+    "Verdict",
+    "VerdictSettings",
+    "memorization_evidence",
+    "memorization_verdict",
     "ValueRange",
 ]
