@@ -96,6 +96,7 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
         ksg_every=0,
         measure_every=MEASURE_EVERY,
         log_dir=os.path.join(out, "tensorboard"),
+        verdict=True,
     )
     run = run_one(setting, level, seed, config)
     model, data = run.pop("_model"), run.pop("_data")
@@ -130,16 +131,23 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
 
 def summary_table(runs: list[dict[str, Any]], setting: str) -> str:
     name = "alpha" if setting == "shortcut" else "beta"
-    header = f"| {name} | " + " | ".join(label for _, label in COLUMNS) + " |"
-    lines = [header, "|" + " ---: |" * (len(COLUMNS) + 1)]
+    header = f"| {name} | " + " | ".join(label for _, label in COLUMNS) + " | verdict |"
+    lines = [header, "|" + " ---: |" * (len(COLUMNS) + 1) + " --- |"]
     for level in sorted({r["level"] for r in runs}):
         same = [r for r in runs if r["level"] == level]
         cells = []
         for key, _ in COLUMNS:
             values = np.array([r["final"][key] for r in same])
             cells.append(f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}")
-        lines.append(f"| {level:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {level:.2f} | " + " | ".join(cells) + f" | {verdict_cell(same)} |")
     return "\n".join(lines)
+
+
+def verdict_cell(runs: list[dict[str, Any]]) -> str:
+    """The verdicts of the runs of a level, most frequent first: ``label_noise 3/3``."""
+    kinds = [r.get("verdict", {}).get("kind", "n/a") for r in runs]
+    counts = sorted({k: kinds.count(k) for k in kinds}.items(), key=lambda item: -item[1])
+    return ", ".join(f"{kind} {count}/{len(kinds)}" for kind, count in counts)
 
 
 def tau_table(selection: dict[str, Any], setting: str) -> str:
@@ -260,6 +268,11 @@ def run(out: str, quick: bool = False, seeds: Optional[int] = None, workers: int
             "table": table,
             "figures": figures,
         }
+    shown = [r for r in runs if r["setting"] == "label_noise" and r["level"] == 0.5 and r["seed"] == 0]
+    if shown and "verdict_summary" in shown[0]:
+        print("\nWhat MemorizationVerdict printed at the end of one run (label noise, beta = 0.50, seed 0):")
+        print(shown[0]["verdict_summary"])
+        report["verdict_summary"] = shown[0]["verdict_summary"]
     if quick:
         print(
             "\nQUICK RUN: one seed. The models fit as in the full run, but one seed is no evidence: "

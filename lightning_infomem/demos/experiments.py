@@ -71,6 +71,7 @@ class RunConfig:
     ksg_neurons: int = 32
     measure_every: int = 1  # InformationMeasures every_n_epochs
     per_sample_scores: bool = False  # TrainingDynamics and LossCurvature on the training set
+    verdict: bool = False  # TrainingDynamics and MemorizationVerdict: is it memorizing, and which kind
     family: str = "mlp"  # "mlp", "cnn" or "transformer" (see lightning_infomem.demos.families)
     peers: bool = False  # the label-free peers of H and I at every epoch (see EpochRecorder)
     curvature_probes: int = 10
@@ -396,15 +397,27 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
                     layers=layers, every_n_epochs=config.measure_every, seed=seed, prefix=prefix, **change
                 )
             )
-    dynamics = curvature = None
-    if config.per_sample_scores:
+    dynamics = curvature = verdict = None
+    if config.verdict and not config.per_sample_scores:
+        from lightning_infomem import IndexedDataset, MemorizationVerdict, TrainingDynamics
+
+        dynamics = TrainingDynamics(num_images=0, log_histograms=False)
+        verdict = MemorizationVerdict(print_summary=False)
+        callbacks += [dynamics, verdict]
+        train_set: Any = IndexedDataset(TensorDataset(x, y))
+    elif config.per_sample_scores:
         from lightning_infomem import IndexedDataset, LossCurvature, TrainingDynamics
 
         dynamics = TrainingDynamics(num_images=0, log_histograms=False)
         scoring = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=512)
         curvature = LossCurvature(scoring, num_probes=config.curvature_probes, seed=seed, num_images=0)
         callbacks += [dynamics, curvature]
-        train_set: Any = IndexedDataset(TensorDataset(x, y))
+        if config.verdict:
+            from lightning_infomem import MemorizationVerdict
+
+            verdict = MemorizationVerdict(print_summary=False)
+            callbacks.append(verdict)
+        train_set = IndexedDataset(TensorDataset(x, y))
     else:
         train_set = TensorDataset(x, y)
     callbacks.append(recorder)
@@ -443,6 +456,9 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
         "layers": list(measures.layer_names),
         "unlabelled_predictions": recorder.unlabelled_predictions,
     }
+    if verdict is not None and verdict.verdict is not None:
+        result["verdict"] = verdict.verdict.as_dict()
+        result["verdict_summary"] = verdict.summary()
     if dynamics is not None and curvature is not None:
         result["per_sample"] = per_sample_detection(dynamics, curvature, y, data["true_train"])
     result["_model"] = model
