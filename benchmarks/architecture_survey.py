@@ -186,7 +186,7 @@ def survey_one(architecture: Any) -> dict[str, Any]:
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
-    from lightning_infomem import InformationMeasures
+    from lightning_infomem import InformationMeasures, MeasurementSettings
     from lightning_infomem.introspection import batch_masks, named_layers
 
     started = time.perf_counter()
@@ -205,7 +205,9 @@ def survey_one(architecture: Any) -> dict[str, Any]:
             recorded.setdefault(name, []).append(activations.detach().clone())
             super()._observe(measurement, name, activations)
 
-    callback = Recording(calibration_samples=16, log_histograms=False, heatmap_every_n_measurements=0)
+    callback = Recording(
+        log_histograms=False, heatmap_every_n_measurements=0, settings=MeasurementSettings(calibration_samples=16)
+    )
     num_val = 24
     train, val = _batches(architecture, 16, 0), _batches(architecture, num_val, 1)
     trainer = Trainer(

@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2048, help="validation samples per epoch")
     parser.add_argument(
-        "--no-effective-rank", action="store_true", help="InformationMeasures(effective_rank=False): H and I only"
+        "--no-effective-rank", action="store_true", help="MeasurementSettings(effective_rank=False): H and I only"
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each kind")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -133,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         {"threads": args.callback_threads} if "threads" in inspect.signature(InformationMeasures).parameters else {}
     )
     if args.no_effective_rank:
-        options["effective_rank"] = False
+        from lightning_infomem import MeasurementSettings
+
+        options["settings"] = MeasurementSettings(effective_rank=False)
     callback = InformationMeasures(layers=LAYERS, **options)  # (an older version has no threads argument)
 
     def trainer(with_callback: bool) -> Trainer:

@@ -16,7 +16,7 @@ from lightning_helpers import fast_trainer, observed_readings
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem import InformationMeasures
+from lightning_infomem import InformationMeasures, MeasurementSettings
 from lightning_infomem.introspection import Reading, choose_default_layers, first_tensor, named_layers, read
 
 LIBRARIES = {"torchvision": "torchvision.models", "timm": "timm", "transformers": "transformers", "peft": "peft"}
@@ -69,7 +69,9 @@ def test_defaults_on_real_architectures(tmp_path, architecture):
     for norm in module.modules():  # two training steps set the running statistics (momentum 0.01 would not:
         if isinstance(norm, nn.modules.batchnorm._BatchNorm):  # MobileNetV3's deep blocks stay constant in eval)
             norm.momentum = None
-    callback = InformationMeasures(calibration_samples=16, log_histograms=False, heatmap_every_n_measurements=0)
+    callback = InformationMeasures(
+        log_histograms=False, heatmap_every_n_measurements=0, settings=MeasurementSettings(calibration_samples=16)
+    )
     trainer = fast_trainer(tmp_path, callbacks=[callback], max_epochs=1, limit_train_batches=2)
     trainer.fit(module, _loader(architecture, 16, 0, 8), _loader(architecture, 48, 1, 16))
     assert callback.layer_names == [f"model.{name}" for name in architecture.layers]
@@ -131,7 +133,9 @@ def test_a_shared_layer_is_measured_once_per_application(tmp_path):
     pytest.importorskip("transformers")
     albert = next(a for a in ARCHITECTURES if a.name == "ALBERT")
     module = Wrapped(build(albert))
-    callback = InformationMeasures(calibration_samples=16, log_histograms=False, heatmap_every_n_measurements=0)
+    callback = InformationMeasures(
+        log_histograms=False, heatmap_every_n_measurements=0, settings=MeasurementSettings(calibration_samples=16)
+    )
     fast_trainer(tmp_path, callbacks=[callback]).validate(module, _loader(albert, 48, 1, 16), verbose=False)
     layer = "model.albert.encoder.albert_layer_groups.0.albert_layers.0"
     assert callback.series_names == [f"{layer}.application_{k}" for k in range(4)]  # num_hidden_layers=4

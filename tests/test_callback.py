@@ -30,7 +30,7 @@ from lightning_helpers import (
 )
 from torch import Tensor, nn
 
-from lightning_infomem import InformationMeasures
+from lightning_infomem import InformationMeasures, MeasurementSettings
 from lightning_infomem.functional import mean_off_diagonal, neuron_entropy, pairwise_mutual_information
 
 SCALAR_SUFFIXES = ("/entropy", "/mutual_info", "/effective_rank")
@@ -457,12 +457,9 @@ def test_max_samples_and_max_neurons_select_what_the_functional_core_sees(tmp_pa
     """Only the first ``max_samples`` samples and the ``neuron_indices`` subset are measured; the range
     comes from the first ``calibration_samples`` of them; later outliers are clipped into the edge bins."""
     max_samples, calibration = 200, 40  # 200 = 3 batches of 64 + 8, 40 < 64: both cut inside a batch
+    settings = MeasurementSettings(calibration_samples=calibration).replace(binning=binning)  # both H and I
     callback = InformationMeasures(
-        layers=["net.0", "net.2"],
-        max_samples=max_samples,
-        max_neurons=12,
-        calibration_samples=calibration,
-        binning=binning,  # both entropy and MI
+        layers=["net.0", "net.2"], max_samples=max_samples, max_neurons=12, settings=settings
     )
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     model = DigitsMLP()
@@ -512,7 +509,12 @@ def test_values_do_not_depend_on_the_validation_batch_size(tmp_path):
     rows = []
     for batch_size in (50, 64, NUM_VAL):
         callback = InformationMeasures(
-            layers=["net.0", "net.2"], binning="neuron", calibration_samples=100, max_samples=300, max_neurons=16
+            layers=["net.0", "net.2"],
+            max_samples=300,
+            max_neurons=16,
+            settings=MeasurementSettings(
+                entropy_binning="neuron", mutual_info_binning="neuron", calibration_samples=100
+            ),
         )
         fast_trainer(tmp_path, callbacks=[callback]).validate(model, digits_loaders(batch_size)[1], verbose=False)
         rows.append({k: v for k, v in callback.history[-1].items() if k.startswith("infomem/")})
@@ -740,8 +742,11 @@ def test_resume_from_checkpoint_continues_history_and_neuron_subsets(tmp_path):
             ["seed=0 in the checkpoint, 7 now", "max_neurons=8 in the checkpoint, 5 now"],
         ),
         ({"layers": ["net.0", "net.2"]}, ["layers=['net.0'] in the checkpoint, ['net.0', 'net.2'] now"]),
-        ({"mutual_info_bins": 8}, ["mutual_info_bins=16 in the checkpoint, 8 now"]),
-        ({"binning": "neuron"}, ["entropy_binning='global' in the checkpoint, 'neuron' now"]),
+        ({"settings": MeasurementSettings(mutual_info_bins=8)}, ["mutual_info_bins=16 in the checkpoint, 8 now"]),
+        (
+            {"settings": MeasurementSettings().replace(binning="neuron")},
+            ["entropy_binning='global' in the checkpoint, 'neuron' now"],
+        ),
     ],
 )
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path, changed, named):
@@ -866,10 +871,10 @@ def test_ddp_spawn_matches_a_single_process(tmp_path, monkeypatch):
         # the range is calibrated on all samples (of both processes), so the split does not matter
         return InformationMeasures(
             max_samples=None,
-            calibration_samples=NUM_VAL,
             max_neurons=20,
             log_histograms=False,
             heatmap_every_n_measurements=0,
+            settings=MeasurementSettings(calibration_samples=NUM_VAL),
         )
 
     val = digits_loaders(batch_size=64)[1]
@@ -965,7 +970,7 @@ def test_effective_rank_keys_equal_rankme_of_the_measured_samples(tmp_path):
 
 
 def test_the_effective_rank_can_be_left_out(tmp_path):
-    callback = InformationMeasures(layers=["net.0"], effective_rank=False)
+    callback = InformationMeasures(layers=["net.0"], settings=MeasurementSettings(effective_rank=False))
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     trainer.validate(DigitsMLP(), digits_loaders(num_val=128)[1], verbose=False)
     assert not any(key.endswith("effective_rank") for key in callback.history[-1])
@@ -993,3 +998,56 @@ def test_integer_outputs_with_spatial_axes_raise_naming_the_fix(tmp_path):
     callback = InformationMeasures(layers=["to_map"])
     with pytest.raises(TypeError, match=r"torch.int64 with shape \[\d+, 1, 8, 8\].*output_transform"):
         fast_trainer(tmp_path, callbacks=[callback]).validate(MapModel(), digits_loaders()[1], verbose=False)
+
+
+def test_the_estimator_keywords_of_earlier_versions_still_work_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match=r"settings=MeasurementSettings\(binning='neuron', entropy_bins=50\)"):
+        old = InformationMeasures(layers=["net.0"], binning="neuron", entropy_bins=50)
+    new = InformationMeasures(layers=["net.0"], settings=MeasurementSettings(entropy_bins=50).replace(binning="neuron"))
+    assert old.settings == new.settings and old.measurement_settings() == new.measurement_settings()
+    assert (old.entropy_binning, old.mutual_info_binning, old.binning, old.entropy_bins) == (
+        "neuron",
+        "neuron",
+        "neuron",
+        50,
+    )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'entropy_bin'"):
+        InformationMeasures(entropy_bin=50)
+    with pytest.raises(TypeError, match="MeasurementSettings"):
+        InformationMeasures(settings={"entropy_bins": 50})
+
+
+def test_the_callback_holds_at_most_fourteen_parameters_and_one_set_of_defaults():
+    import inspect
+
+    from lightning_infomem import NeuronEntropy, NeuronMutualInformation
+
+    parameters = [p for p in inspect.signature(InformationMeasures).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    assert len(parameters) <= 14, [p.name for p in parameters]
+    defaults = MeasurementSettings()
+    entropy = inspect.signature(NeuronEntropy).parameters
+    assert entropy["num_bins"].default == defaults.entropy_bins
+    assert entropy["calibration_samples"].default == defaults.calibration_samples
+    assert entropy["range_quantile"].default == defaults.range_quantile
+    assert entropy["max_state_bytes"].default == defaults.max_state_bytes
+    assert inspect.signature(NeuronMutualInformation).parameters["num_bins"].default == defaults.mutual_info_bins
+    assert InformationMeasures().settings == defaults
+
+
+def test_a_checkpoint_of_the_earlier_keywords_resumes_under_settings(tmp_path):
+    """The checkpoint's settings block has the same keys as before: a run started with the old keywords
+    resumes with settings=..., and the other way round."""
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.warns(FutureWarning):
+        first = InformationMeasures(layers=["net.0"], max_neurons=8, mutual_info_bins=8)
+    trainer = fast_trainer(
+        tmp_path,
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[first, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
+    )
+    trainer.fit(DigitsMLP(), *digits_loaders())
+    resumed = InformationMeasures(layers=["net.0"], max_neurons=8, settings=MeasurementSettings(mutual_info_bins=8))
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[resumed])
+    trainer.fit(DigitsMLP(), *digits_loaders(), ckpt_path=str(ckpt_dir / "last.ckpt"))
+    assert [row["epoch"] for row in resumed.history] == [0, 1]

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning_helpers import NUM_VAL, DigitsMLP, digits_loaders, digits_tensors, fast_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infomem import InformationMeasures, PredictionPeers
+from lightning_infomem import InformationMeasures, MeasurementSettings, PredictionPeers
 
 
 class TwoLoaderMLP(DigitsMLP):
@@ -198,7 +198,10 @@ def test_ddp_spawn_results_reach_the_main_process(tmp_path, monkeypatch):
     strategy = torch.multiprocessing.get_sharing_strategy()
     torch.multiprocessing.set_sharing_strategy("file_system")
     callback = InformationMeasures(
-        layers=["net.0", "net.2"], max_samples=None, calibration_samples=NUM_VAL, log_histograms=False
+        layers=["net.0", "net.2"],
+        max_samples=None,
+        log_histograms=False,
+        settings=MeasurementSettings(calibration_samples=NUM_VAL),
     )
     peers = PredictionPeers()
     trainer = fast_trainer(tmp_path / "ddp", strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[callback, peers])

@@ -378,7 +378,7 @@ def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reducti
     measured over each sample's own tokens, padding excluded."""
     from lightning.pytorch import LightningModule
 
-    from lightning_infomem import InformationMeasures
+    from lightning_infomem import InformationMeasures, MeasurementSettings
     from lightning_infomem.introspection.readings import to_neuron_activations
     from tests.lightning_helpers import fast_trainer
 
@@ -409,7 +409,9 @@ def test_nested_tensor_outputs_of_a_padded_transformer_encoder(tmp_path, reducti
         assert part.shape[0] == int(lengths[i])  # only the real tokens
         expected = {"first": part[0], "mean": part.mean(0), "last": part[-1]}[reduction]
         torch.testing.assert_close(reduced[i], expected)
-    callback = InformationMeasures(layers=["encoder.layers.0"], sequence_reduction=reduction, calibration_samples=32)
+    callback = InformationMeasures(
+        layers=["encoder.layers.0"], sequence_reduction=reduction, settings=MeasurementSettings(calibration_samples=32)
+    )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, padding), batch_size=32)
     fast_trainer(tmp_path, callbacks=[callback]).validate(model, loader, verbose=False)
     assert math.isfinite(callback.history[-1]["infomem/encoder.layers.0/entropy"])

@@ -14,7 +14,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from lightning_infomem import InformationMeasures, TrainingDynamics
+from lightning_infomem import InformationMeasures, MeasurementSettings, TrainingDynamics
 from tests.lightning_helpers import DigitsMLP, digits_loaders, fast_trainer
 
 LAYERS = ["net.0", "net.2"]
@@ -23,7 +23,10 @@ LAYERS = ["net.0", "net.2"]
 def fit_with(tmp_path: Path, loggers: list, epochs: int = 2, heatmap_every: int = 1) -> InformationMeasures:
     train, val = digits_loaders(num_val=256)
     callback = InformationMeasures(
-        layers=LAYERS, max_neurons=16, calibration_samples=64, heatmap_every_n_measurements=heatmap_every
+        layers=LAYERS,
+        max_neurons=16,
+        heatmap_every_n_measurements=heatmap_every,
+        settings=MeasurementSettings(calibration_samples=64),
     )
     trainer = fast_trainer(tmp_path, max_epochs=epochs, limit_train_batches=3, logger=loggers, callbacks=[callback])
     trainer.fit(DigitsMLP(), train, val)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
-from lightning_infomem import InformationMeasures
+from lightning_infomem import InformationMeasures, MeasurementSettings
 from lightning_infomem.introspection.layers import named_layers
 from lightning_infomem.introspection.readings import to_neuron_activations
 
@@ -270,7 +270,9 @@ def test_decoder_only_blocks_are_read_at_the_last_real_token(tmp_path):
     model = CausalClassifier().eval()
 
     def measure(token_ids: torch.Tensor) -> dict:
-        callback = InformationMeasures(layers="model.transformer.h.*", calibration_samples=64)
+        callback = InformationMeasures(
+            layers="model.transformer.h.*", settings=MeasurementSettings(calibration_samples=64)
+        )
         trainer = fast_trainer(tmp_path, callbacks=[callback])
         trainer.validate(model, _token_batches(token_ids, mask), verbose=False)
         assert all(reading.causal and reading.token == "last" for reading in callback.readings.values())

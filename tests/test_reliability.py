@@ -19,7 +19,13 @@ import pytest
 import torch
 from conftest import NUM_MIXED, make_mixed_activations
 
-from lightning_infomem import InformationMeasures, NeuronEntropy, NeuronMutualInformation, StateTooLargeError
+from lightning_infomem import (
+    InformationMeasures,
+    MeasurementSettings,
+    NeuronEntropy,
+    NeuronMutualInformation,
+    StateTooLargeError,
+)
 from lightning_infomem.functional import (
     add_joint_histogram_counts,
     bin_indices,
@@ -469,7 +475,9 @@ def test_callback_calibrates_on_the_first_finite_samples(tmp_path):
         acts = model.net[0](x)
     for batch_size in (64, 50):  # the range does not depend on the batch size
         val = DataLoader(TensorDataset(x, y), batch_size=batch_size)
-        callback = InformationMeasures(layers=["net.0"], calibration_samples=100, log_histograms=False)
+        callback = InformationMeasures(
+            layers=["net.0"], log_histograms=False, settings=MeasurementSettings(calibration_samples=100)
+        )
         with pytest.warns(RuntimeWarning, match="non-finite"):
             fast_trainer(tmp_path, callbacks=[callback]).validate(model, val, verbose=False)
         # windows of 100 samples: [0, 100) has no finite value, [100, 200) has finite values from 150 on
@@ -500,7 +508,9 @@ class CountTrainingBatches(Callback):
 
 def test_mutual_info_state_over_budget_fails_before_training(tmp_path):
     counter = CountTrainingBatches()
-    callback = InformationMeasures(layers=["net.0"], max_neurons=None, mutual_info_bins=32, max_state_bytes=100_000)
+    callback = InformationMeasures(
+        layers=["net.0"], max_neurons=None, settings=MeasurementSettings(mutual_info_bins=32, max_state_bytes=100_000)
+    )
     trainer = fast_trainer(tmp_path, callbacks=[callback, counter])
     with pytest.raises(StateTooLargeError, match=r"layer 'net.0' \(32 monitored neurons\)"):
         trainer.fit(DigitsMLP(), *digits_loaders())
@@ -535,7 +545,9 @@ def test_dead_unit_under_per_neuron_binning_does_not_interrupt_fit(tmp_path):
 
     model = DigitsMLP()
     model.net[0] = DeadUnit(64, 32)
-    callback = InformationMeasures(layers=["net.0"], binning="neuron")
+    callback = InformationMeasures(
+        layers=["net.0"], settings=MeasurementSettings(entropy_binning="neuron", mutual_info_binning="neuron")
+    )
     fast_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, *digits_loaders())
     assert math.isfinite(callback.history[-1]["infomem/net.0/entropy"])
 
@@ -548,7 +560,7 @@ def test_callback_arguments_take_integral_types_and_refuse_floats():
     for kwargs in ({"heatmap_every_n_measurements": 1.5}, {"every_n_epochs": True}, {"max_neurons": 2.0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             InformationMeasures(**kwargs)
-    assert InformationMeasures(max_state_bytes=None).max_state_bytes is None
+    assert InformationMeasures(settings=MeasurementSettings(max_state_bytes=None)).max_state_bytes is None
 
 
 def test_heatmap_of_empty_and_undefined_matrices():
@@ -731,7 +743,7 @@ def test_the_history_getter_reads_no_file_outside_its_own_directory(tmp_path, mo
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: InformationMeasures(miller_madow="False"),
+        lambda: InformationMeasures(settings=MeasurementSettings(miller_madow="False")),
         lambda: InformationMeasures(log_histograms="no"),
         lambda: NeuronEntropy(4, normalized="false"),
         lambda: NeuronMutualInformation(4, miller_madow=0),
@@ -749,13 +761,15 @@ def test_numpy_booleans_are_booleans():
 
 
 def test_an_oversized_entropy_state_is_refused_at_setup_and_the_advised_fix_works(tmp_path):
-    callback = InformationMeasures(layers=["net.0"], entropy_bins=10**7)
+    callback = InformationMeasures(layers=["net.0"], settings=MeasurementSettings(entropy_bins=10**7))
     trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[callback])
     with pytest.raises(StateTooLargeError, match="NeuronEntropy would need .* entropy_bins") as caught:
         trainer.fit(DigitsMLP(), *digits_loaders())
     assert trainer.current_epoch == 0 and trainer.global_step == 0  # before any training step
     assert "raise max_state_bytes (None: no budget)" in str(caught.value)  # the fix the message names...
-    callback = InformationMeasures(layers=["net.0"], entropy_bins=10**7, max_state_bytes=None, max_neurons=4)
+    callback = InformationMeasures(
+        layers=["net.0"], max_neurons=4, settings=MeasurementSettings(entropy_bins=10**7, max_state_bytes=None)
+    )
     trainer = fast_trainer(tmp_path, callbacks=[callback])
     trainer.validate(DigitsMLP(), digits_loaders(num_val=64)[1], verbose=False)  # ...works
     assert math.isfinite(callback.history[-1]["infomem/entropy"])
@@ -888,6 +902,6 @@ def test_a_gram_matrix_that_cannot_be_allocated_names_the_layer_and_the_fix(tmp_
         return real_zeros(*size, **kwargs)
 
     monkeypatch.setattr(torch, "zeros", failing_zeros)
-    callback = InformationMeasures(layers=["net.0"], max_state_bytes=None)
+    callback = InformationMeasures(layers=["net.0"], settings=MeasurementSettings(max_state_bytes=None))
     with pytest.raises(StateTooLargeError, match=r"layer 'net.0': the effective rank's Gram matrix of its 64 neurons"):
         fast_trainer(tmp_path, callbacks=[callback]).validate(DigitsMLP(hidden=64), digits_loaders()[1], verbose=False)

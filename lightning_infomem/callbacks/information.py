@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
-from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
+from lightning_infomem.checks import check_bool, check_int, check_optional_int, check_prefix, join_key
 from lightning_infomem.data import batch_size_of
 from lightning_infomem.functional import limited_threads
 from lightning_infomem.introspection.layers import (
@@ -50,7 +51,6 @@ from lightning_infomem.introspection.readings import (
 )
 from lightning_infomem.metrics.calibration import Binning
 from lightning_infomem.metrics.information import (
-    DEFAULT_MAX_STATE_BYTES,
     NeuronEntropy,
     NeuronMutualInformation,
     StateTooLargeError,
@@ -58,9 +58,9 @@ from lightning_infomem.metrics.information import (
 from lightning_infomem.metrics.measurement import (
     ActivationMeasurement,
     LayerResult,
-    MeasurementSettings,
     summarize,
 )
+from lightning_infomem.metrics.settings import MeasurementSettings
 from lightning_infomem.reporting import (
     heatmap_image,
     log_histogram,
@@ -126,9 +126,10 @@ class InformationMeasures(Callback):
             encoder-decoder, a shared layer once per application (ALBERT: keys
             ``<layer>.application_<k>/...``), a plain CNN's activations, an MLP's hidden linear layers.
             The choice is printed at the start.
-        entropy_bins: equal-width bins for entropy (the paper uses 100).
-        mutual_info_bins: bins per neuron for MI; the plug-in bias of MI grows like
-            ``(bins - 1)**2 / (2 * samples)``, so MI uses fewer bins than entropy.
+        settings: the estimator settings (`MeasurementSettings`: bins, binning ranges, calibration, bias
+            correction, the MI state's memory budget, the effective rank); default ``MeasurementSettings()``.
+            The estimator keywords of earlier versions (``entropy_bins=...``, ``binning=...``, ...) still work
+            for one release, with a ``FutureWarning``.
         max_samples: samples per evaluation and dataloader (over all processes); ``None`` for all.
         max_neurons: neurons per layer; a layer with more is monitored through a random subset
             drawn once with ``seed``, kept for the whole run and stored in checkpoints. ``None`` for all.
@@ -138,17 +139,6 @@ class InformationMeasures(Callback):
             (its patience then counts measurements), or measure at every validation and run validation
             every n epochs (``Trainer(check_val_every_n_epoch=n)``). Other monitor set-ups are refused
             at setup, naming the fix.
-        entropy_binning: the range of the entropy's equal-width bins, re-calibrated at every evaluation
-            on its first ``calibration_samples`` samples: ``"global"`` one over all monitored layers (the
-            paper's choice, and the default: on the package's experiments it kept the direction of H
-            that per-layer ranges lost; a neuron's H then depends on its scale relative to the other
-            layers' neurons), ``"layer"`` one per layer, ``"neuron"`` one per neuron.
-        mutual_info_binning: the same for MI; default ``"layer"`` (on the same experiments per-layer
-            ranges kept the MI signal better than one global range).
-        binning: sets both ``entropy_binning`` and ``mutual_info_binning`` (``None``: use those).
-        range_quantile: calibrate with the ``q`` / ``1 - q`` quantiles instead of min / max.
-        calibration_samples: samples used to fix the range; later outliers go to the edge bins.
-        miller_madow: Miller-Madow bias correction of entropy and MI.
         sequence_reduction: the token that stands for a ``[batch, tokens, features]`` output: ``"first"`` (a
             [CLS] vector), ``"mean"`` over tokens, or ``"last"`` token, over the real tokens of the batch's masks
             (``attention_mask``, ``decoder_attention_mask``, the labels' padding). ``"auto"`` (the default): as
@@ -164,8 +154,6 @@ class InformationMeasures(Callback):
             this many measurements (0 disables).
         prefix: first part of every logged key; two instances with different prefixes coexist.
         seed: seed of the neuron subsets.
-        max_state_bytes: memory budget of each layer's MI histogram state (``None``: no budget);
-            checked at setup where the module gives its width (``nn.Linear``, convolutions).
         dataloaders: indices of the validation dataloaders to measure (``None``: all).
         threads: torch intra-op threads for the callback's own tensor operations (calibration, the
             epoch-end reductions), restored afterwards; the model's forward pass keeps torch's setting.
@@ -173,10 +161,6 @@ class InformationMeasures(Callback):
             busy run many times slower with several threads (see docs/benchmarks.md). ``None``:
             torch's setting. The compiled kernels (counting, binning; Numba) keep torch's thread count
             set outside the callback: each is one large loop in equal tasks whose idle threads sleep.
-        effective_rank: also log the effective rank (RankMe) of each layer and their mean, from Gram
-            matrices summed over the same samples (the 3 x 256 MLP of docs/benchmarks.md: about 3 ms a
-            layer of 2,048 x 128 on one CPU thread). ``False`` leaves the keys out.
-
     Example:
         >>> import torch
         >>> from torch import nn
@@ -188,7 +172,7 @@ class InformationMeasures(Callback):
         ...     def validation_step(self, batch, batch_idx):
         ...         return self.net(batch[0])
         >>> data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 8)), batch_size=16)
-        >>> callback = InformationMeasures(layers=["net.0"], calibration_samples=32)
+        >>> callback = InformationMeasures(layers=["net.0"], settings=MeasurementSettings(calibration_samples=32))
         >>> trainer = Trainer(callbacks=[callback], logger=False, enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
         >>> _ = trainer.validate(Net(), data, verbose=False)
@@ -200,35 +184,26 @@ class InformationMeasures(Callback):
         self,
         layers: LayerSpec = None,
         *,
-        entropy_bins: int = 100,
-        mutual_info_bins: int = 16,
+        settings: Optional[MeasurementSettings] = None,
         max_samples: Optional[int] = 2048,
         max_neurons: Optional[int] = 128,
         every_n_epochs: int = 1,
-        binning: Optional[Binning] = None,
-        entropy_binning: Binning = "global",
-        mutual_info_binning: Binning = "layer",
-        range_quantile: float = 0.0,
-        calibration_samples: int = 512,
-        miller_madow: bool = False,
         sequence_reduction: SequenceReductionChoice = "auto",
         output_transform: Optional[OutputTransform] = None,
+        dataloaders: Optional[Sequence[int]] = None,
         log_histograms: bool = True,
         heatmap_every_n_measurements: int = 5,
         prefix: str = "infomem",
         seed: int = 0,
-        max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
-        dataloaders: Optional[Sequence[int]] = None,
         threads: Optional[int] = 1,
-        effective_rank: bool = True,
+        **deprecated: Any,
     ) -> None:
-        for name, value in (
-            ("binning", binning),
-            ("entropy_binning", entropy_binning),
-            ("mutual_info_binning", mutual_info_binning),
-        ):
-            if value not in ("layer", "neuron", "global") and not (name == "binning" and value is None):
-                raise ValueError(f"{name} must be 'layer', 'neuron' or 'global', received {value!r}")
+        if settings is not None and not isinstance(settings, MeasurementSettings):
+            raise TypeError(
+                f"settings must be a MeasurementSettings (lightning_infomem.MeasurementSettings), received "
+                f"{type(settings).__name__}"
+            )
+        self.settings = _with_deprecated(settings or MeasurementSettings(), deprecated)
         if sequence_reduction not in ("auto", "first", "mean", "last"):
             raise ValueError(
                 f"sequence_reduction must be 'auto', 'first', 'mean' or 'last', received {sequence_reduction!r}"
@@ -241,19 +216,9 @@ class InformationMeasures(Callback):
                 f"output_transform must be None or a function from a module's output to a tensor, received "
                 f"{output_transform!r} ({type(output_transform).__name__})"
             )
-        self.entropy_bins = check_int(entropy_bins, "entropy_bins", minimum=1)
-        self.mutual_info_bins = check_int(mutual_info_bins, "mutual_info_bins", minimum=1)
         self.max_samples = check_optional_int(max_samples, "max_samples", minimum=1)
         self.max_neurons = check_optional_int(max_neurons, "max_neurons", minimum=1)
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        self.binning = binning
-        self.entropy_binning = entropy_binning if binning is None else binning
-        self.mutual_info_binning = mutual_info_binning if binning is None else binning
-        self.range_quantile = check_float(
-            range_quantile, "range_quantile", minimum=0.0, maximum=0.5, exclusive_maximum=True
-        )
-        self.calibration_samples = check_int(calibration_samples, "calibration_samples", minimum=1)
-        self.miller_madow = check_bool(miller_madow, "miller_madow")
         self.sequence_reduction = sequence_reduction
         self.output_transform = output_transform
         self.log_histograms = check_bool(log_histograms, "log_histograms")
@@ -262,9 +227,7 @@ class InformationMeasures(Callback):
         )
         self.prefix = check_prefix(prefix)
         self.seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)  # torch.Generator's seeds
-        self.max_state_bytes = check_optional_int(max_state_bytes, "max_state_bytes", minimum=1)
         self.threads = check_optional_int(threads, "threads", minimum=1)
-        self.effective_rank = check_bool(effective_rank, "effective_rank")
         self.dataloaders = (
             None if dataloaders is None else sorted({check_int(i, "dataloaders", minimum=0) for i in dataloaders})
         )
@@ -312,19 +275,35 @@ class InformationMeasures(Callback):
 
         Example:
             >>> callback = InformationMeasures.paper(layers=["net.0", "net.2"])
-            >>> callback.binning, callback.entropy_bins, callback.max_neurons
+            >>> callback.settings.mutual_info_binning, callback.settings.entropy_bins, callback.max_neurons
             ('global', 100, None)
         """
-        settings: dict[str, Any] = {
-            "binning": "global",
-            "entropy_bins": 100,
+        options: dict[str, Any] = {
+            "settings": MeasurementSettings.paper(),
             "max_samples": None,
             "max_neurons": None,
-            "calibration_samples": 2**31 - 1,
             "prefix": "infomem_paper",
         }
-        settings.update(overrides)
-        return cls(layers, **settings)
+        options.update(overrides)
+        return cls(layers, **options)
+
+    # ------------------------------------------------------------------------ estimator settings
+    # Read-only views of `settings`, by the names of earlier versions.
+    entropy_bins = property(lambda self: self.settings.entropy_bins)
+    mutual_info_bins = property(lambda self: self.settings.mutual_info_bins)
+    entropy_binning = property(lambda self: self.settings.entropy_binning)
+    mutual_info_binning = property(lambda self: self.settings.mutual_info_binning)
+    range_quantile = property(lambda self: self.settings.range_quantile)
+    calibration_samples = property(lambda self: self.settings.calibration_samples)
+    miller_madow = property(lambda self: self.settings.miller_madow)
+    max_state_bytes = property(lambda self: self.settings.max_state_bytes)
+    effective_rank = property(lambda self: self.settings.effective_rank)
+
+    @property
+    def binning(self) -> Optional[Binning]:
+        """The binning of both H and I where they share one, else ``None``."""
+        same = self.settings.entropy_binning == self.settings.mutual_info_binning
+        return self.settings.entropy_binning if same else None
 
     # ------------------------------------------------------------------------------ identity
     @property
@@ -335,7 +314,8 @@ class InformationMeasures(Callback):
         """The settings that define what the logged values measure; a checkpoint made with others is refused.
 
         Example:
-            >>> InformationMeasures(entropy_bins=50).measurement_settings()["entropy_bins"]
+            >>> settings = MeasurementSettings(entropy_bins=50)
+            >>> InformationMeasures(settings=settings).measurement_settings()["entropy_bins"]
             50
         """
         return {
@@ -464,17 +444,7 @@ class InformationMeasures(Callback):
         return key if loader is None or self._num_loaders <= 1 else f"{key}/dataloader_idx_{loader}"
 
     def _settings(self) -> MeasurementSettings:
-        return MeasurementSettings(
-            entropy_bins=self.entropy_bins,
-            mutual_info_bins=self.mutual_info_bins,
-            entropy_binning=self.entropy_binning,
-            mutual_info_binning=self.mutual_info_binning,
-            range_quantile=self.range_quantile,
-            calibration_samples=self.calibration_samples,
-            miller_madow=self.miller_madow,
-            max_state_bytes=self.max_state_bytes,
-            effective_rank=self.effective_rank,
-        )
+        return self.settings
 
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -546,8 +516,9 @@ class InformationMeasures(Callback):
                 except StateTooLargeError as error:
                     raise StateTooLargeError(
                         f"InformationMeasures: layer {name!r} ({num_neurons} monitored neurons): {error} "
-                        f"(num_bins is InformationMeasures' {argument}; max_neurons and max_state_bytes are "
-                        "InformationMeasures arguments too)"
+                        f"(num_bins is the {argument} of InformationMeasures' settings, and so is max_state_bytes: "
+                        f"settings=MeasurementSettings({argument}=..., max_state_bytes=...); max_neurons is an "
+                        "InformationMeasures argument)"
                     ) from None
 
     def _is_own_key(self, key: Optional[str]) -> bool:
@@ -1026,3 +997,36 @@ def _is_compiled(module: nn.Module) -> bool:
 
 def _to_cpu(value: Any) -> Any:
     return value.cpu() if isinstance(value, Tensor) else value
+
+
+_ESTIMATOR_KEYWORDS = {
+    "entropy_bins",
+    "mutual_info_bins",
+    "entropy_binning",
+    "mutual_info_binning",
+    "binning",
+    "range_quantile",
+    "calibration_samples",
+    "miller_madow",
+    "max_state_bytes",
+    "effective_rank",
+}
+
+
+def _with_deprecated(settings: MeasurementSettings, keywords: dict[str, Any]) -> MeasurementSettings:
+    """``settings`` with the estimator keywords of earlier versions applied, each said once as deprecated."""
+    unknown = sorted(set(keywords) - _ESTIMATOR_KEYWORDS)
+    if unknown:
+        raise TypeError(f"InformationMeasures got an unexpected keyword argument {unknown[0]!r}")
+    if not keywords:
+        return settings
+    listed = ", ".join(f"{name}={value!r}" for name, value in keywords.items())
+    warnings.warn(
+        f"InformationMeasures({listed}): the estimator keywords are deprecated and will be removed in the next "
+        f"release; pass settings=MeasurementSettings({listed}) (binning=... is MeasurementSettings().replace("
+        "binning=...))",
+        FutureWarning,
+        stacklevel=3,
+    )
+    binning = keywords.pop("binning", None)
+    return settings.replace(binning=binning, **keywords)

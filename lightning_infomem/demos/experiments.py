@@ -35,6 +35,7 @@ from lightning_infomem.callbacks.information import InformationMeasures
 from lightning_infomem.demos.digits import coloured_digits, load_digits, redraw_labels
 from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import mean_off_diagonal
+from lightning_infomem.metrics.settings import MeasurementSettings
 
 __all__ = [
     "FAMILIES",
@@ -394,7 +395,11 @@ def run_one(setting: str, level: float, seed: int, config: RunConfig) -> dict[st
         ):
             callbacks.append(
                 InformationMeasures(
-                    layers=layers, every_n_epochs=config.measure_every, seed=seed, prefix=prefix, **change
+                    layers=layers,
+                    every_n_epochs=config.measure_every,
+                    seed=seed,
+                    prefix=prefix,
+                    settings=MeasurementSettings().replace(**change),
                 )
             )
     dynamics = curvature = verdict = None

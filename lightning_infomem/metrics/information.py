@@ -67,11 +67,12 @@ from lightning_infomem.functional.mutual_information import (
     pairwise_mutual_information_in_range,
 )
 from lightning_infomem.metrics.calibration import HeldBackSamples, calibrate_held_back
+from lightning_infomem.metrics.settings import MeasurementSettings
 from lightning_infomem.pooling import RowPool
 
 __all__ = ["NeuronEntropy", "NeuronMutualInformation", "StateTooLargeError"]
 
-DEFAULT_MAX_STATE_BYTES = 2**30
+_DEFAULTS = MeasurementSettings()  # the one set of defaults (metrics/settings.py)
 
 # range_status values in a persistent state dict
 _NO_RANGE, _CALIBRATED, _FIXED = 0, 1, 2
@@ -117,16 +118,16 @@ class _ActivationHistogramMetric(Metric):
     def __init__(
         self,
         num_neurons: int,
-        num_bins: int = 100,
+        num_bins: int = _DEFAULTS.entropy_bins,
         value_range: ValueRange = None,
         *,
         per_neuron_range: bool = False,
-        range_quantile: float = 0.0,
-        calibration_samples: int = 1024,
+        range_quantile: float = _DEFAULTS.range_quantile,
+        calibration_samples: int = _DEFAULTS.calibration_samples,
         base: Optional[float] = None,
-        miller_madow: bool = False,
+        miller_madow: bool = _DEFAULTS.miller_madow,
         normalized: bool = False,
-        max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES,
+        max_state_bytes: Optional[int] = _DEFAULTS.max_state_bytes,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -703,7 +704,7 @@ class NeuronMutualInformation(_ActivationHistogramMetric):
     def __init__(
         self,
         num_neurons: int,
-        num_bins: int = 16,
+        num_bins: int = _DEFAULTS.mutual_info_bins,
         value_range: ValueRange = None,
         *,
         backend: CountingBackend = "auto",

@@ -16,7 +16,6 @@ layer that never had one is undefined and its values are NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -27,14 +26,14 @@ from lightning_infomem.functional.effective_rank import effective_rank_from_gram
 from lightning_infomem.functional.joint_counts import (
     cached_pair_indices,
 )
-from lightning_infomem.metrics.calibration import Binning, HeldBackSamples, calibrate_held_back
+from lightning_infomem.metrics.calibration import HeldBackSamples, calibrate_held_back
 from lightning_infomem.metrics.information import (
-    DEFAULT_MAX_STATE_BYTES,
     NeuronEntropy,
     NeuronMutualInformation,
     StateTooLargeError,
     format_bytes,
 )
+from lightning_infomem.metrics.settings import MeasurementSettings
 from lightning_infomem.pooling import RowPool
 
 __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summarize"]
@@ -42,21 +41,6 @@ __all__ = ["ActivationMeasurement", "LayerResult", "MeasurementSettings", "summa
 
 _LONGEST_WAIT = 4  # the first calibration waits for the other layers until one holds this many times its target
 _UPDATE_ROWS = 1024  # calibrated activations are counted in updates of at least this many rows (see pooling)
-
-
-@dataclass(frozen=True)
-class MeasurementSettings:
-    """Estimator settings shared by every layer of a measurement (see `InformationMeasures`)."""
-
-    entropy_bins: int = 100
-    mutual_info_bins: int = 16
-    entropy_binning: Binning = "global"
-    mutual_info_binning: Binning = "layer"
-    range_quantile: float = 0.0
-    calibration_samples: int = 512
-    miller_madow: bool = False
-    max_state_bytes: Optional[int] = DEFAULT_MAX_STATE_BYTES
-    effective_rank: bool = True
 
 
 class LayerResult(NamedTuple):
@@ -341,7 +325,8 @@ class ActivationMeasurement:
                 raise StateTooLargeError(
                     f"layer {name!r}: the effective rank's Gram matrix of its {x.shape[1]} neurons would take "
                     f"{format_bytes(8 * x.shape[1] ** 2)}, which could not be allocated ({str(error)[:80]}); monitor "
-                    "fewer neurons (max_neurons=...) or leave the effective rank out (effective_rank=False)"
+                    "fewer neurons (max_neurons=...) or leave the effective rank out "
+                    "(settings=MeasurementSettings(effective_rank=False))"
                 ) from None
         gram += product
 
