@@ -157,3 +157,22 @@ def test_prediction_peers_reads_a_sequence_classifiers_pooled_logits(tmp_path):
     with pytest.warns(UserWarning, match=r"'model.score' are \[16, 8, 3\], not \[batch, classes\]"):
         fast_trainer(tmp_path, callbacks=[per_token]).validate(model, loader, verbose=False)
     assert per_token.history == []
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("lightning_infomem.metrics.predictions", "SoftmaxPeers"),
+        ("lightning_infomem.callbacks.prediction_peers", "PredictionPeers"),
+    ],
+)
+def test_the_earlier_module_paths_of_the_peers_still_import_with_a_warning(path, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(path, None)
+    with pytest.warns(FutureWarning, match="next release"):
+        module = importlib.import_module(path)
+    import lightning_infomem
+
+    assert getattr(module, name) is getattr(lightning_infomem, name)

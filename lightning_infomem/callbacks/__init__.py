@@ -9,8 +9,8 @@ since when and which kind, from `TrainingDynamics`' record).
 from lightning_infomem.callbacks.curvature import LossCurvature
 from lightning_infomem.callbacks.information import InformationMeasures
 from lightning_infomem.callbacks.masked_consistency import MaskedConsistency, MaskedConsistencyModule
+from lightning_infomem.callbacks.peers import PredictionPeers
 from lightning_infomem.callbacks.per_sample import PerSampleScores
-from lightning_infomem.callbacks.prediction_peers import PredictionPeers
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
 from lightning_infomem.callbacks.verdict import MemorizationVerdict
 

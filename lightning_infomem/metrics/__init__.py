@@ -8,7 +8,7 @@ calibrator shared by its metrics).
 from lightning_infomem.metrics.groups import GroupAccuracy, GroupMemorizationGap, WorstGroupAccuracy
 from lightning_infomem.metrics.information import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 from lightning_infomem.metrics.measurement import ActivationMeasurement, LayerResult, MeasurementSettings
-from lightning_infomem.metrics.predictions import SoftmaxPeers
+from lightning_infomem.metrics.peers import SoftmaxPeers
 
 __all__ = [
     "ActivationMeasurement",
