@@ -52,10 +52,10 @@ def _run(task: tuple[str, float, int, int]) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from lightning.pytorch import Trainer, seed_everything
+    from study.families import token_task
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_infomem import InformationMeasures
-    from lightning_infomem.demos.families import token_task
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from memorization_kind import build_model

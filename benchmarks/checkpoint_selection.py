@@ -1,6 +1,6 @@
 """Do H and I pick better models than the label-free peers a user would reach for? Three architecture families.
 
-Families (``lightning_infomem.demos.experiments`` and ``lightning_infomem.demos.families``): the paper's MLP
+Families (``study.experiments`` and ``study.families``): the paper's MLP
 (3 x 256) on the 8x8 digits with a colour shortcut; a staged CNN (a miniature ResNet, its defaults are its
 stages) on the digits with a patch shortcut; a [CLS] transformer (``nn.TransformerEncoder``, 4 x 64) on a
 generated counting task with a token shortcut. Two settings each: a shortcut (binary label flipped with
@@ -105,7 +105,7 @@ def _job(task: tuple[str, str, float, int, dict[str, Any], int]) -> dict[str, An
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from lightning_infomem.demos.experiments import RunConfig, run_one
+    from study.experiments import RunConfig, run_one
 
     result = run_one(setting, level, seed, RunConfig(**config_kwargs))
     return {k: v for k, v in result.items() if not k.startswith("_")}
@@ -210,7 +210,7 @@ def evidence(series: list[dict[str, Any]], setting: str) -> dict[str, Any]:
 
 
 def analyse(runs: list[dict[str, Any]], patience: int) -> dict[str, Any]:
-    from lightning_infomem.demos.experiments import checkpoint_selection, early_stopping, model_selection
+    from study.experiments import checkpoint_selection, early_stopping, model_selection
 
     add_disagreement(runs)
     report: dict[str, Any] = {

@@ -130,9 +130,9 @@ def _digit_inputs(images: Any, bits: Any, family: str) -> Any:
 def make_data(family: str, setting: str, seed: int) -> dict[str, Any]:
     """``{"train": (x, y, clean), "val": (x, y), "truth": (x, clean)}`` of one run (see the module docs)."""
     import torch
+    from study.families import CLS, SHORTCUT_0, SHORTCUT_1, token_task
 
     from lightning_infomem.demos.digits import load_digits
-    from lightning_infomem.demos.families import CLS, SHORTCUT_0, SHORTCUT_1, token_task
 
     spec = parse_setting(setting)
     generator = torch.Generator().manual_seed(1_000 * seed + 17)
@@ -162,8 +162,9 @@ def make_data(family: str, setting: str, seed: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- models
 def build_model(family: str, lr: float = 1e-3) -> Any:
-    from lightning_infomem.demos.experiments import DigitsMLP
-    from lightning_infomem.demos.families import StagedCNN, TokenTransformer
+    from study.families import StagedCNN, TokenTransformer
+
+    from lightning_infomem.demos.runs import DigitsMLP
 
     if family == "mlp":
         return DigitsMLP(128, 2, 256, lr)
@@ -180,9 +181,8 @@ def _bert(lr: float) -> Any:
     import torch
     import transformers
     from lightning.pytorch import LightningModule
+    from study.families import VOCAB
     from torch import nn
-
-    from lightning_infomem.demos.families import VOCAB
 
     class BertClassifier(LightningModule):
         def __init__(self) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+# The study's engine lives outside the package, in benchmarks/study: its tests import it as ``study``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # Column layout of ``mixed_activations``; tests refer to columns by name.
 GAUSS, RELU, CAUCHY, STUDENT_T, CONSTANT, CORRELATED, UNIFORM = range(7)

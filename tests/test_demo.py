@@ -14,8 +14,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from lightning_infomem.demos.digits import coloured_digits, redraw_labels  # noqa: E402
-from lightning_infomem.demos.experiments import (  # noqa: E402
+from study.experiments import (  # noqa: E402
     checkpoint_selection,
     chosen_checkpoint,
     early_stopping,
@@ -23,6 +22,8 @@ from lightning_infomem.demos.experiments import (  # noqa: E402
     model_selection,
     rule_value,
 )
+
+from lightning_infomem.demos.digits import coloured_digits, redraw_labels  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 

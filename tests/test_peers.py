@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from study.families import PAD, SHORTCUT_1, StagedCNN, TokenTransformer, patch_digits, token_task
 
-from lightning_infomem.demos.families import PAD, SHORTCUT_1, StagedCNN, TokenTransformer, patch_digits, token_task
 from lightning_infomem.functional.peers import (
     label_wave_stop,
     mean_max_softmax,

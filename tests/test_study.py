@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from lightning_infomem.demos.experiments import chosen_checkpoint
+from study.experiments import chosen_checkpoint
 
 _path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint_selection.py"
 _spec = importlib.util.spec_from_file_location("checkpoint_selection", _path)

@@ -2,7 +2,7 @@
 
 Reproduces the two controlled experiments of Bansal, Pruthi & Belinkov (NeurIPS 2022) with the
 paper's MLP on the 8x8 digits that ship with scikit-learn, with the constructions of
-`lightning_infomem.demos.experiments` (the same as ``benchmarks/checkpoint_selection.py``):
+`lightning_infomem.demos.runs` (the MLP family of ``benchmarks/checkpoint_selection.py``):
 
 - shortcut series: the paper's Colored MNIST construction (binary label ``digit >= 5`` flipped with
   probability 0.25; a colour agreeing with the noisy label with probability ``(1 + alpha) / 2``),
@@ -10,7 +10,8 @@ paper's MLP on the 8x8 digits that ship with scikit-learn, with the construction
 - label-noise series: a fraction ``beta`` of the training and validation labels redrawn, trained
   until the network fits them, ground truth the clean test accuracy.
 
-Every model trains with `InformationMeasures` attached and logs to TensorBoard. The final models are
+Every model trains with `InformationMeasures`, `TrainingDynamics` and `MemorizationVerdict` attached and
+logs to TensorBoard; each run's verdict is in the tables. The final models are
 measured on in-distribution validation images with the package defaults, with the paper's settings
 (`InformationMeasures.paper`) and with the KSG kNN mutual information, and each measure's ranking
 of the models is compared with their ground-truth accuracy (Kendall tau, per seed), next to the
@@ -85,23 +86,16 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_infomem.callbacks.information import InformationMeasures
-    from lightning_infomem.demos.experiments import LAYERS, RunConfig, capture_activations, run_one
+    from lightning_infomem import InformationMeasures
+    from lightning_infomem.demos.runs import LAYERS, train_run
     from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal
     from lightning_infomem.reporting import write_csv
 
-    config = RunConfig(
-        epochs=EPOCHS[setting],
-        paper=False,
-        ksg_every=0,
-        measure_every=MEASURE_EVERY,
-        log_dir=os.path.join(out, "tensorboard"),
-        verdict=True,
+    run = train_run(
+        setting, level, seed, EPOCHS[setting], measure_every=MEASURE_EVERY, log_dir=os.path.join(out, "tensorboard")
     )
-    run = run_one(setting, level, seed, config)
     model, data = run.pop("_model"), run.pop("_data")
-    curves_callback = run.pop("_callbacks")[0]
-    write_csv(curves_callback.history, os.path.join(out, "curves", f"{setting}_{level:.2f}_seed{seed}.csv"))
+    write_csv(run["curves"], os.path.join(out, "curves", f"{setting}_{level:.2f}_seed{seed}.csv"))
     paper = InformationMeasures.paper(layers=LAYERS, log_histograms=False, heatmap_every_n_measurements=0)
     trainer = Trainer(
         callbacks=[paper],
@@ -114,7 +108,7 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     trainer.validate(model, DataLoader(TensorDataset(*data["val"]), batch_size=512), verbose=False)
     final = dict(run["final"])
     final.update({k: v for k, v in paper.history[-1].items() if k.startswith("infomem_paper") and "clipped" not in k})
-    acts = capture_activations(model, LAYERS, data["val"][0])
+    acts = _activations(model, data["val"][0])
     generator = torch.Generator().manual_seed(seed)
     ksg_pairs = {}
     for layer, x in acts.items():
@@ -127,6 +121,27 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     run["per_neuron_entropy"] = {layer: result.entropy.tolist() for layer, result in paper.layer_results().items()}
     run["ksg_pairs"] = ksg_pairs
     return run
+
+
+def _activations(model: Any, x: Any) -> dict[str, Any]:
+    """The hidden layers' pre-activation outputs ``[S, 256]`` on ``x`` (eval mode, no gradient)."""
+    import torch
+
+    from lightning_infomem.demos.runs import LAYERS
+
+    modules = dict(model.named_modules())
+    kept: dict[str, Any] = {}
+    handles = [
+        modules[name].register_forward_hook(lambda m, a, out, name=name: kept.update({name: out})) for name in LAYERS
+    ]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: kept[name].detach() for name in LAYERS}
 
 
 def summary_table(runs: list[dict[str, Any]], setting: str) -> str:
@@ -165,7 +180,7 @@ def save_figures(runs: list[dict[str, Any]], setting: str, out: str) -> list[str
     import matplotlib.pyplot as plt
     from scipy.stats import gaussian_kde
 
-    from lightning_infomem.demos.experiments import LAYERS
+    from lightning_infomem.demos.runs import LAYERS
 
     name = "alpha" if setting == "shortcut" else "beta"
     seed0 = sorted((r for r in runs if r["seed"] == min(x["seed"] for x in runs)), key=lambda r: r["level"])
@@ -227,7 +242,7 @@ def save_figures(runs: list[dict[str, Any]], setting: str, out: str) -> list[str
 
 def run(out: str, quick: bool = False, seeds: Optional[int] = None, workers: int = 2) -> dict[str, Any]:
     """Train both series, measure, rank, and write tables, figures, CSV and JSON under ``out``."""
-    from lightning_infomem.demos.experiments import model_selection
+    from lightning_infomem.demos.runs import model_selection
     from lightning_infomem.reporting import write_csv
 
     seeds = (1 if quick else 3) if seeds is None else seeds

@@ -32,7 +32,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infomem.callbacks.information import InformationMeasures
-from lightning_infomem.demos.digits import coloured_digits, load_digits, redraw_labels
+from lightning_infomem.demos.digits import load_digits, redraw_labels
+from lightning_infomem.demos.runs import (
+    DigitsMLP,
+    accuracy,
+    digits_data,
+    kendall_tau,
+    model_selection,
+    rule_value,
+    rules_of,
+)
 from lightning_infomem.functional.ksg import ksg_mutual_information
 from lightning_infomem.functional.mutual_information import mean_off_diagonal
 from lightning_infomem.metrics.settings import MeasurementSettings
@@ -73,7 +82,7 @@ class RunConfig:
     measure_every: int = 1  # InformationMeasures every_n_epochs
     per_sample_scores: bool = False  # TrainingDynamics and LossCurvature on the training set
     verdict: bool = False  # TrainingDynamics and MemorizationVerdict: is it memorizing, and which kind
-    family: str = "mlp"  # "mlp", "cnn" or "transformer" (see lightning_infomem.demos.families)
+    family: str = "mlp"  # "mlp", "cnn" or "transformer" (see study.families)
     peers: bool = False  # the label-free peers of H and I at every epoch (see EpochRecorder)
     curvature_probes: int = 10
     log_dir: Optional[str] = None  # TensorBoard logs of the run (None: no logger)
@@ -104,7 +113,7 @@ def make_data(setting: str, level: float, seed: int, split_seed: int = 0, family
 def _family_data(
     setting: str, level: float, seed: int, split_seed: int, family: str, generator: Optional[torch.Generator] = None
 ) -> dict[str, Any]:
-    from lightning_infomem.demos.families import patch_digits, token_task
+    from study.families import patch_digits, token_task
 
     if generator is None:
         generator = torch.Generator().manual_seed(10_000 * seed + int(round(level * 1000)))
@@ -130,75 +139,7 @@ def _family_data(
             "true_train": (digits[parts[0]] >= 5).long(),
             "classes": 2,
         }
-    x, digits = load_digits(split_seed)
-    n = len(digits)
-    cut_train, cut_val = int(0.6 * n), int(0.8 * n)
-    parts = [slice(0, cut_train), slice(cut_train, cut_val), slice(cut_val, n)]
-    if setting == "shortcut":
-        (xt, yt, _), (xv, yv, _) = (coloured_digits(x[p], digits[p], level, generator) for p in parts[:2])
-        xo, _, _ = coloured_digits(x[parts[2]], digits[parts[2]], 0.0, generator)
-        clean_train = (digits[parts[0]] >= 5).long()
-        return {
-            "train": (xt, yt),
-            "val": (xv, yv),
-            "truth": (xo, (digits[parts[2]] >= 5).long()),
-            "true_train": clean_train,
-            "classes": 2,
-        }
-    yt = redraw_labels(digits[parts[0]], level, generator)
-    yv = redraw_labels(digits[parts[1]], level, generator)
-    return {
-        "train": (x[parts[0]], yt),
-        "val": (x[parts[1]], yv),
-        "truth": (x[parts[2]], digits[parts[2]]),
-        "true_train": digits[parts[0]],
-        "classes": 10,
-    }
-
-
-class DigitsMLP(LightningModule):
-    """The paper's MLP: three hidden layers of ``hidden`` ReLU units, Adam, cross-entropy.
-
-    Logs ``val_loss`` and ``val_acc`` (on the validation labels, noisy or shortcut-carrying as trained).
-    """
-
-    def __init__(self, in_features: int, classes: int, hidden: int = 256, lr: float = 1e-3) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.flatten(1))
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch[0], batch[1]
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch[0], batch[1]
-        logits = self(x)
-        self.log("val_loss", nn.functional.cross_entropy(logits, y))
-        self.log("val_acc", (logits.argmax(1) == y).float().mean())
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        value = float((model(data[0]).argmax(1) == data[1]).double().mean())
-    model.train(was_training)
-    return value
+    return digits_data(setting, level, seed, split_seed, generator)
 
 
 def capture_activations(model: nn.Module, layers: list[str], x: Tensor) -> dict[str, Tensor]:
@@ -361,7 +302,7 @@ def _is_epoch_key(key: str) -> bool:
 
 def build_model(family: str, data: dict[str, Any], config: RunConfig) -> LightningModule:
     """The model of a family for a run's data: the paper's MLP, a staged CNN, or a [CLS] transformer."""
-    from lightning_infomem.demos.families import StagedCNN, TokenTransformer
+    from study.families import StagedCNN, TokenTransformer
 
     if family == "mlp":
         return DigitsMLP(data["train"][0][0].numel(), data["classes"], config.hidden, config.lr)
@@ -497,65 +438,6 @@ def per_sample_detection(dynamics: Any, curvature: Any, assigned: Tensor, true: 
 
 
 # -------------------------------------------------------------------------------------- rules
-def rule_value(row: dict[str, Any], rule: str) -> float:
-    """The value a rule maximises on a recorded epoch: ``key:max`` -> value, ``key:min`` -> -value (NaN if absent)."""
-    key, _, direction = rule.rpartition(":")
-    value = row.get(key)
-    if value is None or not math.isfinite(value):
-        return math.nan
-    return value if direction == "max" else -value
-
-
-def rules_of(runs: list[dict[str, Any]]) -> list[str]:
-    """Every rule the recorded keys allow: both directions of each measured key, ``val_*`` baselines, last epoch."""
-    rows = [row for run in runs for row in (*run["curves"], run["final"])]
-    keys = sorted({k for row in rows for k in row if k.startswith(("infomem", "ksg"))})
-    rules = [f"{key}:{direction}" for key in keys for direction in ("min", "max")]
-    return rules + ["val_loss:min", "val_acc:max", "last_epoch"]
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall tau-b (NaN when either ranking is constant or a value is missing)."""
-    from scipy.stats import kendalltau
-
-    if len(a) < 2 or any(not math.isfinite(v) for v in [*a, *b]):
-        return math.nan
-    tau = kendalltau(a, b).statistic
-    return math.nan if tau is None else float(tau)
-
-
-def model_selection(runs: list[dict[str, Any]], rules: Optional[list[str]] = None) -> dict[str, Any]:
-    """Kendall tau between each rule's ranking of the final models of a series and their ground-truth accuracy.
-
-    Per seed (the levels of one seed form a series), then the mean and standard deviation over seeds.
-    ``rules``: the rules to score (default: every one the recorded keys allow, `rules_of`).
-    """
-    out: dict[str, Any] = {"kendall_tau": {}, "kendall_tau_sd": {}, "per_seed": {}}
-    seeds = sorted({run["seed"] for run in runs})
-    for rule in rules_of(runs) if rules is None else rules:
-        if rule == "last_epoch":
-            continue
-        taus = []
-        for seed in seeds:
-            series = sorted((r for r in runs if r["seed"] == seed), key=lambda r: r["level"])
-            values = [rule_value(_final_with(r, rule), rule) for r in series]
-            taus.append(kendall_tau(values, [r["final"]["truth_acc"] for r in series]))
-        finite = [t for t in taus if math.isfinite(t)]
-        out["per_seed"][rule] = taus
-        out["kendall_tau"][rule] = float(np.mean(finite)) if finite else math.nan
-        out["kendall_tau_sd"][rule] = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
-    return out
-
-
-def _final_with(run: dict[str, Any], rule: str) -> dict[str, Any]:
-    """The last recorded epoch that has the rule's key (KSG is measured every few epochs, the last one included)."""
-    key = rule.rpartition(":")[0]
-    for row in reversed(run["curves"]):
-        if key in row:
-            return row
-    return run["final"]
-
-
 def chosen_checkpoint(curves: list[dict[str, Any]], rule: str) -> Optional[dict[str, Any]]:
     """The recorded epoch a rule keeps: its best value (the earliest of ties), or the last epoch.
 
