@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, STUDENT_T, make_mixed_activations
+from mixed_activations import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, STUDENT_T, make_mixed_activations
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
@@ -541,7 +541,7 @@ def test_bincount_and_matmul_give_identical_joint_counts(monkeypatch, blocking, 
     )
 
 
-@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.compiled
 @pytest.mark.parametrize("num_neurons", [2, 3, 9, 12])  # odd and even row counts: tasks pair rows
 @pytest.mark.parametrize("options", [{}, {"miller_madow": True}, {"normalized": True}, {"base": 2.0}])
 def test_compiled_pair_terms_equal_the_torch_path(num_neurons, options):
@@ -561,7 +561,7 @@ def test_compiled_pair_terms_equal_the_torch_path(num_neurons, options):
         assert torch.allclose(from_counts.nan_to_num(-7.0), expected.nan_to_num(-7.0), rtol=0, atol=1e-12)
 
 
-@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.compiled
 def test_compiled_count_terms_keep_shape_and_leave_invalid_counts_to_the_torch_path(monkeypatch):
     rng = np.random.default_rng(5)
     joint = torch.from_numpy(rng.integers(0, 30, size=(2, 3, 4, 4)))
@@ -759,7 +759,7 @@ def _binning_cases():
     ]
 
 
-@pytest.mark.skipif(not joint_counts_module.compiled_counting_available(), reason="needs Numba")
+@pytest.mark.compiled
 @pytest.mark.parametrize("case", range(8))
 def test_compiled_binning_equals_the_torch_path(case):
     values, low, high, num_bins = _binning_cases()[case]
@@ -782,6 +782,7 @@ def test_compiled_binning_equals_the_torch_path(case):
     assert torch.equal(alone, counts - 3)
 
 
+@pytest.mark.compiled  # without Numba both sides are the torch path
 @pytest.mark.parametrize("case", range(8))
 def test_bin_indices_are_the_same_without_the_compiled_binning(case, monkeypatch):
     values = _binning_cases()[case][0]
@@ -791,6 +792,7 @@ def test_bin_indices_are_the_same_without_the_compiled_binning(case, monkeypatch
     assert torch.equal(bin_indices(values, 5, (-1.0, 0.5)), bin_indices(values.double(), 5, (-1.0, 0.5)))
 
 
+@pytest.mark.compiled  # without Numba both sides are the torch path
 def test_metrics_count_the_same_without_the_compiled_binning(monkeypatch):
     from lightning_infomem import NeuronEntropy, NeuronMutualInformation
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, make_mixed_activations
+from mixed_activations import CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, make_mixed_activations
 from scipy.special import digamma
 from sklearn.feature_selection import mutual_info_regression
 from sklearn.feature_selection._mutual_info import _compute_mi_cc
@@ -199,20 +199,18 @@ def test_exact_whatever_the_search_parameters(monkeypatch):
 
 
 @pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.compiled
 def test_backends_agree_on_ties_relu_and_constants(k):
     data = make_mixed_activations(num_samples=500, seed=3)
     data[:, RELU] = torch.relu(data[:, GAUSS] - 0.3)  # many exact zeros
     data = torch.cat([data, torch.round(data[:, :3] * 2) / 2], dim=1)  # coarse values: long runs of ties
     by_torch = ksg_mutual_information(data, k=k, backend="torch")
-    if not ksg_module.compiled_kernel_available():
-        pytest.skip("Numba is not installed")
     by_compiled = ksg_mutual_information(data, k=k, backend="compiled")
     torch.testing.assert_close(by_compiled, by_torch, rtol=0, atol=1e-12)
 
 
+@pytest.mark.compiled
 def test_compiled_backend_gives_the_same_values_on_any_thread_count():
-    if not ksg_module.compiled_kernel_available():
-        pytest.skip("Numba is not installed")
     data = make_mixed_activations(num_samples=200, seed=4)
     torch.set_num_threads(1)
     one = ksg_mutual_information(data, backend="compiled")

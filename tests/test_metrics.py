@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, make_mixed_activations
+from mixed_activations import CAUCHY, CONSTANT, CORRELATED, GAUSS, NUM_MIXED, RELU, make_mixed_activations
 
 from lightning_infomem import NeuronEntropy, NeuronMutualInformation, StateTooLargeError
 from lightning_infomem.functional import (

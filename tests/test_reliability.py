@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_MIXED, make_mixed_activations
+from mixed_activations import NUM_MIXED, make_mixed_activations
 
 from lightning_infomem import (
     InformationMeasures,
