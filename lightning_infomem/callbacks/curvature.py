@@ -16,6 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks.per_sample import PerSampleScores
@@ -162,6 +163,7 @@ class LossCurvature(PerSampleScores, Callback):
     def state_key(self) -> str:
         return prefixed_state_key(self, self.prefix)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "score_sum": self.score_sum.clone(),
@@ -173,6 +175,7 @@ class LossCurvature(PerSampleScores, Callback):
             "squared": self.squared,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if bool(state_dict.get("squared", self.squared)) != self.squared:
             self._warn_once(
@@ -200,6 +203,7 @@ class LossCurvature(PerSampleScores, Callback):
         return {"curvature": mean, "last_curvature": self.last_scores.clone(), "epochs": count}
 
     # ----------------------------------------------------------------------------- lifecycle
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
@@ -304,9 +308,11 @@ class LossCurvature(PerSampleScores, Callback):
 
     _train_dataset: Optional[Dataset] = None
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._send_spawned(trainer)
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
         self._train_dataset = getattr(loader, "dataset", None)
@@ -316,6 +322,7 @@ class LossCurvature(PerSampleScores, Callback):
         if self.dataloader is not None:  # a scoring loader of its own: its first batch, before any training
             self._check_inputs(next(iter(self.dataloader)))
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not getattr(self, "_inputs_checked", True):
             self._check_inputs(batch)

@@ -24,6 +24,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
@@ -333,6 +334,7 @@ class InformationMeasures(Callback):
             "sequence_reduction": self.sequence_reduction,
         }  # effective_rank adds keys, it does not change the others: not a setting of the measurement
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "settings": self.measurement_settings(),
@@ -345,6 +347,7 @@ class InformationMeasures(Callback):
             "seed": self.seed,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the history of a checkpoint made with the same measurement settings.
 
@@ -447,6 +450,7 @@ class InformationMeasures(Callback):
         return self.settings
 
     # ----------------------------------------------------------------------------- lifecycle
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         chosen = choose_default_layers(pl_module) if self.layers is None else None
         self.layer_names = (
@@ -558,6 +562,7 @@ class InformationMeasures(Callback):
                         "Trainer(check_val_every_n_epoch=...) instead"
                     )
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
         self._measuring = not trainer.sanity_checking and self._should_measure(trainer)
@@ -585,6 +590,7 @@ class InformationMeasures(Callback):
         for name in self.layer_names:
             self._handles.append(modules[name].register_forward_hook(self._hook_for(name, modules[name], pl_module)))
 
+    @override
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -600,6 +606,7 @@ class InformationMeasures(Callback):
             self._probe = ReadingProbe(pl_module, {n: modules[n] for n in self.layer_names}, self.output_transform)
             self._probe.start()
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -649,6 +656,7 @@ class InformationMeasures(Callback):
             )
         self._announce_readings()
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         empty, self._empty_rows = self._empty_rows, None
         if empty is not None and int(empty):  # one host round trip per evaluation
@@ -669,13 +677,16 @@ class InformationMeasures(Callback):
         finally:
             self._remove_hooks()
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._fit_measurements == 0:
             self._warn_once("nothing", f"InformationMeasures measured nothing in this fit: {self._why()}")
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
         self._probe = None

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_infomem.functional.spurious import WeightMasks, magnitude_mask, masked_consistency_loss, supported_layers
 
@@ -75,6 +76,7 @@ class MaskedConsistency(Callback):
         self.masks = magnitude_mask(model, self.fraction, self.layers, self.prune)
         self.mask_updates += 1
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.update_masks(pl_module)
 
@@ -133,6 +135,7 @@ class MaskedConsistencyModule(LightningModule):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
+    @override
     def on_train_epoch_start(self) -> None:
         self.consistency.update_masks(self.module)
 

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks._warnings import WarnOnce
@@ -80,9 +81,11 @@ class PredictionPeers(Callback):
     def state_key(self) -> str:
         return prefixed_state_key(self, self.prefix)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(row) for row in self.history]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(row) for row in state_dict.get("history", [])]
 
@@ -95,6 +98,7 @@ class PredictionPeers(Callback):
             self._history = state["history"]
         return self._history
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._candidates = logits_candidates(pl_module, self.logits_module, "PredictionPeers")
         self._chosen = self._candidates[0] if len(self._candidates) == 1 else None
@@ -102,6 +106,7 @@ class PredictionPeers(Callback):
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         self._captured.append((module, output))
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
         if trainer.sanity_checking:
@@ -113,6 +118,7 @@ class PredictionPeers(Callback):
         for metric in self.metrics.values():
             metric.reset()
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -155,6 +161,7 @@ class PredictionPeers(Callback):
             metric.update(logits)
             break  # the first output of the batch: the forward pass
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
         if trainer.sanity_checking or not self.metrics:
@@ -170,9 +177,11 @@ class PredictionPeers(Callback):
         if len(row) > 1:
             self._history.append(row)
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
         if trainer.global_rank == 0 and self._spawned.in_worker():

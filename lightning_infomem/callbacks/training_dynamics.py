@@ -18,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
 from lightning_infomem.callbacks.per_sample import PerSampleScores
@@ -191,6 +192,7 @@ class TrainingDynamics(PerSampleScores, Callback):
     def state_key(self) -> str:
         return prefixed_state_key(self, self.prefix)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         self._flush()
         return {
@@ -203,6 +205,7 @@ class TrainingDynamics(PerSampleScores, Callback):
             "history": [dict(row) for row in self.history],
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sums = state_dict["sums"].double()
         self._epoch_sums = state_dict["epoch_sums"].double()
@@ -247,6 +250,7 @@ class TrainingDynamics(PerSampleScores, Callback):
         name ``""`` is the LightningModule itself)."""
         return self._module_name, self._module
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._candidates = logits_candidates(pl_module, self.logits_module, "TrainingDynamics")
         self._module_name, self._module = self._candidates[0]
@@ -296,6 +300,7 @@ class TrainingDynamics(PerSampleScores, Callback):
 
         return hook
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         self._captured.clear()
@@ -303,9 +308,11 @@ class TrainingDynamics(PerSampleScores, Callback):
             watched = [module for _, module in self._candidates] if len(self._candidates) > 1 else [self._module]
             self._handles = [module.register_forward_hook(self._hook) for module in watched]
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._captured.clear()  # anything kept since the last training batch (validation) is not a training pass
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -415,6 +422,7 @@ class TrainingDynamics(PerSampleScores, Callback):
             handle.remove()
         self._handles = []
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         self._captured.clear()
@@ -465,9 +473,11 @@ class TrainingDynamics(PerSampleScores, Callback):
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
         self._log_scores(trainer, self._train_dataset, self.log_histograms)
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hook()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hook()
         self._send_spawned(trainer)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
@@ -166,9 +167,11 @@ class MemorizationVerdict(Callback):
     def state_key(self) -> str:
         return prefixed_state_key(self, self.prefix)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(row) for row in self.history]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(row) for row in state_dict.get("history", [])]
 
@@ -178,6 +181,7 @@ class MemorizationVerdict(Callback):
         return state
 
     # ------------------------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -193,6 +197,7 @@ class MemorizationVerdict(Callback):
         measures = [cb for cb in trainer.callbacks if isinstance(cb, InformationMeasures)]
         self._measures = measures[0] if measures else None
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         self._captured.clear()
@@ -209,6 +214,7 @@ class MemorizationVerdict(Callback):
 
         self._handle = module.register_forward_hook(hook)
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -249,6 +255,7 @@ class MemorizationVerdict(Callback):
         loss = nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum") if bool(valid.any()) else 0
         self._sums += torch.stack([correct.double(), valid.sum().double(), torch.as_tensor(loss).double()])
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         if trainer.sanity_checking or self._dynamics is None or trainer.state.fn != "fit":
@@ -275,6 +282,7 @@ class MemorizationVerdict(Callback):
                     batch_size=1,
                 )
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._dynamics is None:
             return
@@ -285,9 +293,11 @@ class MemorizationVerdict(Callback):
             rank_zero_info(self.summary())
         self._log_grid(trainer)
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hook()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hook()
 
