@@ -35,7 +35,8 @@ def info_lines(monkeypatch) -> list[str]:
     Recorded at the call, not through ``caplog``: Lightning stops its loggers propagating to the root
     logger when that had no handler at import, which depends on the order the tests ran in.
     """
-    from lightning_infomem.callbacks import information, per_sample
+    from lightning_infomem import per_sample
+    from lightning_infomem.callbacks import information
 
     lines: list[str] = []
     for module in (information, per_sample):

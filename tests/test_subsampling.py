@@ -394,7 +394,7 @@ def test_records_share_the_per_sample_result_api(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lightning_infomem import LossCurvature, TrainingDynamics
-    from lightning_infomem.callbacks.per_sample import PerSampleScores
+    from lightning_infomem.per_sample import PerSampleScores
 
     in_train = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 0]]).bool()
     correct = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [0, 1, 0]]).bool()

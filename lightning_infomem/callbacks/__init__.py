@@ -10,9 +10,9 @@ from lightning_infomem.callbacks.curvature import LossCurvature
 from lightning_infomem.callbacks.information import InformationMeasures
 from lightning_infomem.callbacks.masked_consistency import MaskedConsistency, MaskedConsistencyModule
 from lightning_infomem.callbacks.peers import PredictionPeers
-from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
 from lightning_infomem.callbacks.verdict import MemorizationVerdict
+from lightning_infomem.per_sample import PerSampleScores
 
 __all__ = [
     "InformationMeasures",

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
-from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_float, check_int, check_optional_int, check_prefix, join_key
 from lightning_infomem.data import (
@@ -30,6 +29,7 @@ from lightning_infomem.data import (
     sum_over_processes,
 )
 from lightning_infomem.functional.curvature import LossFn, input_loss_curvature_estimates
+from lightning_infomem.per_sample import PerSampleScores
 
 __all__ = ["LossCurvature"]
 

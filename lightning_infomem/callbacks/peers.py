@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_infomem._warn_once import WarnOnce
 from lightning_infomem.callbacks._spawn import SpawnedResults
-from lightning_infomem.callbacks._warnings import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_prefix, join_key
 from lightning_infomem.data import batch_size_of

@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_infomem.callbacks._spawn import SpawnedResults
-from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key
 from lightning_infomem.data import (
@@ -42,6 +41,7 @@ from lightning_infomem.functional.training_dynamics import (
     update_forgetting,
 )
 from lightning_infomem.introspection.logits import choose_logits_module, logits_candidates, logits_of
+from lightning_infomem.per_sample import PerSampleScores
 from lightning_infomem.pooling import RowPool
 
 __all__ = ["TrainingDynamics"]

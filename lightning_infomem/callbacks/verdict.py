@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem._warn_once import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
 from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key

@@ -18,7 +18,6 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_infomem.callbacks.per_sample import PerSampleScores
 from lightning_infomem.functional.subsampling import (
     DEFAULT_MAX_RESULT_BYTES,
     InfluenceEstimate,
@@ -30,6 +29,7 @@ from lightning_infomem.functional.subsampling import (
     memorization_estimates,
     rms_error_bound,
 )
+from lightning_infomem.per_sample import PerSampleScores
 
 __all__ = ["RecordError", "SubsampleRecords", "load_records"]
 

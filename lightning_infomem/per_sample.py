@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_infomem.callbacks._warnings import WarnOnce
+from lightning_infomem._warn_once import WarnOnce
 from lightning_infomem.checks import check_int, join_key
 from lightning_infomem.reporting import (
     log_figure,
