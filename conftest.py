@@ -28,9 +28,14 @@ OPTIONAL = {
 
 
 def _missing_optional(error: BaseException) -> str | None:
-    name = getattr(error, "name", None) or ""
-    root = name.split(".")[0]
-    return root if isinstance(error, ModuleNotFoundError) and root in OPTIONAL else None
+    """The optional library whose absence raised ``error``, or ``None``."""
+    if not isinstance(error, ModuleNotFoundError):
+        return None
+    root = (getattr(error, "name", None) or "").split(".")[0]
+    if root in OPTIONAL:
+        return root
+    # raised by hand, without a name (Lightning's TensorBoardLogger): the message names the library
+    return next((name for name in sorted(OPTIONAL) if f"`{name}`" in str(error) or f"'{name}'" in str(error)), None)
 
 
 class _OptionalModule(pytest.Module):
@@ -51,16 +56,34 @@ def pytest_pycollect_makemodule(module_path, parent):
     return _OptionalModule.from_parent(parent, path=module_path)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
+def _skip_when_optional_is_missing():
     try:
         return (yield)
-    except (ModuleNotFoundError, doctest.UnexpectedException) as error:
-        cause = error.exc_info[1] if isinstance(error, doctest.UnexpectedException) else error
-        missing = _missing_optional(cause)
+    except BaseException as error:  # noqa: BLE001 - re-raised unless an optional library is missing
+        missing = None
+        seen: BaseException | None = error
+        for _ in range(8):  # the chain: a doctest's exception, pytest.warns' "did not warn" around it, ...
+            if seen is None:
+                break
+            if isinstance(seen, doctest.UnexpectedException):
+                seen = seen.exc_info[1]
+            missing = _missing_optional(seen)
+            if missing is not None:
+                break
+            seen = seen.__cause__ or seen.__context__
         if missing is None:
             raise
         pytest.skip(f"needs {missing}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _skip_when_optional_is_missing())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _skip_when_optional_is_missing())
 
 
 def pytest_collection_modifyitems(config, items):
