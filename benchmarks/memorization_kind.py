@@ -441,7 +441,81 @@ def analyse(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
             for setting in SETTINGS
             if any(r["setting"] == setting for r in mine)
         }
+    report["dropped_signals"] = dropped_signals(runs)
     return report
+
+
+def dropped_signals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate signals the verdict does not use, per family and truth: the change of the deepest layer's
+    effective rank, H and I from the epoch of lowest validation loss to the last epoch, over their range in the
+    run (+1: rose all the way, -1: fell all the way); a signal whose sign under label noise differs between
+    families cannot say the kind without knowing the architecture."""
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        mine = [r for r in runs if r["family"] == family and r.get("memorized") is not None]
+        if not mine:
+            continue
+        out[family] = {}
+        for stat in ("effective_rank", "entropy", "mutual_info"):
+            out[family][stat] = {}
+            for kind in ("none", "label_noise", "shortcut"):
+                values = []
+                for r in mine:
+                    if r["truth_kind"] != kind or (kind != "none" and not r["memorized"]):
+                        continue
+                    layers = sorted(
+                        {
+                            k.split("/")[1]
+                            for row in r["curves"]
+                            for k in row
+                            if k.startswith("infomem/") and k.count("/") == 2
+                        }
+                    )
+                    key = f"infomem/{layers[-1]}/{stat}" if layers else None
+                    series = [row.get(key, float("nan")) for row in r["curves"]] if key else []
+                    if not series or not all(math.isfinite(v) for v in series):
+                        continue
+                    turn = val_loss_turn(r)
+                    spread = max(series) - min(series)
+                    values.append((series[-1] - series[turn]) / spread if spread > 0 else 0.0)
+                out[family][stat][kind] = _stat(values)
+    return out
+
+
+def save_figure(runs: list[dict[str, Any]], path: str, family: str = "mlp", seed: Optional[int] = None) -> str:
+    """The verdict's per-epoch curves (memorizing and kind scores) of one seed of a family, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in runs if r["family"] == family and r["verdict_history"]]
+    seed = min(r["seed"] for r in mine) if seed is None else seed
+    shown = [
+        r
+        for s in ("clean", "uniform_0.3", "shortcut_1.0", "mixed")
+        for r in mine
+        if r["seed"] == seed and r["setting"] == s
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for r in shown:
+        rows = r["verdict_history"]
+        epochs = [row["epoch"] for row in rows]
+        label = f"{r['setting']}: {r['verdict']['kind']}"
+        axes[0].plot(epochs, [row["memorizing_score"] for row in rows], label=label)
+        axes[1].plot(epochs, [row["kind_score"] for row in rows], label=label)
+        axes[2].plot([row["epoch"] for row in r["curves"]], [row["truth_acc"] for row in r["curves"]], label=label)
+    axes[0].set_title("verdict/memorizing_score")
+    axes[1].set_title("verdict/kind_score (+1 noise, -1 shortcut)")
+    axes[2].set_title("ground truth (no callback sees it)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[2].legend(fontsize=7)
+    figure.suptitle(f"{family}, seed {seed}: what MemorizationVerdict logs per epoch", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def fmt(stat: dict[str, Any], digits: int = 2) -> str:
@@ -472,6 +546,16 @@ def tables(report: dict[str, Any]) -> str:
                 for setting, row in report["confusion"][family].items()
             )
         )
+    lines.append("\n## Signals left out: the deepest layer from the lowest validation loss to the end (range units)\n")
+    lines.append("| family | signal | clean | label noise | shortcut |")
+    lines.append("| --- | --- | ---: | ---: | ---: |")
+    for family, stats in report.get("dropped_signals", {}).items():
+        for stat, cells in stats.items():
+            lines.append(
+                f"| {family} | {stat} | "
+                + " | ".join(fmt(cells[k]) for k in ("none", "label_noise", "shortcut"))
+                + " |"
+            )
     lines.append("\n## Truth checks\n")
     lines.append("| family | setting | memorized | truth acc | train acc |")
     lines.append("| --- | --- | ---: | ---: | ---: |")
@@ -493,6 +577,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 2 to 6 (0 and 1 with --quick)")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (spawned processes)")
     parser.add_argument("--reanalyse", action="store_true", help="read OUT/runs.json instead of training")
+    parser.add_argument("--figure", default=None, help="also draw one seed's verdict curves of the MLP to this PNG")
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else list(REPORT_SEEDS))
     settings = args.settings or list(QUICK_SETTINGS if args.quick else SETTINGS)
@@ -509,6 +594,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     report["wall_seconds"] = time.perf_counter() - start
     with open(os.path.join(args.out, "kind.json"), "w") as handle:
         json.dump(report, handle, indent=1)
+    if args.figure and any(r["family"] == "mlp" for r in runs):
+        save_figure(runs, args.figure)
     text = tables(report)
     with open(os.path.join(args.out, "tables.md"), "w") as handle:
         handle.write(text)
