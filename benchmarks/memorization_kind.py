@@ -592,6 +592,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             json.dump(runs, handle)
     report = analyse(runs, seeds)
     report["wall_seconds"] = time.perf_counter() - start
+    previous = os.path.join(args.out, "kind.json")
+    if args.reanalyse and os.path.exists(previous):  # the study's own wall time, not the re-analysis'
+        with open(previous) as handle:
+            report["wall_seconds"] = json.load(handle).get("wall_seconds", report["wall_seconds"])
     with open(os.path.join(args.out, "kind.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     if args.figure and any(r["family"] == "mlp" for r in runs):
