@@ -52,7 +52,8 @@ def digits_data(
 
     Example:
         >>> data = digits_data("shortcut", 1.0, seed=0)
-        >>> data["train"][0].shape, data["classes"]
+        >>> x, y = data["train"]
+        >>> x.shape, data["classes"]
         (torch.Size([1078, 2, 8, 8]), 2)
     """
     if setting not in SETTINGS:
