@@ -806,7 +806,8 @@ def test_lightning_cli_builds_the_callback_from_a_config(tmp_path, monkeypatch):
         "      init_args:\n"
         "        layers: [net.0]\n"
         "        max_neurons: 16\n"
-        "        binning: global\n"
+        "        settings:\n"
+        "          mutual_info_binning: global\n"
         "model:\n"
         "  lr: 0.01\n"
     )

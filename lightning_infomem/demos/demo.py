@@ -120,7 +120,18 @@ def train_and_measure(task: tuple[str, float, int, str]) -> dict[str, Any]:
     run["final"] = final
     run["per_neuron_entropy"] = {layer: result.entropy.tolist() for layer, result in paper.layer_results().items()}
     run["ksg_pairs"] = ksg_pairs
+    run["peak_memory_mb"] = _peak_memory_mb()
     return run
+
+
+def _peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MB (NaN where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KB on Linux, bytes on macOS
 
 
 def _activations(model: Any, x: Any) -> dict[str, Any]:
@@ -294,9 +305,14 @@ def run(out: str, quick: bool = False, seeds: Optional[int] = None, workers: int
             "read the full run (or benchmarks/checkpoint_selection.py) for conclusions."
         )
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    peaks = [r.get("peak_memory_mb", math.nan) for r in runs]
+    report["peak_memory_mb_per_worker"] = max(peaks) if peaks else math.nan
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump(report, handle, indent=2)
-    print(f"Done in {report['wall_seconds']:.0f}s. Tables, figures, CSV and JSON in {out}")
+    print(
+        f"Done in {report['wall_seconds']:.0f}s; peak memory of a worker {report['peak_memory_mb_per_worker']:.0f} MB. "
+        f"Tables, figures, CSV and JSON in {out}"
+    )
     return report
 
 
