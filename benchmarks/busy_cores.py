@@ -27,6 +27,17 @@ import time
 import warnings
 from typing import Callable, Sequence
 
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hogs", type=int, default=1, help="busy-loop processes started during the loaded half")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer before torch and Lightning are imported
+
 import torch
 from machine import cpu_name, median_time, print_table, usable_cores
 
@@ -41,13 +52,6 @@ from lightning_infomem.functional import ksg_mutual_information, pairwise_mutual
 def _spin() -> None:
     while True:
         pass
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hogs", type=int, default=1, help="busy-loop processes started during the loaded half")
-    parser.add_argument("--repeats", type=int, default=3)
-    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,25 @@ import time
 import warnings
 from typing import Any, Sequence
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=2048, help="validation samples per epoch")
+    parser.add_argument(
+        "--no-effective-rank", action="store_true", help="MeasurementSettings(effective_rank=False): H and I only"
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each kind")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--callback-threads", type=int, default=1, help="InformationMeasures(threads=...); 0: None (torch's)"
+    )
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -78,17 +97,7 @@ CALLBACK_ENTRY = [
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=2048, help="validation samples per epoch")
-    parser.add_argument(
-        "--no-effective-rank", action="store_true", help="MeasurementSettings(effective_rank=False): H and I only"
-    )
-    parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each kind")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument(
-        "--callback-threads", type=int, default=1, help="InformationMeasures(threads=...); 0: None (torch's)"
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.callback_threads = args.callback_threads or None
     return args
 

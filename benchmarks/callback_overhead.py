@@ -33,6 +33,24 @@ import time
 import warnings
 from typing import Any, Callable
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=["mlp", "distilbert", "bert", "resnet18", "vit"])
+    parser.add_argument("--layer-sets", nargs="+", default=["default", "recipe"], choices=["default", "recipe"])
+    parser.add_argument("--samples", type=int, default=512, help="validation samples per epoch")
+    parser.add_argument("--tokens", type=int, default=32, help="sequence length of the transformer inputs")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3, help="timed validation epochs per configuration")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
@@ -184,16 +202,7 @@ def _timed_hooks(callback: InformationMeasures, spent: list[float], sync: Callab
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["mlp", "distilbert", "bert", "resnet18", "vit"])
-    parser.add_argument("--layer-sets", nargs="+", default=["default", "recipe"], choices=["default", "recipe"])
-    parser.add_argument("--samples", type=int, default=512, help="validation samples per epoch")
-    parser.add_argument("--tokens", type=int, default=32, help="sequence length of the transformer inputs")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3, help="timed validation epochs per configuration")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

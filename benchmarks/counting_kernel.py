@@ -35,6 +35,20 @@ import sys
 import time
 from typing import Callable
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--neurons", type=int, default=128)
+    parser.add_argument("--bins", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=9)
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import numpy as np
 import torch
 from machine import cpu_name, median_time, print_table, usable_cores
@@ -113,12 +127,7 @@ def timed(run: Callable[[], object], before: Callable[[], object], threads: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--neurons", type=int, default=128)
-    parser.add_argument("--bins", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     all_bins = layer_bins(args.samples, args.neurons, args.bins)
     increments = args.neurons * (args.neurons - 1) // 2 * args.samples
 

@@ -18,9 +18,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 from typing import Callable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
+    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--score-batch", type=int, default=512)
+    parser.add_argument("--probes", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lightning-epochs", type=int, default=5)
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -124,15 +142,7 @@ def lightning_epoch_seconds(kind: str, x: Tensor, y: Tensor, args: argparse.Name
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
-    parser.add_argument("--train-batch", type=int, default=64)
-    parser.add_argument("--score-batch", type=int, default=512)
-    parser.add_argument("--probes", type=int, nargs="+", default=[1, 5, 10, 20])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--lightning-epochs", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)

@@ -29,19 +29,9 @@ import sys
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-import sklearn
-import torch
-from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
-from scipy.special import digamma
-from sklearn.neighbors import KDTree, NearestNeighbors
 
-import lightning_infomem
-from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal, pair_indices
-from lightning_infomem.functional.ksg import compiled_kernel_available
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -64,6 +54,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--skip-torch-backend", action="store_true", help="time only the compiled backend (the torch one is slower)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of data and pair subset")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
+import numpy as np
+import sklearn
+import torch
+from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
+from scipy.special import digamma
+from sklearn.neighbors import KDTree, NearestNeighbors
+
+import lightning_infomem
+from lightning_infomem.functional import ksg_mutual_information, mean_off_diagonal, pair_indices
+from lightning_infomem.functional.ksg import compiled_kernel_available
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.neurons < 2:
         parser.error("--neurons must be at least 2")

@@ -25,19 +25,9 @@ import sys
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-import sklearn
-import torch
-from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
-from sklearn.metrics import mutual_info_score
-from torchmetrics import Metric
 
-import lightning_infomem
-from lightning_infomem import NeuronEntropy, NeuronMutualInformation
-from lightning_infomem.functional import bin_indices, joint_histogram_counts, pair_indices, pairwise_mutual_information
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -65,6 +55,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     group.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     group.add_argument("--seed", type=int, default=0, help="random seed of data and pair subset")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
+import numpy as np
+import sklearn
+import torch
+from machine import cpu_name, fmt_seconds, make_synchronize, print_table, usable_cores
+from sklearn.metrics import mutual_info_score
+from torchmetrics import Metric
+
+import lightning_infomem
+from lightning_infomem import NeuronEntropy, NeuronMutualInformation
+from lightning_infomem.functional import bin_indices, joint_histogram_counts, pair_indices, pairwise_mutual_information
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("samples", "bins", "sklearn_pairs", "repeats", "metric_neurons", "mi_bins", "entropy_bins"):
         if getattr(args, name) < 1:

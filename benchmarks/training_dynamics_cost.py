@@ -23,6 +23,22 @@ import time
 import warnings
 from typing import Any, Callable
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mlp", "resnet18"], choices=["mlp", "resnet18"])
+    parser.add_argument("--images", type=int, default=512, help="training images of the ResNet-18")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is a warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per configuration")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
@@ -128,14 +144,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mlp", "resnet18"], choices=["mlp", "resnet18"])
-    parser.add_argument("--images", type=int, default=512, help="training images of the ResNet-18")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is a warm-up)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per configuration")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -34,6 +34,28 @@ import time
 import warnings
 from typing import Any
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--agreement", type=float, default=0.95, help="train fraction whose colour agrees with label")
+    parser.add_argument("--k", type=int, default=3, help="critical units per group (and random units)")
+    parser.add_argument("--num-samples", type=int, default=200, help="lowest-confidence samples per group")
+    parser.add_argument("--repeats", type=int, default=5, help="re-initialisations averaged")
+    parser.add_argument("--fraction", type=float, default=0.01, help="pruned fraction of the masked view")
+    parser.add_argument(
+        "--feature-layer", default="net.4", help="submodule compared by the NT-Xent ('' for the logits)"
+    )
+    parser.add_argument("--out", default="runs/spurious_memorization", help="folder for report.json")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 25 epochs, 2 repeats")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -196,20 +218,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--agreement", type=float, default=0.95, help="train fraction whose colour agrees with label")
-    parser.add_argument("--k", type=int, default=3, help="critical units per group (and random units)")
-    parser.add_argument("--num-samples", type=int, default=200, help="lowest-confidence samples per group")
-    parser.add_argument("--repeats", type=int, default=5, help="re-initialisations averaged")
-    parser.add_argument("--fraction", type=float, default=0.01, help="pruned fraction of the masked view")
-    parser.add_argument(
-        "--feature-layer", default="net.4", help="submodule compared by the NT-Xent ('' for the logits)"
-    )
-    parser.add_argument("--out", default="runs/spurious_memorization", help="folder for report.json")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 25 epochs, 2 repeats")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.feature_layer = args.feature_layer or None
     if args.quick:
         args.seeds, args.epochs, args.repeats = 2, 25, 2

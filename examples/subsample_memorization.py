@@ -31,6 +31,27 @@ import time
 import warnings
 from typing import Any
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (built before the heavy imports, so that --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=200, help="t, the number of subset models")
+    parser.add_argument("--fraction", type=float, default=0.7, help="subset size as a fraction of the training set")
+    parser.add_argument("--noise", type=float, default=0.05, help="fraction of training labels flipped")
+    parser.add_argument("--epochs", type=int, default=100, help="enough to fit the noisy labels")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2, help="training processes")
+    parser.add_argument("--num-probes", type=int, default=10, help="curvature probes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/subsample_memorization", help="model records and results")
+    parser.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
+    parser.add_argument("--quick", action="store_true", help="t = 20 models")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    build_parser().parse_args()  # prints the help and exits
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -138,19 +159,7 @@ def save_figures(x: Tensor, noisy: Tensor, clean: Tensor, flipped: Tensor, mem: 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=int, default=200, help="t, the number of subset models")
-    parser.add_argument("--fraction", type=float, default=0.7, help="subset size as a fraction of the training set")
-    parser.add_argument("--noise", type=float, default=0.05, help="fraction of training labels flipped")
-    parser.add_argument("--epochs", type=int, default=100, help="enough to fit the noisy labels")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=2, help="training processes")
-    parser.add_argument("--num-probes", type=int, default=10, help="curvature probes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/subsample_memorization", help="model records and results")
-    parser.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
-    parser.add_argument("--quick", action="store_true", help="t = 20 models")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.models = 20
         args.out = args.out + "_quick"
