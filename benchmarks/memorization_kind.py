@@ -303,6 +303,22 @@ def run_one(family: str, setting: str, seed: int, epochs: int) -> dict[str, Any]
     }
 
 
+def recomputed_verdict(run: dict[str, Any]) -> dict[str, Any]:
+    """The final verdict from a run's recorded curves (what the callback computes at the end of fit: the
+    training accuracy of `TrainingDynamics`' history, the validation accuracy and loss of each epoch, the
+    samples' learned epochs), with the current `lightning_infomem.functional.verdict`."""
+    import torch
+
+    from lightning_infomem.functional import memorization_evidence, memorization_verdict
+
+    train = [row["dynamics/learned_fraction"] for row in run["dynamics_history"]]
+    val = [row.get("val_acc", float("nan")) for row in run["curves"]]
+    loss = [row.get("val_loss", float("nan")) for row in run["curves"]]
+    learned = torch.tensor(run["per_sample"]["learned_epoch"], dtype=torch.float64)
+    evidence = memorization_evidence(train, val, learned, val_loss=loss)
+    return memorization_verdict(evidence, train).as_dict()
+
+
 def _job(task: tuple[str, str, int, int]) -> dict[str, Any]:
     import torch
 
@@ -578,6 +594,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (spawned processes)")
     parser.add_argument("--reanalyse", action="store_true", help="read OUT/runs.json instead of training")
     parser.add_argument("--figure", default=None, help="also draw one seed's verdict curves of the MLP to this PNG")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="with --reanalyse: the final verdicts again from each run's recorded curves with the current code",
+    )
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else list(REPORT_SEEDS))
     settings = args.settings or list(QUICK_SETTINGS if args.quick else SETTINGS)
@@ -586,6 +607,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.reanalyse:
         with open(os.path.join(args.out, "runs.json")) as handle:
             runs = json.load(handle)
+        if args.recompute:
+            for run in runs:
+                run["verdict"] = recomputed_verdict(run)
     else:
         runs = run_all(args.families, settings, seeds, args.quick, args.workers)
         with open(os.path.join(args.out, "runs.json"), "w") as handle:

@@ -50,7 +50,7 @@ def direct_evidence(train: list[float], val: list[float], learned: list[float], 
         "instant_fraction": instant,
         "noise": noise,
         "shortcut": shortcut,
-        "onset": float(onset) if onset is not None else math.nan,
+        "gap_opened": float(onset) if onset is not None else math.nan,
     }
 
 
@@ -74,7 +74,7 @@ def test_samples_never_presented_are_left_out_and_missing_epochs_are_skipped() -
     learned = torch.tensor([0.0, 0.0, 5.0, math.nan, math.nan])
     e = memorization_evidence([0.5, math.nan, 0.8, 0.9], [0.5, 0.6, 0.6, 0.6], learned)
     assert e["epochs"] == 3 and e["instant_fraction"] == pytest.approx(2 / 3)
-    assert e["onset"] == 2.0 and e["late_fraction"] == pytest.approx(1 / 3)
+    assert e["gap_opened"] == 2.0 and e["late_fraction"] == pytest.approx(1 / 3) and math.isnan(e["loss_turn"])
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,8 @@ def test_each_kind(noise: float, shortcut: float, kind: str) -> None:
         "gap": 0.2,
         "late_fraction": 0.2,
         "instant_fraction": 1.0,
-        "onset": 3.0,
+        "gap_opened": 3.0,
+        "loss_turn": 3.0,
         "noise": noise,
         "shortcut": shortcut,
     }
@@ -249,3 +250,16 @@ def test_without_validation_the_verdict_says_why(tmp_path: Any) -> None:
     trainer = fast_trainer(tmp_path, max_epochs=5, callbacks=[TrainingDynamics(), verdict])
     trainer.fit(BinaryMLP(), train)
     assert verdict.verdict.kind == "undetermined" and "no validation epoch" in verdict.verdict.reason
+
+
+def test_the_onset_is_where_the_validation_loss_turns_up_else_where_the_gap_opened():
+    train = [0.6, 0.7, 0.75, 0.8, 0.9, 1.0, 1.0, 1.0]
+    val = [0.6, 0.7, 0.72, 0.7, 0.65, 0.6, 0.6, 0.6]
+    learned = torch.tensor([0.0] * 6 + [5.0] * 4)
+    loss = [0.7, 0.6, 0.5, 0.55, 0.7, 0.9, 1.0, 1.1]
+    with_loss = memorization_verdict(memorization_evidence(train, val, learned, val_loss=loss), train)
+    without = memorization_verdict(memorization_evidence(train, val, learned), train)
+    assert with_loss.kind == without.kind == "label_noise"
+    assert with_loss.onset_epoch == 2 and without.onset_epoch == 3  # gap 0.1 >= 0.05 first at epoch 3
+    with pytest.raises(ValueError, match="val_loss must cover"):
+        memorization_evidence(train, val, learned, val_loss=loss[:3])

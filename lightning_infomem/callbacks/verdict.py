@@ -89,7 +89,7 @@ class MemorizationVerdict(Callback):
 
     - **noise-like**: training accuracy runs ahead of validation accuracy (``gap``) and a share of training
       samples (``late_fraction``) is fitted only after the gap opened: the network fits labels that do not
-      generalise. Onset: the epoch the gap opened.
+      generalise. Onset: the epoch of the lowest validation loss (on the validation labels), where it turns up.
     - **shortcut-like**: nearly every training sample is fitted within the first epochs and never got wrong
       again (``instant_fraction``), as a feature that gives every label at once does; where noise-like
       evidence holds too, a share fitted at once that is as large as the labels that are not noisy.
@@ -302,21 +302,27 @@ class MemorizationVerdict(Callback):
         self._remove_hook()
 
     # ----------------------------------------------------------------------------------- verdict
-    def _series(self) -> tuple[list[float], list[float]]:
-        """Training and validation accuracy per epoch (0 to the latest), NaN where an epoch has none."""
+    def _series(self) -> tuple[list[float], list[float], list[float]]:
+        """Training accuracy, validation accuracy and validation loss per epoch (0 to the latest), NaN where an
+        epoch has none."""
         assert self._dynamics is not None
         key = join_key(self._dynamics.prefix, "learned_fraction")
         train = {int(r["epoch"]): float(r[key]) for r in self._dynamics.history if key in r}
         val = {int(r["epoch"]): float(r["val_accuracy"]) for r in self.history}
-        last = max([*train, *val], default=-1)
-        return [train.get(e, math.nan) for e in range(last + 1)], [val.get(e, math.nan) for e in range(last + 1)]
+        loss = {int(r["epoch"]): float(r["val_loss"]) for r in self.history}
+        epochs = range(max([*train, *val], default=-1) + 1)
+        return (
+            [train.get(e, math.nan) for e in epochs],
+            [val.get(e, math.nan) for e in epochs],
+            [loss.get(e, math.nan) for e in epochs],
+        )
 
     def _judge(self, final: bool = False) -> Verdict:
         assert self._dynamics is not None
-        train, val = self._series()
+        train, val, loss = self._series()
         scores = self._dynamics.scores if self._dynamics.epochs_scored else {}
         learned = scores.get("learned_epoch", torch.zeros(0))
-        evidence = memorization_evidence(train, val, learned.cpu(), self.settings)
+        evidence = memorization_evidence(train, val, learned.cpu(), self.settings, val_loss=loss)
         verdict = memorization_verdict(evidence, train, self.settings)
         if not final:
             return verdict
@@ -342,7 +348,7 @@ class MemorizationVerdict(Callback):
         if not scores or self.num_suspicious == 0:
             return []
         learned, aum = scores["learned_epoch"].cpu(), scores["aum"].cpu()
-        onset = evidence.get("onset", math.nan)
+        onset = evidence.get("gap_opened", math.nan)
         cut = onset if math.isfinite(onset) else self.settings.instant_epochs
         late = torch.nonzero((learned > cut) & ~torch.isnan(learned)).flatten()
         order = torch.argsort(torch.nan_to_num(aum[late], nan=math.inf))

@@ -114,21 +114,24 @@ def memorization_evidence(
     val_accuracy: Sequence[float],
     learned_epoch: Tensor,
     settings: Optional[VerdictSettings] = None,
+    val_loss: Optional[Sequence[float]] = None,
 ) -> dict[str, float]:
     """The verdict's signals from per-epoch accuracies and per-sample ``learned_epoch`` (see the module docs).
 
     ``train_accuracy[e]`` and ``val_accuracy[e]`` are epoch ``e``'s (the same epochs, oldest first; NaN where
     an epoch has none); ``learned_epoch`` is ``[N]`` (``inf`` for a sample never fitted for good, NaN for one
-    never presented). Returns ``{"epochs", "gap", "late_fraction", "instant_fraction", "onset", "noise",
-    "shortcut"}`` (``onset`` NaN where the gap never opened).
+    never presented); ``val_loss[e]``, if given, the validation loss of the same epochs. Returns ``{"epochs",
+    "gap", "late_fraction", "instant_fraction", "gap_opened", "loss_turn", "noise", "shortcut"}``
+    (``gap_opened`` NaN where the gap never opened, ``loss_turn`` NaN without validation losses).
 
     Example:
         >>> learned = torch.tensor([0.0, 0.0, 0.0, 7.0])  # one sample fitted only at epoch 7
         >>> train = [0.7, 0.75, 0.75, 0.75, 0.8, 0.8, 0.9, 1.0]
         >>> val = [0.7, 0.75, 0.75, 0.75, 0.7, 0.65, 0.6, 0.6]
-        >>> e = memorization_evidence(train, val, learned)
-        >>> e["onset"], round(e["gap"], 2), e["late_fraction"], e["noise"]
-        (4.0, 0.35, 0.25, 1.0)
+        >>> loss = [0.6, 0.55, 0.5, 0.52, 0.6, 0.7, 0.8, 0.9]
+        >>> e = memorization_evidence(train, val, learned, val_loss=loss)
+        >>> e["gap_opened"], e["loss_turn"], round(e["gap"], 2), e["late_fraction"], e["noise"]
+        (4.0, 2.0, 0.35, 0.25, 1.0)
     """
     settings = settings or VerdictSettings()
     train = torch.as_tensor(list(train_accuracy), dtype=torch.float64)
@@ -148,6 +151,17 @@ def memorization_evidence(
     gap = float(gap_series[seen[-2:]].mean()) if seen.numel() else math.nan
     opened = torch.nonzero(gap_series >= settings.gap_opening).flatten()
     onset = float(opened[0]) if opened.numel() else math.nan
+    loss_turn = math.nan
+    if val_loss is not None:
+        losses = torch.as_tensor(list(val_loss), dtype=torch.float64)
+        if losses.shape != train.shape:
+            raise ValueError(
+                f"memorization_evidence: val_loss must cover the epochs of train_accuracy, received {losses.numel()} "
+                f"values for {train.numel()}"
+            )
+        finite = torch.nonzero(torch.isfinite(losses)).flatten()
+        if finite.numel():
+            loss_turn = float(finite[torch.argmin(losses[finite])])
     if learned.numel():
         cut = onset if math.isfinite(onset) else float(seen[-1]) if seen.numel() else math.inf
         late = float(((learned > cut) & torch.isfinite(learned)).double().mean())
@@ -164,7 +178,8 @@ def memorization_evidence(
         "gap": gap,
         "late_fraction": late,
         "instant_fraction": instant,
-        "onset": onset,
+        "gap_opened": onset,
+        "loss_turn": loss_turn,
         "noise": noise,
         "shortcut": shortcut,
     }
@@ -177,7 +192,7 @@ def memorization_verdict(
 
     Example:
         >>> v = memorization_verdict({"epochs": 8.0, "gap": 0.3, "late_fraction": 0.2, "instant_fraction": 0.4,
-        ...                           "onset": 4.0, "noise": 1.0, "shortcut": 0.0})
+        ...                           "gap_opened": 4.0, "loss_turn": 4.0, "noise": 1.0, "shortcut": 0.0})
         >>> v.memorizing, v.kind, v.kind_score, v.onset_epoch
         (True, 'label_noise', 1.0, 4)
     """
@@ -212,8 +227,11 @@ def memorization_verdict(
     is_noise, is_shortcut = noise >= 0.5, shortcut >= 0.5
     kind = "both" if is_noise and is_shortcut else "label_noise" if is_noise else "shortcut"
     onsets = []
-    if is_noise and math.isfinite(evidence.get("onset", math.nan)):
-        onsets.append(int(evidence["onset"]))
+    if is_noise:  # where the validation loss turns up; without validation losses, where the gap opened
+        for key in ("loss_turn", "gap_opened"):
+            if math.isfinite(evidence.get(key, math.nan)):
+                onsets.append(int(evidence[key]))
+                break
     if is_shortcut:
         onsets.append(_fitted_epoch(train_accuracy, evidence.get("instant_fraction", math.nan)))
     onset = min(onsets) if onsets else None
