@@ -7,6 +7,7 @@ all. Tests of the compiled (Numba) kernels carry the ``compiled`` marker and are
 from __future__ import annotations
 
 import doctest
+import re
 
 import pytest
 
@@ -28,14 +29,21 @@ OPTIONAL = {
 
 
 def _missing_optional(error: BaseException) -> str | None:
-    """The optional library whose absence raised ``error``, or ``None``."""
-    if not isinstance(error, ModuleNotFoundError):
-        return None
-    root = (getattr(error, "name", None) or "").split(".")[0]
-    if root in OPTIONAL:
-        return root
-    # raised by hand, without a name (Lightning's TensorBoardLogger): the message names the library
-    return next((name for name in sorted(OPTIONAL) if f"`{name}`" in str(error) or f"'{name}'" in str(error)), None)
+    """The optional library whose absence raised ``error``, or ``None``.
+
+    Also read from the message, for what comes back as text: a subprocess's stderr in an assertion, a spawned
+    worker's traceback, a logger raised by hand without a module name."""
+    if isinstance(error, ModuleNotFoundError):
+        root = (getattr(error, "name", None) or "").split(".")[0]
+        if root in OPTIONAL:
+            return root
+    text = str(error)
+    for name in re.findall(r"No module named '([\w.]+)'", text):
+        if name.split(".")[0] in OPTIONAL:
+            return name.split(".")[0]
+    if isinstance(error, ModuleNotFoundError) or "ModuleNotFoundError" in text:  # "Neither `tensorboard` nor ..."
+        return next((name for name in sorted(OPTIONAL) if f"`{name}`" in text or f"'{name}'" in text), None)
+    return None
 
 
 class _OptionalModule(pytest.Module):
