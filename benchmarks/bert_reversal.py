@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import multiprocessing
 import os
 import sys
@@ -128,16 +127,9 @@ def _outliers(model: Any, layers: list[str], x: Any) -> dict[str, float]:
     return out
 
 
-def kendall(a: list[float], b: list[float]) -> float:
-    from scipy.stats import kendalltau
-
-    if any(not math.isfinite(v) for v in [*a, *b]):
-        return math.nan
-    tau = kendalltau(a, b).statistic
-    return float("nan") if tau is None else float(tau)
-
-
 def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from lightning_infomem.demos.runs import kendall_tau
+
     report: dict[str, Any] = {}
     for family in sorted({r["family"] for r in rows}):
         mine = [r for r in rows if r["family"] == family]
@@ -147,7 +139,9 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for seed in seeds:
                 series = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["alpha"])
                 # lower I is better: rank by -I against the truth
-                taus.setdefault(name, []).append(kendall([-r[name] for r in series], [r["truth_acc"] for r in series]))
+                taus.setdefault(name, []).append(
+                    kendall_tau([-r[name] for r in series], [r["truth_acc"] for r in series])
+                )
         report[family] = {
             "kendall_tau": {
                 k: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)), "per_seed": v}

@@ -361,11 +361,15 @@ def memorized(run: dict[str, Any], clean_truth: Optional[float]) -> Optional[boo
 
 
 def auroc(positive: list[float], negative: list[float]) -> float:
-    """The probability that a positive scores above a negative (ties count half)."""
+    """AUROC of positives against negatives (`lightning_infomem.demos.digits.detection_auroc`; NaN without both)."""
+    import torch
+
+    from lightning_infomem.demos.digits import detection_auroc
+
     if not positive or not negative:
         return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
+    labels = torch.tensor([True] * len(positive) + [False] * len(negative))
+    return detection_auroc(torch.tensor([*positive, *negative], dtype=torch.float64), labels)
 
 
 def _stat(values: list[float]) -> dict[str, Any]:

@@ -24,7 +24,9 @@ __all__ = [
     "default_batch_unpack",
     "sum_over_processes",
     "batch_size_of",
+    "targets_of",
     "training_set_size",
+    "TARGET_KEYS",
 ]
 
 BatchUnpack = Callable[[Any], tuple[Any, Tensor, Tensor]]
@@ -70,6 +72,9 @@ _HINT = (
 )
 
 
+TARGET_KEYS = ("y", "target", "targets", "label", "labels")  # where a dict batch holds its targets
+
+
 def default_batch_unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
     """``(inputs, targets, indices)`` of a batch from `IndexedDataset`.
 
@@ -87,7 +92,7 @@ def default_batch_unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
         if "index" not in batch:
             raise MissingIndexError(f"the batch (a dict with keys {sorted(batch)}) has no 'index'; {_HINT}")
         x = next((batch[k] for k in ("x", "input", "inputs", "input_ids") if k in batch), None)
-        y = next((batch[k] for k in ("y", "target", "targets", "label", "labels") if k in batch), None)
+        y = next((batch[k] for k in TARGET_KEYS if k in batch), None)
         if x is None or y is None:
             raise ValueError(f"cannot find inputs and targets among the batch keys {sorted(batch)}; {_HINT}")
         return x, y, batch["index"]
@@ -172,6 +177,29 @@ def batch_size_of(batch: Any) -> Optional[int]:
             found = batch_size_of(value)
             if found:
                 return found
+    return None
+
+
+def targets_of(batch: Any) -> Optional[Tensor]:
+    """The integer class labels of a validation batch: ``batch[1]`` of a sequence, or a mapping's ``y`` /
+    ``target(s)`` / ``label(s)``; ``None`` where there are none.
+
+    Example:
+        >>> targets_of((torch.zeros(2, 3), torch.tensor([1, 0]))).tolist()
+        [1, 0]
+        >>> targets_of({"input_ids": torch.zeros(2, 4), "labels": torch.tensor([0, 1])}).tolist()
+        [0, 1]
+        >>> targets_of(torch.zeros(2, 3)) is None
+        True
+    """
+    if isinstance(batch, Mapping):
+        value = next((batch[k] for k in TARGET_KEYS if k in batch), None)
+    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) >= 2:
+        value = batch[1]
+    else:
+        value = None
+    if isinstance(value, Tensor) and value.ndim == 1 and not value.is_floating_point() and value.dtype != torch.bool:
+        return value
     return None
 
 

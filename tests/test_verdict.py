@@ -22,7 +22,7 @@ from lightning_infomem import (
     Verdict,
     VerdictSettings,
 )
-from lightning_infomem.callbacks.verdict import targets_of
+from lightning_infomem.data import targets_of
 from lightning_infomem.demos.digits import load_digits
 from lightning_infomem.functional import KINDS, memorization_evidence, memorization_verdict
 

@@ -9,7 +9,6 @@ the verdict; `InformationMeasures`, where present, says in which layers it shows
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,7 +21,7 @@ from lightning_infomem._warn_once import WarnOnce
 from lightning_infomem.callbacks.state_keys import prefixed_state_key
 from lightning_infomem.callbacks.training_dynamics import TrainingDynamics
 from lightning_infomem.checks import check_bool, check_int, check_prefix, join_key
-from lightning_infomem.data import sum_over_processes
+from lightning_infomem.data import sum_over_processes, targets_of
 from lightning_infomem.functional.verdict import (
     Verdict,
     VerdictSettings,
@@ -33,8 +32,6 @@ from lightning_infomem.introspection.logits import logits_of
 from lightning_infomem.reporting import log_figure, logging_step, shows_histograms
 
 __all__ = ["MemorizationVerdict"]
-
-_LABEL_KEYS = ("y", "target", "targets", "label", "labels")
 
 _ADVICE = {
     "label_noise": (
@@ -54,29 +51,6 @@ _ADVICE = {
     "none": "No sign of memorization: any monitor will do, val_loss included.",
     "undetermined": "Train longer, validate every epoch, or check the warnings above.",
 }
-
-
-def targets_of(batch: Any) -> Optional[Tensor]:
-    """The integer class labels of a validation batch: ``batch[1]`` of a sequence, or a mapping's ``y`` /
-    ``target(s)`` / ``label(s)``; ``None`` where there are none.
-
-    Example:
-        >>> targets_of((torch.zeros(2, 3), torch.tensor([1, 0]))).tolist()
-        [1, 0]
-        >>> targets_of({"input_ids": torch.zeros(2, 4), "labels": torch.tensor([0, 1])}).tolist()
-        [0, 1]
-        >>> targets_of(torch.zeros(2, 3)) is None
-        True
-    """
-    if isinstance(batch, Mapping):
-        value = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
-    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) >= 2:
-        value = batch[1]
-    else:
-        value = None
-    if isinstance(value, Tensor) and value.ndim == 1 and not value.is_floating_point() and value.dtype != torch.bool:
-        return value
-    return None
 
 
 class MemorizationVerdict(Callback):
@@ -250,10 +224,11 @@ class MemorizationVerdict(Callback):
             return
         logits = logits.detach().double()
         targets = targets.to(logits.device)
-        valid = (targets >= 0) & (targets < logits.shape[1])
+        valid = (targets >= 0) & (targets < logits.shape[1])  # -100 (ignored) and out-of-range labels count nowhere
+        safe = torch.where(valid, targets, torch.zeros_like(targets))
+        losses = nn.functional.cross_entropy(logits, safe, reduction="none")  # no host round trip per batch
         correct = ((logits.argmax(1) == targets) & valid).sum()
-        loss = nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum") if bool(valid.any()) else 0
-        self._sums += torch.stack([correct.double(), valid.sum().double(), torch.as_tensor(loss).double()])
+        self._sums += torch.stack([correct.double(), valid.sum().double(), (losses * valid).sum()])
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
