@@ -4,6 +4,7 @@ the activations taken by hand)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -379,3 +380,197 @@ def test_masks_with_empty_rows_or_hugging_faces_shape_are_read_and_others_are_na
     assert expanded.history[-1] == pytest.approx(callback.history[-1], rel=1e-12, nan_ok=True)
     with pytest.warns(UserWarning, match=r"attention_mask has shape \[32\], not \[batch, tokens\]"):
         measured(mask.sum(1))
+
+
+# ------------------------------------------------------------------------ masks of another number of tokens
+class _Prompted(nn.Module):
+    """Token embeddings with ``k`` learned tokens the model adds ``where`` ("before": a prompt or a class token,
+    "after": register tokens) and extends the mask with, then transformer layers (causal or not)."""
+
+    def __init__(self, k: int, where: str, causal: bool, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, hidden)
+        self.added = nn.Parameter(torch.randn(k, hidden))
+        self.where, self.causal = where, causal
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(hidden, 4, 64, dropout=0.0, batch_first=True) for _ in range(2)
+        )
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x, added = self.embed(input_ids), self.added.expand(input_ids.shape[0], -1, -1)
+        ones = attention_mask.new_ones(input_ids.shape[0], added.shape[1])
+        parts = [(added, ones), (x, attention_mask)] if self.where == "before" else [(x, attention_mask), (added, ones)]
+        x, mask = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        tokens = x.shape[1]
+        causal = torch.triu(torch.full((tokens, tokens), float("-inf")), 1) if self.causal else None
+        for layer in self.layers:
+            x = layer(x, src_mask=causal, src_key_padding_mask=mask == 0)
+        return x
+
+
+@pytest.mark.parametrize(
+    ("k", "where", "causal"), [(2, "before", True), (1, "before", False), (3, "after", False)], ids=str
+)
+def test_a_model_that_adds_tokens_to_its_mask_is_read_where_its_real_tokens_are(tmp_path, k, where, causal):
+    """The batch's mask has T tokens, the layers' outputs T + k (the model adds a prompt, a class token or registers
+    and extends its own mask): where the mask's tokens sit is observed, not assumed, and the added tokens count as
+    real. A causal stack is read at each sample's last real token (right padding: at position length - 1 + k when
+    the tokens come before, not at a pad token), a mean over real tokens covers the added ones."""
+    torch.manual_seed(0)
+    module = _Validated(_Prompted(k, where, causal))
+    ids, mask = _padded_ids(64, 10, seed=1)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask)
+    layers = ["model.layers.0", "model.layers.1"]
+    reduction = {} if causal else {"sequence_reduction": "mean"}
+    callback = _measure(module, loader, tmp_path, layers=layers, **reduction)
+    padding = (k, 0) if where == "before" else (0, k)
+    for layer in layers:
+        reading = callback.readings[layer]
+        assert (reading.masks, reading.mask_padding, reading.causal) == (("attention_mask",), padding, causal)
+        assert f"{k} token(s) added {where} them by the model: observed" in reading.describe()
+    outputs = _raw_outputs(module, layers, list(loader))
+    acts = {}
+    for layer, outs in outputs.items():
+        values, real = torch.cat(outs), torch.cat([torch.ones(64, k, dtype=torch.long), mask], 1)
+        if where == "after":
+            real = torch.cat([mask, torch.ones(64, k, dtype=torch.long)], 1)
+        if causal:
+            acts[layer] = _at(values, mask.sum(1) - 1 + k)
+        else:
+            acts[layer] = (values * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+    _assert_measures(callback, acts)
+
+
+class _LateClassToken(nn.Module):
+    """The batch's mask counts a class token the model prepends only after its first layer: that layer's output
+    has one token fewer than the mask."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, hidden)
+        self.cls = nn.Parameter(torch.randn(1, 1, hidden))
+        self.first = nn.TransformerEncoderLayer(hidden, 4, 64, dropout=0.0, batch_first=True)
+        self.second = nn.TransformerEncoderLayer(hidden, 4, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.first(self.embed(input_ids), src_key_padding_mask=attention_mask[:, 1:] == 0)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+        return self.second(x, src_key_padding_mask=attention_mask == 0)
+
+
+def test_a_mask_that_counts_a_token_the_model_adds_later_is_cut_to_the_layers_tokens(tmp_path):
+    """A [B, T + 1] mask against a [B, T] output (the token the mask counts is added after this layer): observed by
+    changing the layer's output and watching the later tensors of T + 1 tokens; the layer is read over its own real
+    tokens (the mask without its first column), the later layer over the whole mask."""
+    torch.manual_seed(0)
+    module = _Validated(_LateClassToken())
+    ids, mask = _padded_ids(64, 10, seed=1)
+    full = torch.cat([torch.ones(64, 1, dtype=torch.long), mask], 1)
+    loader = _dict_loader(input_ids=ids, attention_mask=full)
+    callback = _measure(module, loader, tmp_path, layers=["model.first", "model.second"], sequence_reduction="mean")
+    assert callback.readings["model.first"].mask_padding == (-1, 0)
+    assert callback.readings["model.second"].mask_padding == (0, 0)
+    outputs = _raw_outputs(module, ["model.first", "model.second"], list(loader))
+    first, second = torch.cat(outputs["model.first"]), torch.cat(outputs["model.second"])
+    acts = {
+        "model.first": (first * mask[..., None]).sum(1) / mask.sum(1, keepdim=True),
+        "model.second": (second * full[..., None]).sum(1) / full.sum(1, keepdim=True),
+    }
+    _assert_measures(callback, acts)
+
+
+def test_a_mask_whose_tokens_no_tensor_has_is_named_and_a_later_batch_that_does_not_fit_is_warned(tmp_path):
+    """A mask of T + 5 tokens for a model whose tensors have T: where its tokens sit cannot be observed, so the layer
+    is read without it, said once with the fix. A mask that fitted the first batch and not a later one (a collate
+    that pads another way) is said too, not dropped silently."""
+    torch.manual_seed(0)
+    module = _Validated(_Prompted(1, "before", causal=True))
+    ids, mask = _padded_ids(64, 10, seed=1)
+
+    class _Step(_Validated):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.model(batch["input_ids"], batch["attention_mask"][:, : batch["input_ids"].shape[1]])
+
+    stepped = _Step(module.model)
+    wide, layers = torch.cat([mask, torch.zeros(64, 5, dtype=torch.long)], 1), ["model.layers.1"]
+    with pytest.warns(UserWarning, match=r"could not be observed \(no tensor the model computes has the mask's 15"):
+        callback = _measure(
+            stepped, _dict_loader(input_ids=ids, attention_mask=wide), tmp_path, layers=["model.layers.1"]
+        )
+    assert callback.readings["model.layers.1"].masks == ()
+
+    batches = [
+        {"input_ids": ids[:32], "attention_mask": mask[:32]},
+        {"input_ids": ids[32:], "attention_mask": wide[32:]},
+    ]
+    with pytest.warns(UserWarning, match=r"model.layers.1: the batch's attention_mask \[\[32, 15\]\] do not fit"):
+        callback = _measure(stepped, DataLoader(batches, batch_size=None), tmp_path, layers=layers)
+    assert callback.readings["model.layers.1"].mask_padding == (1, 0)
+
+
+def test_a_prompt_tuned_hugging_face_model_is_read_at_its_last_real_token(tmp_path):
+    """peft's prompt tuning prepends virtual tokens inside the model: GPT-2's blocks give T + 3 tokens for the batch's
+    [B, T] mask. Read at each sample's last real token, 3 positions on, where the model's own sequence ends."""
+    _transformers()
+    peft = pytest.importorskip("peft")
+    from lightning_helpers import tiny_gpt2_classifier
+
+    torch.manual_seed(0)
+    config = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3)
+    module = _Validated(peft.get_peft_model(tiny_gpt2_classifier(num_labels=2), config))
+    ids, mask = _padded_ids(64, 10, seed=1, vocab=50)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask)
+    layers = [name for name, _ in named_layers(module) if re.fullmatch(r".*transformer\.h\.\d", name)]
+    callback = _measure(module, loader, tmp_path, layers=layers)
+    assert all(callback.readings[layer].mask_padding == (3, 0) for layer in layers)
+    assert all(callback.readings[layer].token == "last" for layer in layers)
+    outputs = _raw_outputs(module, layers, list(loader))
+    acts = {layer: _at(torch.cat([_main(o) for o in outs]), mask.sum(1) - 1 + 3) for layer, outs in outputs.items()}
+    _assert_measures(callback, acts)
+
+
+def test_a_source_mask_of_the_decoders_length_is_not_taken_for_the_decoders(tmp_path):
+    """A collate that pads sources and targets to one length: the source's attention_mask has the decoder's 10
+    tokens, but changing a source token moves every decoder position at once, so it is not the decoder's mask.
+    The decoder is read with the labels' padding alone (before: the source mask and the labels' combined, a
+    sample read where its source ended), the encoder with the source mask."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    module = _Validated(transformers.MarianMTModel(transformers.MarianConfig(**SMALL_SEQ2SEQ, pad_token_id=0)))
+    ids, mask = _padded_ids(64, 10, seed=1)
+    targets, target_mask = _padded_ids(64, 10, seed=2)
+    labels = targets.masked_fill(target_mask == 0, -100)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask, labels=labels)
+    with pytest.warns(UserWarning, match=r"decoder.layers.0: the batch.s attention_mask has its 10 tokens but"):
+        callback = _measure(module, loader, tmp_path)
+    encoder, decoder = callback.layer_names[:2], callback.layer_names[2:]
+    assert all(callback.readings[layer].masks == ("labels",) for layer in decoder)
+    assert all(callback.readings[layer].masks == ("attention_mask",) for layer in encoder)
+    outputs = _raw_outputs(module, decoder, list(loader))
+    acts = {layer: _at(torch.cat([_main(o) for o in outs]), target_mask.sum(1) - 1) for layer, outs in outputs.items()}
+    _assert_measures(callback, {**acts, **_encoder_means(module, encoder, loader, mask)})
+
+
+def _encoder_means(module: nn.Module, layers: list[str], loader: DataLoader, mask: Tensor) -> dict[str, Tensor]:
+    outputs = _raw_outputs(module, layers, list(loader))
+    return {
+        layer: (torch.cat([_main(o) for o in outs]) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        for layer, outs in outputs.items()
+    }
+
+
+def test_a_source_mask_is_never_laid_over_a_decoder_of_other_length(tmp_path):
+    """MarianMT fed decoder ids and no target mask: the source's attention_mask (12 tokens) says nothing about the
+    decoder's 5 positions. Changing a source token moves every decoder position, at no one offset: the decoder is
+    read without a mask, and that is said."""
+    transformers = _transformers()
+    torch.manual_seed(0)
+    module = _Validated(transformers.MarianMTModel(transformers.MarianConfig(**SMALL_SEQ2SEQ, pad_token_id=0)))
+    ids, mask = _padded_ids(64, 12, seed=1)
+    targets, _ = _padded_ids(64, 5, seed=2)
+    loader = _dict_loader(input_ids=ids, attention_mask=mask, decoder_input_ids=targets)
+    with pytest.warns(UserWarning, match=r"layers.1: the batch.s attention_mask \[\d+, 12\] do not match its 5"):
+        callback = _measure(module, loader, tmp_path)
+    decoder = ["model.model.decoder.layers.0", "model.model.decoder.layers.1"]
+    assert all(callback.readings[layer].masks == () for layer in decoder)
+    assert all(callback.readings[layer].masks == ("attention_mask",) for layer in callback.layer_names[:2])

@@ -730,6 +730,9 @@ class InformationMeasures(Callback):
             self._hook_for_cache[name] = hook
         return hook
 
+    def _unmatched_mask_warning(self, name: str) -> Callable[[str], None]:
+        return lambda problem: self._warn_once(f"unmatched-mask:{name}", f"InformationMeasures: {name}: {problem}")
+
     def _drain(self, loader: int) -> None:
         """Hand the activations kept during the last batch to the measurement of its dataloader."""
         measuring = self._measuring and (self.dataloaders is None or loader in self.dataloaders)
@@ -743,7 +746,10 @@ class InformationMeasures(Callback):
             return
         for name, kept in outputs.items():
             reading = self.readings.get(name)
-            outputs[name] = [read(out, reading, self._masks[0], self.output_transform).detach() for out in kept]
+            unmatched = self._unmatched_mask_warning(name)
+            outputs[name] = [
+                read(out, reading, self._masks[0], self.output_transform, unmatched).detach() for out in kept
+            ]
         self._called.update(outputs)
         measurement = self.measurements.get(loader)
         if measurement is None or (measurement.world_size, measurement.distributed) != (

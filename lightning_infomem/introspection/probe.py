@@ -29,6 +29,7 @@ from lightning_infomem.introspection.readings import (
     MASK_KEYS,
     OutputTransform,
     Reading,
+    align_mask,
     is_patch_grid,
     output_leaves,
     select,
@@ -58,6 +59,9 @@ _HOOK_FIELDS = (
 # nothing (CaiT's and ResMLP's layer scales of 1e-5 after two steps) fall in between and are said to be unobserved.
 _QUIET = 1e-6  # float32 rounding of a fused kernel moves earlier positions of a causal stack by an ulp or two
 _CLEAR = 1e-4
+# A token changed by this share of its tensor's largest value, to find where it sits among a module's tokens: small
+# enough not to draw every token's attention to it (then all positions move alike), large against half precision.
+_SMALL = 0.02
 
 
 def class_tokens(model: nn.Module) -> int:
@@ -338,7 +342,84 @@ class ReadingProbe:
             if reading.layout != "sequence":
                 continue
             readings[name] = self._with_token(call, name, reading, runs, reference, sliced_masks)
+
+        # 4. an attention_mask of a causal module's length is that module's only if its tokens follow it
+        checked = [
+            n for n, r in readings.items() if r.causal and "attention_mask" in r.masks and r.mask_padding == (0, 0)
+        ]
+        if checked:
+            follow = self._follow_the_mask(call, runs, reference, checked, readings, sliced_masks["attention_mask"])
+            for name in checked:
+                if name not in follow:
+                    reading = readings[name]
+                    tokens = int(sliced_masks["attention_mask"].shape[1])
+                    note = (
+                        f"{name}: the batch's attention_mask has its {tokens} tokens but "
+                        "does not follow them (changing one of the mask's tokens moved every position of this "
+                        "module, as a decoder's from its source): read without it"
+                    )
+                    readings[name] = dataclasses.replace(
+                        reading,
+                        masks=tuple(k for k in reading.masks if k != "attention_mask"),
+                        notes=(*reading.notes, note),
+                    )
         return readings, bypassed, {name: len(outs) for name, outs in full.items()}
+
+    def _follow_the_mask(
+        self,
+        call: _Call,
+        runs: tuple[tuple[tuple, dict], int],
+        reference: dict[str, list[Any]],
+        names: list[str],
+        readings: dict[str, Reading],
+        mask: Tensor,
+    ) -> set[str]:
+        """The causal modules among ``names`` whose tokens follow the mask's: the first module output of the mask's
+        ``[batch, tokens]`` (the token embeddings of the ids it masks) is changed at a real token of each sample
+        (twice: the middle one and one between it and the last), and the first position of the module that moves
+        is that token's in every sample. A decoder beside the mask's source moves everywhere at once."""
+        (args, kwargs), size = runs
+        mask = mask.cpu()
+        length = int(mask.shape[1])
+        positions = torch.arange(length)
+        first = torch.where(mask, positions, length).amin(dim=1).clamp_max(length - 1)
+        last = torch.where(mask, positions, -1).amax(dim=1).clamp_min(0)
+        root = getattr(call.module, "_orig_mod", call.module)
+        watched = {id(self.modules[name]): name for name in names}
+        follow = set(names)
+        for where in ((first + last) // 2, (first + 3 * last) // 4):
+            where = torch.maximum(where, (first + 1).minimum(last))
+            voters = mask.any(dim=1) & (where > 0)
+            if not bool(voters.any()):
+                return set()  # nothing to tell by: every sample has one real token at most
+            moved: dict[str, Tensor] = {}
+            state = {"changed": False}
+
+            def post(
+                m: nn.Module, a: Any, out: Any, where: Tensor = where, moved: dict = moved, state: dict = state
+            ) -> Any:
+                name = watched.get(id(m))
+                if name is not None and name not in moved:
+                    moved[name] = self._tokens_of(out, readings[name])
+                elif name is None and not state["changed"] and not moved:
+                    changed, state["changed"] = _perturb_token(((out,), {}), size, length, where, _SMALL)
+                    return changed[0][0] if state["changed"] else None
+                return None
+
+            try:
+                self._run(call, args, kwargs, [(m, "post", post) for m in root.modules()])
+            except Exception:  # noqa: BLE001 - nothing observed: the masks stay as they matched
+                return follow
+            for name in list(follow):
+                before = self._tokens_of(reference[name][0], readings[name]) if reference.get(name) else None
+                now = moved.get(name)
+                if before is None or now is None or before.shape != now.shape or not state["changed"]:
+                    continue  # not observed (the changed tensor comes after it): the mask stays
+                delta = (now.float() - before.float()).flatten(2).norm(dim=-1).cpu().nan_to_num(nan=0.0)
+                rows = voters & (delta.amax(dim=1) > 0)
+                if bool(rows.any()) and not bool((_moved_positions(delta)[0] == where)[rows].all()):
+                    follow.discard(name)
+        return follow
 
     def _reading(
         self,
@@ -438,6 +519,12 @@ class ReadingProbe:
         if not before or before[0].is_nested:  # nested sequences: each sample's own tokens, no position to change
             return reading
         tokens = before[0].shape[1]
+        notes = list(reading.notes)
+        padding = (0, 0)
+        if masks and not any(m.shape[1] == tokens for m in masks.values()):
+            padding, note = self._mask_padding(call, name, reading, runs, before[0], masks)
+            notes += [note] if note else []
+        masks = {k: a for k, m in masks.items() if (a := align_mask(m, padding, tokens)) is not None}
         real = _real_tokens(masks, tokens, size)
         last = torch.where(real, torch.arange(tokens), -1).amax(dim=1) if real is not None else None
         last = last if last is not None else torch.full((size,), tokens - 1)
@@ -460,7 +547,6 @@ class ReadingProbe:
             new = self._tokens_of(after[name][0], reading)
             if new.shape == before[0].shape:
                 causal = _is_causal(before[0], new, middle)
-        notes = list(reading.notes)
         if causal:
             token, keys = (
                 "last",
@@ -486,14 +572,144 @@ class ReadingProbe:
                     f"sequence): read at the {token} token as a module that is not causal; pass sequence_reduction=... "
                     "to read another"
                 )
-        keys = tuple(k for k in keys if k in masks and masks[k].shape[1] == tokens)
-        unused = [k for k in MASK_KEYS if k in masks and masks[k].shape[1] != tokens]
-        if not keys and unused:
-            notes.append(
-                f"{name}: the batch's {', '.join(unused)} ({[list(masks[k].shape) for k in unused]}) do not match its "
-                f"{tokens} tokens; read without a mask"
-            )
-        return dataclasses.replace(reading, token=token, masks=keys, causal=causal, notes=tuple(notes))
+        keys = tuple(k for k in keys if k in masks)
+        padding = padding if keys else (0, 0)
+        return dataclasses.replace(
+            reading, token=token, masks=keys, mask_padding=padding, causal=causal, notes=tuple(notes)
+        )
+
+    def _mask_padding(
+        self,
+        call: _Call,
+        name: str,
+        reading: Reading,
+        runs: tuple[tuple[tuple, dict], int],
+        reference: Tensor,
+        masks: Mapping[str, Tensor],
+    ) -> tuple[tuple[int, int], Optional[str]]:
+        """Where the batch's mask tokens sit among the ``reference`` output's tokens when their numbers differ (a
+        model that prepends a prompt or a class token, or drops one): a tensor with the mask's number of tokens is
+        changed at one token of each sample, twice (the first and the middle real token), and the position that
+        moves most in the module's output is that token's; where no such tensor comes before the module (the mask
+        counts a token the model adds later), the module's output is changed and the first later tensor with the
+        mask's tokens is watched. One offset for every sample and both tokens gives the tokens added before and
+        after; otherwise, a note and no mask."""
+        (args, kwargs), size = runs
+        tokens = int(reference.shape[1])
+        key = next(k for k in MASK_KEYS if k in masks)
+        mask = masks[key].cpu()
+        length = int(mask.shape[1])
+        shapes = ", ".join(f"{k} {list(m.shape)}" for k, m in masks.items())
+        unobserved = (
+            f"{name}: the batch's {shapes} do not match its {tokens} tokens and where the mask's tokens sit among them "
+            "could not be observed ({why}); read without a mask: pass sequence_reduction=... or output_transform=... "
+            "to read it otherwise"
+        )
+        has_real = mask.any(dim=1)
+        if not bool(has_real.any()):
+            return (0, 0), unobserved.format(why="no sample has a real token")
+        positions = torch.arange(length)
+        first = torch.where(mask, positions, length).amin(dim=1).clamp_max(length - 1)
+        last = torch.where(mask, positions, -1).amax(dim=1).clamp_min(0)
+        extra = tokens - length
+        # per watched tensor, the offsets every sample gave: by the first position that moved, by the most moved
+        offsets: dict[int, tuple[set[int], set[int]]] = {}
+        try:
+            for where in ((first + last) // 2, (first + 3 * last) // 4):  # away from the ends, where tokens are dropped
+                where = torch.maximum(where, (first + 1).minimum(last))  # a token with one before it, where there is
+                # a causal module's changed token is the first that moves: at position 0, nothing before it stays put
+                voters = has_real & (where > 0) if bool((has_real & (where > 0)).any()) else has_real
+                moved = self._moved(call, args, kwargs, size, name, reading, length, where, reference=reference)
+                at, sign = where, 1
+                if not any(delta is not None for delta in moved):
+                    # the mask's tokens exist only after the module: its output changed, later tensors watched
+                    at, sign = (where + max(extra, 0)).clamp_max(tokens - 1), -1
+                    moved = self._moved(call, args, kwargs, size, name, reading, tokens, at, after=length)
+                if not any(delta is not None for delta in moved):
+                    return (0, 0), unobserved.format(why=f"no tensor the model computes has the mask's {length} tokens")
+                for index, delta in enumerate(moved):
+                    found = offsets.setdefault(index, (set(), set()))
+                    if delta is None:  # this tensor did not move: it tells nothing
+                        found[0].add(-(10**9))
+                        found[1].add(-(10**9))
+                        continue
+                    moved_rows = voters & (delta.amax(dim=1) > 0)  # a sample whose outputs are NaN says nothing
+                    for kept, position in zip(found, _moved_positions(delta), strict=True):
+                        kept |= set((sign * (position - at))[moved_rows].tolist())
+        except Exception as error:  # noqa: BLE001 - observed nothing; said in the note
+            return (0, 0), unobserved.format(why=f"{type(error).__name__} when run again")
+        lowest, highest = (0, extra) if extra > 0 else (extra, 0)
+        for index in sorted(offsets):
+            agreed = {next(iter(f)) for f in offsets[index] if len(f) == 1 and lowest <= next(iter(f)) <= highest}
+            if len(agreed) == 1:  # one offset for every sample and both changed tokens, by one reading or both alike
+                offset = agreed.pop()
+                return (offset, extra - offset), None
+        apart = sorted(set().union(*offsets[0]) - {-(10**9)}) if offsets else []
+        return (0, 0), unobserved.format(why=f"a changed token moved positions {apart} apart")
+
+    def _moved(
+        self,
+        call: _Call,
+        args: tuple,
+        kwargs: dict,
+        size: int,
+        name: str,
+        reading: Reading,
+        source_tokens: int,
+        where: Tensor,
+        after: Optional[int] = None,
+        reference: Optional[Tensor] = None,
+    ) -> list[Optional[Tensor]]:
+        """How much each position moved (``[batch, tokens]``, relative to the watched tensor's scale) when a tensor
+        of ``source_tokens`` tokens is changed at each sample's token ``where``. Without ``after``: the first module
+        output of ``source_tokens`` tokens is changed and the monitored module's output watched (``[None]`` when it
+        did not move: the changed tensor comes after it). With ``after``: the module's own output is changed and
+        the first later module outputs of ``after`` tokens watched (up to 8; ``None`` for one where no sample moved).
+        ``reference``: the module's output unchanged, where it is known (one run less)."""
+        module = self.modules[name]
+        root = getattr(call.module, "_orig_mod", call.module)
+        runs: list[tuple[bool, list[Tensor]]] = []
+        for change in (False, True) if after is not None or reference is None else (True,):
+            watched: list[Tensor] = []
+            state = {"changed": False, "past": False}
+
+            def post(
+                m: nn.Module, a: Any, out: Any, change: bool = change, watched: list = watched, state: dict = state
+            ) -> Any:
+                if after is None:
+                    if m is module and not watched:
+                        watched.append(self._tokens_of(out, reading))
+                    elif change and not state["changed"] and not watched:
+                        changed, state["changed"] = _perturb_token(((out,), {}), size, source_tokens, where, _SMALL)
+                        return changed[0][0] if state["changed"] else None
+                    return None
+                if m is module and not state["past"]:
+                    state["past"] = True
+                    if change:
+                        changed, state["changed"] = _perturb_token(((out,), {}), size, source_tokens, where, _SMALL)
+                        return changed[0][0] if state["changed"] else None
+                elif state["past"] and len(watched) < 8:
+                    view = _token_view(out, size, after)
+                    if view is not None:
+                        watched.append(view)
+                return None
+
+            self._run(call, args, kwargs, [(m, "post", post) for m in dict.fromkeys([*root.modules(), module])])
+            runs.append((state["changed"], watched))
+        unchanged = runs[0][1] if len(runs) == 2 else [reference]
+        changed, moved = runs[-1]
+        if not changed or len(unchanged) != len(moved):
+            return [None]
+        deltas: list[Optional[Tensor]] = []
+        for before, now in zip(unchanged, moved, strict=True):
+            if before.shape != now.shape:
+                deltas.append(None)
+                continue
+            delta = (now.float() - before.float()).flatten(2).norm(dim=-1).cpu()  # [batch, tokens]
+            delta = delta.nan_to_num(nan=0.0, posinf=0.0)  # a position that is NaN either way tells nothing
+            scale = 1.0 + float(before.float().flatten(2).norm(dim=-1).nan_to_num(nan=0.0, posinf=0.0).amax())
+            deltas.append(delta / scale if bool((delta.amax(dim=1) > 0).any()) else None)
+        return deltas or [None]
 
     def _tokens_of(self, output: Any, reading: Reading) -> Tensor:
         value = self.output_transform(output) if self.output_transform is not None else select(output, reading.path)
@@ -565,22 +781,54 @@ def _slice_batch(value: Any, size: int, smaller: int) -> Any:
     return result if found[0] else None
 
 
-def _perturb_token(value: tuple[tuple, dict], size: int, tokens: int, where: Tensor) -> tuple[tuple[tuple, dict], bool]:
+def _moved_positions(delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, two readings of where the changed token is from how far each position moved (``[batch,
+    tokens]``): the first position that moved after some that stayed put (a causal module: an LSTM moves later
+    positions more than the changed one), and the one that moved most (a module that mixes all tokens, or a window
+    of them). Stayed put: moved less than a thousandth of the most (an ulp of a fused kernel, not a token's
+    influence)."""
+    tokens = delta.shape[1]
+    most = delta.argmax(dim=1)
+    first = torch.where(delta > delta.amax(dim=1, keepdim=True) * 1e-3, torch.arange(tokens), tokens).amin(dim=1)
+    return torch.where(first > 0, first.clamp_max(tokens - 1), most), most
+
+
+def _token_axes(tensor: Tensor, size: int, tokens: int) -> Optional[tuple[int, int]]:
+    """The batch axis (of ``size``) and the token axis (of ``tokens``) of a floating ``[..., features]`` tensor."""
+    if not tensor.is_floating_point() or tensor.ndim < 3 or tensor.is_nested:
+        return None
+    batch_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == size]
+    token_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == tokens and a not in batch_axes[:1]]
+    return (batch_axes[0], token_axes[0]) if batch_axes and token_axes else None
+
+
+def _token_view(output: Any, size: int, tokens: int) -> Optional[Tensor]:
+    """The first floating tensor of ``output`` with a batch axis of ``size`` and a token axis of ``tokens``, as
+    ``[batch, tokens, ...]`` (``None`` if there is none)."""
+    for _, tensor in output_leaves(output):
+        axes = _token_axes(tensor, size, tokens)
+        if axes is not None:
+            return tensor.movedim(axes, (0, 1))
+    return None
+
+
+def _perturb_token(
+    value: tuple[tuple, dict], size: int, tokens: int, where: Tensor, strength: float = 1.0
+) -> tuple[tuple[tuple, dict], bool]:
     """The module's input with its first floating ``[..., tokens, ..., features]`` tensor (a batch axis of
-    ``size`` and a token axis of ``tokens``) changed at each sample's token ``where``."""
+    ``size`` and a token axis of ``tokens``) changed at each sample's token ``where``, by ``strength`` times the
+    tensor's largest value (1: a change no later layer can hide; small: a change that does not capture every
+    token's attention)."""
     args, kwargs = value
     leaves = output_leaves((args, kwargs))
     for path, tensor in leaves:
-        if not tensor.is_floating_point() or tensor.ndim < 3:
+        axes = _token_axes(tensor, size, tokens)
+        if axes is None:
             continue
-        batch_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == size]
-        token_axes = [a for a in range(tensor.ndim - 1) if tensor.shape[a] == tokens and a not in batch_axes[:1]]
-        if not batch_axes or not token_axes:
-            continue
-        batch_axis, token_axis = batch_axes[0], token_axes[0]
+        batch_axis, token_axis = axes
         moved = tensor.movedim((batch_axis, token_axis), (0, 1)).clone()
         rows = torch.arange(size, device=moved.device)
-        scale = float(moved.abs().amax()) + 1.0
+        scale = strength * (float(moved.abs().amax()) + 1.0)
         # a +-1 pattern over the features, not a constant (a layer norm would remove a shift of every feature)
         pattern = torch.randint(0, 2, moved.shape[2:], generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
         moved[rows, where.clamp(0, tokens - 1).to(moved.device)] += scale * pattern.to(moved.device, moved.dtype)

@@ -26,6 +26,7 @@ __all__ = [
     "batch_masks",
     "empty_rows",
     "mask_problems",
+    "align_mask",
     "first_tensor",
     "output_leaves",
     "read",
@@ -58,7 +59,11 @@ class Reading:
         token: for a sequence, the token read: ``"first"``, ``"last"`` (the last real token) or ``"mean"`` (the
             mean over real tokens).
         masks: the batch's mask keys (`MASK_KEYS`) whose real tokens are used; several are combined (a token is
-            real where every one says so). Masks whose shape is not the output's ``[batch, tokens]`` are not used.
+            real where every one says so). Masks whose shape is not the output's ``[batch, tokens]`` (after
+            ``mask_padding``) are not used.
+        mask_padding: the tokens the model adds before and after the mask's tokens, as observed (``(1, 0)``: it
+            prepends one, as a prompt or class token; negative: it drops that many). Added tokens count as real in
+            samples that have a real token.
         causal: whether a changed last token left the earlier positions unchanged (``None``: not observed).
         notes: what had to be assumed, said once at the start of the run.
 
@@ -74,6 +79,7 @@ class Reading:
     layout: Optional[Layout] = None
     token: SequenceReduction = "first"
     masks: tuple[str, ...] = ()
+    mask_padding: tuple[int, int] = (0, 0)
     causal: Optional[bool] = None
     notes: tuple[str, ...] = ()
 
@@ -92,6 +98,14 @@ class Reading:
             token = {"first": "the first token", "last": "the last real token", "mean": "the mean over tokens"}
             causal = {True: " (causal: observed)", False: " (not causal: observed)", None: ""}[self.causal]
             mask = f", real tokens from {'+'.join(self.masks)}" if self.masks else ""
+            before, after = self.mask_padding
+            if self.masks and (before or after):
+                added = [
+                    f"{abs(n)} token(s) {'added' if n > 0 else 'dropped'} {where}"
+                    for n, where in ((before, "before"), (after, "after"))
+                    if n
+                ]
+                mask += f" ({' and '.join(added)} them by the model: observed)"
             parts.append(f"{token[self.token]}{causal}{mask}")
         return ", ".join(parts) or "as is"
 
@@ -159,6 +173,30 @@ def empty_rows(masks: Mapping[str, Tensor]) -> Optional[Tensor]:
     return torch.stack(counts).amax() if counts else None
 
 
+def align_mask(mask: Tensor, padding: tuple[int, int], tokens: int) -> Optional[Tensor]:
+    """A ``[batch, length]`` mask laid over an output of ``tokens`` tokens to which the model added ``padding``
+    tokens (before, after; negative: dropped): the added tokens are real in every sample that has a real token
+    (a sample without one stays empty); ``None`` when ``length`` plus the padding is not ``tokens``.
+
+    Example:
+        >>> import torch
+        >>> align_mask(torch.tensor([[True, True, False], [False, False, False]]), (1, 0), 4).tolist()
+        [[True, True, True, False], [False, False, False, False]]
+        >>> align_mask(torch.tensor([[True, True, False]]), (-1, 0), 2).tolist()
+        [[True, False]]
+    """
+    before, after = padding
+    if mask.ndim != 2 or mask.shape[1] + before + after != tokens or tokens <= 0:
+        return None
+    if before == after == 0:
+        return mask
+    kept = mask[:, max(0, -before) : mask.shape[1] - max(0, -after)]
+    any_real = mask.any(dim=1, keepdim=True)
+    parts = [any_real.expand(-1, before)] if before > 0 else []
+    parts += [kept] + ([any_real.expand(-1, after)] if after > 0 else [])
+    return torch.cat(parts, dim=1)
+
+
 def output_leaves(output: Any, path: Path = ()) -> list[tuple[Path, Tensor]]:
     """Every tensor of a module output with its path, depth first: tuples and lists by index, mappings (Hugging
     Face model outputs included) by key, other dataclasses by field.
@@ -212,12 +250,13 @@ def read(
     reading: Optional[Reading] = None,
     masks: Optional[Mapping[str, Tensor]] = None,
     output_transform: Optional[OutputTransform] = None,
+    unmatched: Optional[Callable[[str], None]] = None,
 ) -> Tensor:
     """``output`` as ``[batch, neurons]`` activations, read as ``reading`` says (the conventions without one).
 
-    ``masks`` are the batch's masks (`batch_masks`); those named by the reading and of the output's
-    ``[batch, tokens]`` decide which tokens are real. ``output_transform`` is applied first and must return a
-    tensor.
+    ``masks`` are the batch's masks (`batch_masks`); those named by the reading that fit the output's
+    ``[batch, tokens]`` (after the reading's ``mask_padding``) decide which tokens are real; ``unmatched`` is
+    told, in one sentence, when none of them fits. ``output_transform`` is applied first and must return a tensor.
     """
     reading = reading or Reading()
     if output_transform is not None:
@@ -255,7 +294,16 @@ def read(
         return value.flatten(1, -2).mean(dim=1)
     if value.ndim > 3:  # [batch, *positions, features]: positions in order
         value = value.flatten(1, -2)
-    mask = _combined_mask(masks, reading.masks, value.shape[:2])
+    mask = _combined_mask(masks, reading.masks, value.shape[:2], reading.mask_padding)
+    if mask is None and unmatched is not None and reading.masks and masks:
+        shapes = {key: list(masks[key].shape) for key in reading.masks if key in masks}
+        if shapes:
+            unmatched(
+                f"the batch's {', '.join(shapes)} {list(shapes.values())} do not fit the {value.shape[1]} tokens of "
+                f"an output of {list(value.shape)}"
+                + (f" (with the {reading.mask_padding} tokens the model added)" if any(reading.mask_padding) else "")
+                + ": read without a mask; pass sequence_reduction=... or output_transform=..."
+            )
     if mask is not None:
         return _masked_reduction(value, mask, reading.token)
     if reading.token == "first":
@@ -300,10 +348,20 @@ def to_neuron_activations(
 
 
 def _combined_mask(
-    masks: Optional[Mapping[str, Tensor]], keys: Sequence[str], shape: Sequence[int]
+    masks: Optional[Mapping[str, Tensor]],
+    keys: Sequence[str],
+    shape: Sequence[int],
+    padding: tuple[int, int] = (0, 0),
 ) -> Optional[Tensor]:
-    """The tokens every named mask of ``shape`` marks real; ``None`` where no named mask has that shape."""
-    found = [masks[key] for key in keys if masks and key in masks and tuple(masks[key].shape) == tuple(shape)]
+    """The tokens every named mask marks real, laid over ``shape`` (``[batch, tokens]``) with the tokens the model
+    added (`align_mask`); ``None`` where no named mask fits."""
+    batch, tokens = int(shape[0]), int(shape[1])
+    aligned = [
+        align_mask(masks[key], padding, tokens) if masks[key].shape[0] == batch else None
+        for key in keys
+        if masks and key in masks
+    ]
+    found = [mask for mask in aligned if mask is not None]
     if not found:
         return None
     combined = found[0]
