@@ -334,9 +334,11 @@ def _kill_the_parent_once(tmp_path: Any, script_text: str, ready: str, workers: 
 
 
 def _wait_until_exited(pids: list[int], killed_at: float) -> None:
-    while any(_alive(pid) for pid in pids) and time.monotonic() < killed_at + 10:
+    """Wait until the workers have exited. Not a timing check: a worker the parent's death does not end never exits
+    (it waits for tasks from a dead parent), so the bound only keeps a broken run from hanging the suite."""
+    while any(_alive(pid) for pid in pids) and time.monotonic() < killed_at + 120:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in pids), "orphaned workers still run 10 s after the parent died"
+    assert not any(_alive(pid) for pid in pids), "orphaned workers still run 120 s after the parent died"
 
 
 @pytest.mark.slow
@@ -347,7 +349,6 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Any) -> None:
     workers = [int(p.name) for p in (out / "pids").iterdir()]
     assert len(workers) == 2
     _wait_until_exited(workers, killed_at)
-    assert time.monotonic() - killed_at < 5
     # a worker that saw its parent alive just before the kill may still rename the record it had written
     assert len(list(out.glob("model_*.pt"))) <= records_at_kill + len(workers)
     assert not list(out.glob(".lightning_infomem_tmp_*"))  # the name records are written under
