@@ -18,6 +18,7 @@ from lightning_infomem.introspection.layers import (
 from lightning_infomem.introspection.probe import ProbeResult, ReadingProbe, class_tokens, layout_of
 from lightning_infomem.introspection.readings import (
     Reading,
+    align_mask,
     batch_masks,
     first_tensor,
     output_leaves,
@@ -32,6 +33,7 @@ __all__ = [
     "ProbeResult",
     "Reading",
     "ReadingProbe",
+    "align_mask",
     "batch_masks",
     "check_layer_spec",
     "choose_default_layers",

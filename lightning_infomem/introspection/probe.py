@@ -589,11 +589,11 @@ class ReadingProbe:
     ) -> tuple[tuple[int, int], Optional[str]]:
         """Where the batch's mask tokens sit among the ``reference`` output's tokens when their numbers differ (a
         model that prepends a prompt or a class token, or drops one): a tensor with the mask's number of tokens is
-        changed at one token of each sample, twice (the first and the middle real token), and the position that
-        moves most in the module's output is that token's; where no such tensor comes before the module (the mask
-        counts a token the model adds later), the module's output is changed and the first later tensor with the
-        mask's tokens is watched. One offset for every sample and both tokens gives the tokens added before and
-        after; otherwise, a note and no mask."""
+        changed at one real token of each sample, twice (the middle one and one between it and the last), and the
+        position of the module's output that moves (`_moved_positions`) is that token's; where no such tensor comes
+        before the module (the mask counts a token the model adds later), the module's output is changed and the
+        first later tensors with the mask's tokens are watched. One offset for every sample and both tokens gives
+        the tokens added before and after; otherwise, a note and no mask."""
         (args, kwargs), size = runs
         tokens = int(reference.shape[1])
         key = next(k for k in MASK_KEYS if k in masks)
@@ -614,6 +614,7 @@ class ReadingProbe:
         extra = tokens - length
         # per watched tensor, the offsets every sample gave: by the first position that moved, by the most moved
         offsets: dict[int, tuple[set[int], set[int]]] = {}
+        unmoved: set[int] = set()  # watched tensors that did not move in some run: they tell nothing
         try:
             for where in ((first + last) // 2, (first + 3 * last) // 4):  # away from the ends, where tokens are dropped
                 where = torch.maximum(where, (first + 1).minimum(last))  # a token with one before it, where there is
@@ -629,9 +630,8 @@ class ReadingProbe:
                     return (0, 0), unobserved.format(why=f"no tensor the model computes has the mask's {length} tokens")
                 for index, delta in enumerate(moved):
                     found = offsets.setdefault(index, (set(), set()))
-                    if delta is None:  # this tensor did not move: it tells nothing
-                        found[0].add(-(10**9))
-                        found[1].add(-(10**9))
+                    if delta is None:
+                        unmoved.add(index)
                         continue
                     moved_rows = voters & (delta.amax(dim=1) > 0)  # a sample whose outputs are NaN says nothing
                     for kept, position in zip(found, _moved_positions(delta), strict=True):
@@ -639,12 +639,12 @@ class ReadingProbe:
         except Exception as error:  # noqa: BLE001 - observed nothing; said in the note
             return (0, 0), unobserved.format(why=f"{type(error).__name__} when run again")
         lowest, highest = (0, extra) if extra > 0 else (extra, 0)
-        for index in sorted(offsets):
+        for index in sorted(set(offsets) - unmoved):
             agreed = {next(iter(f)) for f in offsets[index] if len(f) == 1 and lowest <= next(iter(f)) <= highest}
             if len(agreed) == 1:  # one offset for every sample and both changed tokens, by one reading or both alike
                 offset = agreed.pop()
                 return (offset, extra - offset), None
-        apart = sorted(set().union(*offsets[0]) - {-(10**9)}) if offsets else []
+        apart = sorted(set().union(*offsets[0])) if offsets else []
         return (0, 0), unobserved.format(why=f"a changed token moved positions {apart} apart")
 
     def _moved(
