@@ -391,7 +391,7 @@ class ReadingProbe:
             where = torch.maximum(where, (first + 1).minimum(last))
             voters = mask.any(dim=1) & (where > 0)
             if not bool(voters.any()):
-                return set()  # nothing to tell by: every sample has one real token at most
+                return follow  # nothing to tell by (every sample has one real token at most): the masks stay
             moved: dict[str, Tensor] = {}
             state = {"changed": False}
 
